@@ -1,0 +1,1 @@
+"""Thin KFP components, one per SICOG step (importable as sicog.components)."""

@@ -1,0 +1,24 @@
+"""Component: step 3b, curated training data and curation quality against ground truth."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from sicog.components._image import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def curate(
+    config: dict,
+    world: Input[Dataset],
+    caption_scored: Input[Dataset],
+    vqa_scored: Input[Dataset],
+    text_scored: Input[Dataset],
+    curated: Output[Dataset],
+):
+    """Output: curated.jsonl (stage-1.5 data with provenance), uncurated.jsonl (ablation),
+    rejected.jsonl and curation.json (quality per task)."""
+    from sicog import steps
+
+    quality = steps.curate(config, world.path, [caption_scored.path, vqa_scored.path, text_scored.path], curated.path)
+    for task, q in quality.items():
+        curated.metadata[f"{task}_kept"] = q.get("kept")

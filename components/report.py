@@ -1,0 +1,36 @@
+"""Component: the cycle's metrics.json and report.html."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Model, Output
+
+from sicog.components._image import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def report(
+    config: dict,
+    world: Input[Dataset],
+    curated: Input[Dataset],
+    perception: Input[Model],
+    reasoning: Input[Model],
+    eval_base: Input[Dataset],
+    eval_cycle: Input[Dataset],
+    eval_control: Input[Dataset],
+    cycle_report: Output[Dataset],
+    report_html: Output[HTML],
+    eval_uncurated: Input[Dataset] = None,
+    publish_uri: str = "",
+):
+    """Output: metrics.json + report.html; also copied to `publish_uri` when given."""
+    import shutil
+
+    from sicog import steps
+    from sicog.store import local_path
+
+    evaluations = {"base": eval_base.path, "cycle": eval_cycle.path, "control": eval_control.path}
+    if eval_uncurated is not None:
+        evaluations["uncurated"] = eval_uncurated.path
+    steps.report(config, world.path, curated.path, evaluations, {"perception": perception.path, "reasoning": reasoning.path}, cycle_report.path)
+    shutil.copyfile(f"{cycle_report.path}/report.html", report_html.path)
+    if publish_uri:
+        shutil.copytree(cycle_report.path, local_path(publish_uri), dirs_exist_ok=True)

@@ -1,0 +1,1 @@
+"""The SICOG cycle pipeline (importable as sicog.pipelines)."""

@@ -1,0 +1,201 @@
+"""The one typed configuration of a SICOG cycle.
+
+Every command and every pipeline component reads the same `SicogConfig`: a laptop run and a cluster
+run differ only by values, never by code path. Sections mirror the four SICOG steps. Defaults that
+come from the paper (arXiv 2503.12303, Table 13 and Sec. 3) say so; defaults that only size the
+CPU demo say that instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: reported as one line, never as a traceback."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorldConfig(_Section):
+    """The procedural demo world: images of coloured shapes with exact ground truth."""
+
+    seed: int = Field(0, description="Seed of the world; the same seed gives byte-identical files.")
+    image_size: int = Field(64, ge=32, description="Square image side in pixels (demo: 64).")
+    max_objects: int = Field(3, ge=1, le=6, description="Objects per image are 1..max_objects.")
+    n_base: int = Field(2000, ge=1, description="Images in the base split (trains the demo's base model).")
+    n_annotated: int = Field(300, ge=1, description="Images in the small step-1 annotated split.")
+    n_pool_images: int = Field(300, ge=0, description="Unlabeled images to caption (step 2).")
+    n_pool_vqa: int = Field(600, ge=0, description="Unlabeled image-question pairs (step 2).")
+    n_pool_text: int = Field(200, ge=0, description="Text-only prompts answered by the base model (step 2).")
+    n_heldout: int = Field(300, ge=1, description="Held-out images for evaluation.")
+
+
+class ModelConfig(_Section):
+    """Tiny LLaVA (CLIP-style vision tower + projector + Qwen2-style LM) sized for CPU."""
+
+    patch_size: int = Field(8, description="Vision patch size; 8 px on 64 px images gives 64 image tokens.")
+    vision_hidden: int = Field(64, description="Vision tower width.")
+    vision_layers: int = Field(2, ge=2, description="Vision layers (features come from layer -2, as in LLaVA).")
+    lm_hidden: int = Field(128, description="Language model width.")
+    lm_layers: int = Field(2, ge=1, description="Language model layers.")
+    heads: int = Field(4, description="Attention heads (vision and LM).")
+    kv_heads: int = Field(2, description="LM key/value heads (grouped-query attention, as in Qwen2).")
+    intermediate: int = Field(256, description="LM MLP width.")
+    vocab_size: int = Field(1024, description="Tokenizer vocabulary trained offline on the world's text.")
+    trust_remote_code: bool = Field(False, description="Never load remote code unless asked to.")
+
+
+class StageConfig(_Section):
+    """One training stage. The paper's values are in configs/paper-qwen2-7b.yaml; the demo scales them."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="Paper: 2e-4 for stage 1, 2e-5 otherwise (Table 13).")
+    max_steps: int = Field(100, ge=1, description="Optimizer steps (the demo's documented step budget).")
+    batch_size: int = Field(32, ge=1, description="Global batch (paper: 256 stage 1, 128 otherwise).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Paper: 0.03.")
+    weight_decay: float = Field(0.0, ge=0, description="Paper: 0.")
+    lr_scheduler: str = Field("cosine", description="Paper: cosine.")
+    trainable: Literal["projector", "all"] = Field("all", description="Stage 1 trains the projector only.")
+
+
+def _stage(lr: float, steps: int, trainable: str = "all") -> Any:
+    return Field(default_factory=lambda: StageConfig(learning_rate=lr, max_steps=steps, trainable=trainable))
+
+
+class TrainConfig(_Section):
+    """Step 1 (warm-up) and step 4 (re-pretraining) stages, plus what stage 1.5 mixes in."""
+
+    max_length: int = Field(512, ge=16, description="Longest tokenized record (paper: 4096); longer ones are skipped.")
+    align: StageConfig = _stage(2e-3, 100, "projector")
+    instruct: StageConfig = _stage(2e-3, 600)
+    warmup: StageConfig = _stage(1e-3, 150)
+    pretrain: StageConfig = _stage(1e-3, 200)
+    pretrain_mix: list[Literal["base", "annotated"]] = Field(
+        default_factory=list,
+        description="Labeled splits mixed into stage 1.5 beside the curated data (paper: curated only).",
+    )
+
+
+class SampleConfig(_Section):
+    """Step 2: candidate generation (paper Sec. 3.2: temperature 0.7, top_p 0.95)."""
+
+    temperature: float = Field(0.7, gt=0, description="Paper: 0.7.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Paper: 0.95.")
+    max_new_tokens: int = Field(256, ge=1, description="Reference scripts: 1200; the demo's answers are shorter.")
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together by the in-process sampler.")
+    caption_plan: dict[Literal["cod", "dd"], int] = Field(
+        default_factory=lambda: {"cod": 2, "dd": 1}, description="Paper: 2 CoD + 1 DD per image."
+    )
+    vqa_plan: dict[Literal["cot", "da"], int] = Field(
+        default_factory=lambda: {"cot": 2, "da": 1}, description="Paper: 2 CoT + 1 DA per image-question."
+    )
+    text_candidates: int = Field(3, ge=1, description="Paper: 3 answers per text-only prompt.")
+
+
+class TaskCuration(_Section):
+    """Self-consistency selection for one task."""
+
+    similarity: Literal["embedding", "exact", "hybrid"] = Field(
+        "embedding", description="embedding = the paper's cosine; exact = normalised answer match; hybrid = exact for short answers."
+    )
+    threshold: float = Field(0.85, ge=-1, le=1, description="Keep the best candidate if its score reaches this.")
+    short_answer_words: int = Field(3, ge=1, description="hybrid: answers of at most this many words use exact match.")
+
+
+class CurateConfig(_Section):
+    """Step 3: self-consistency curation (paper Sec. 3.3)."""
+
+    embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path (paper: NV-Embed-v2).")
+    embed_batch_size: int = Field(128, ge=1)
+    caption: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.85))
+    vqa: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.95))
+    text: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=-1.0))
+    conversation_threshold: float = Field(0.95, description="CoD winners at or above this also become 5-turn conversations.")
+    text_top_k: int = Field(50_000, ge=0, description="Text-only: keep the top-K by score (paper: 50k).")
+    sweep: list[float] = Field(
+        default_factory=lambda: [round(0.5 + 0.05 * i, 2) for i in range(10)] + [0.97, 0.98, 0.99],
+        description="Thresholds at which the report measures keep rate and precision.",
+    )
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(96, ge=1, description="Greedy decoding budget for held-out answers and captions.")
+    batch_size: int = Field(64, ge=1)
+
+
+class SicogConfig(_Section):
+    """A whole SICOG cycle."""
+
+    seed: int = Field(0, description="Cycle seed: candidate seeds derive from (seed, record id, candidate index).")
+    cycle: int = Field(1, ge=1, description="Cycle number, recorded in curated provenance.")
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SicogConfig":
+        if self.sample.text_candidates < 2 and self.world.n_pool_text:
+            raise ValueError("sample.text_candidates: self-consistency needs at least 2 candidates")
+        return self
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return f"config error: {key}: {msg}"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"config error: override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    # YAML scalars give the natural types: 3 -> int, 0.9 -> float, true -> bool, [a, b] -> list.
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config error: {'.'.join(path)}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SicogConfig:
+    """YAML file (optional) + `key.sub=value` overrides -> validated config, or a one-line ConfigError."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config error: no such file: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config error: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config error: {p} must hold a mapping")
+    data = apply_overrides(data, overrides or [])
+    return validate_config(data)
+
+
+def validate_config(data: dict) -> SicogConfig:
+    try:
+        return SicogConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None

@@ -1,0 +1,155 @@
+"""LLaVA conversation records and the JSONL rows that flow between SICOG steps.
+
+Contracts (see ARCHITECTURE.md): source records `{"id", "image"?, "conversations": [...]}`;
+candidates `{"id", "task", "format", "index", "seed", "prompt", "image"?, "text", "model"}`; scored
+rows one per instance; curated records carry a `sicog` provenance field. Every row keeps its `id`:
+steps join on ids, never on positions.
+
+Bad input never crashes a run and is never dropped silently: `validate_records` splits a source file
+into good records and quarantine rows `{"line", "id"?, "reason", "raw"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+IMAGE_TOKEN = "<image>"
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are treated as decompression bombs and quarantined
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """Rows of a JSONL file (a JSON array file is accepted too, as LLaVA data often comes that way)."""
+    with open(path, encoding="utf-8") as fh:
+        head = fh.read(1)
+        while head and head.isspace():
+            head = fh.read(1)
+        fh.seek(0)
+        if head == "[":
+            yield from json.load(fh)
+            return
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write rows atomically (temp file + rename): a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve_image(image: str, root: str | Path) -> Path:
+    """The image file of a record, refusing absolute paths and paths that escape the data root."""
+    if not isinstance(image, str) or not image:
+        raise ValueError("image is not a non-empty string")
+    if os.path.isabs(image):
+        raise ValueError(f"image path is absolute: {image}")
+    root = Path(root).resolve()
+    path = (root / image).resolve()
+    if root != path and root not in path.parents:
+        raise ValueError(f"image path escapes the data root: {image}")
+    return path
+
+
+def check_image(path: Path) -> None:
+    """Open and fully decode the image header, refusing missing, corrupt and oversized files."""
+    if not path.is_file():
+        raise ValueError(f"image not found: {path.name}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image over the pixel limit ({w}x{h} > {MAX_IMAGE_PIXELS} pixels)")
+            im.verify()
+    except ValueError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise ValueError(f"corrupt image: {type(exc).__name__}") from None
+
+
+def record_problem(rec: Any, root: str | Path, need_answer: bool = True) -> str | None:
+    """Why a source record cannot be used, or None. `need_answer=False` for unlabeled pools."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not isinstance(rec.get("id"), (str, int)) or rec.get("id") == "":
+        return "missing id"
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        return "no conversations"
+    for turn in conv:
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
+            return "malformed conversation turn"
+    if conv[0]["from"] != "human" or not conv[0]["value"].replace(IMAGE_TOKEN, "").strip():
+        return "empty question"
+    if need_answer and not any(t["from"] == "gpt" and t["value"].strip() for t in conv):
+        return "no answer"
+    if "image" in rec and rec["image"] is not None:
+        try:
+            check_image(resolve_image(rec["image"], root))
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def validate_records(path: str | Path, root: str | Path, need_answer: bool = True) -> tuple[list[dict], list[dict]]:
+    """(good records, quarantine rows) of a JSONL source file; ids must be unique."""
+    good: list[dict] = []
+    quarantined: list[dict] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = [(i + 1, json.dumps(r)) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as exc:
+            return [], [{"line": 0, "reason": f"malformed JSON array: {exc.msg}", "raw": text[:200]}]
+    else:
+        items = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    for lineno, raw in items:
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            quarantined.append({"line": lineno, "reason": f"malformed JSON: {exc.msg}", "raw": raw[:500]})
+            continue
+        reason = record_problem(rec, root, need_answer)
+        if reason is None and str(rec["id"]) in seen:
+            reason = "duplicate id"
+        if reason is not None:
+            quarantined.append({"line": lineno, "id": rec.get("id") if isinstance(rec, dict) else None, "reason": reason, "raw": raw[:500]})
+            continue
+        rec["id"] = str(rec["id"])
+        seen.add(rec["id"])
+        good.append(rec)
+    return good, quarantined
+
+
+def question_of(rec: dict) -> str:
+    """The first human turn without the image marker."""
+    return rec["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip()
+
+
+def answer_of(rec: dict) -> str:
+    """The first gpt turn."""
+    return next(t["value"] for t in rec["conversations"] if t["from"] == "gpt")
