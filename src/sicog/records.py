@@ -96,15 +96,17 @@ def record_problem(rec: Any, root: str | Path, need_answer: bool = True) -> str 
     if not isinstance(rec.get("id"), (str, int)) or rec.get("id") == "":
         return "missing id"
     conv = rec.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        return "no conversations"
-    for turn in conv:
-        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
-            return "malformed conversation turn"
-    if conv[0]["from"] != "human" or not conv[0]["value"].replace(IMAGE_TOKEN, "").strip():
-        return "empty question"
-    if need_answer and not any(t["from"] == "gpt" and t["value"].strip() for t in conv):
-        return "no answer"
+    unlabeled_image = conv is None and not need_answer and rec.get("image")  # a caption pool entry: {"id", "image"}
+    if not unlabeled_image:
+        if not isinstance(conv, list) or not conv:
+            return "no conversations"
+        for turn in conv:
+            if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
+                return "malformed conversation turn"
+        if conv[0]["from"] != "human" or not conv[0]["value"].replace(IMAGE_TOKEN, "").strip():
+            return "empty question"
+        if need_answer and not any(t["from"] == "gpt" and t["value"].strip() for t in conv):
+            return "no answer"
     if "image" in rec and rec["image"] is not None:
         try:
             check_image(resolve_image(rec["image"], root))
