@@ -292,13 +292,13 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluations: d
     timings: dict = {}
     for inp in inputs:
         timings.update(_read_json(inp / "timings.json", {}))
-    losses: dict = {}
+    losses: dict = {}  # "<model>/<stage>": the report overlays models stage by stage
     for name, ev in evals.items():
         for entry in ev["lineage"]:
-            losses[f"{name}/{entry['name']}"] = entry.get("loss_history", [])
+            losses[f"{name}/{entry['stage']}"] = entry.get("loss_history", [])
     for name, uri in warmups.items():
         for entry in _read_json(local_path(uri) / "lineage.json", [])[-1:]:
-            losses[f"{name}/{entry['name']}"] = entry.get("loss_history", [])
+            losses[f"{name}/{entry['stage']}"] = entry.get("loss_history", [])
     metrics = {
         "world": {"seed": cfg.world.seed, **_read_json(world_dir / "manifest.json", {}).get("counts", {})},
         "cycle": cfg.cycle,
