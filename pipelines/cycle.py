@@ -9,7 +9,6 @@ It reads like the paper's Figure 2, plus the controls that make the demo honest:
   evaluate base / cycle / control (/ uncurated) on the held-out split -> report
 """
 
-from __future__ import annotations
 
 from kfp import dsl
 

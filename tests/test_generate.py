@@ -16,7 +16,7 @@ from sicog.generate.local import GumbelNoise, LocalSampler
 from sicog.generate.plan import plan_requests
 from sicog.generate.sample import failures_path, sample_candidates
 from sicog.generate.seeds import candidate_seed
-from sicog.models import init_model
+from sicog.models import init_model, load_model
 from sicog.prompts import CAPTION_COD, CAPTION_DD, cot_question, da_question
 
 IMAGE_SIZE = 32
@@ -30,6 +30,14 @@ def world(tmp_path_factory):
     texts = [CAPTION_DD, CAPTION_COD, "What colour is the circle?", "A red circle above a blue square."] * 10
     cfg = ModelConfig(vision_hidden=32, lm_hidden=32, intermediate=64, heads=2, kv_heads=1, vocab_size=300)
     model_dir = init_model(tmp / "tiny-model", texts, cfg, IMAGE_SIZE, seed=0)
+    # Random init (std 0.02) gives near-uniform logits whose greedy argmax is "\n" for every input;
+    # scaled weights make outputs depend on the input, so the determinism tests can fail.
+    model, _ = load_model(model_dir)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.mul_(10)
+    model.save_pretrained(model_dir)
     root = tmp / "images"
     root.mkdir()
     rng = np.random.default_rng(0)
@@ -148,6 +156,7 @@ def test_greedy_is_deterministic_and_ignores_seeds(world):
     second = _texts(LocalSampler(model_dir, root, batch_size=1, max_new_tokens=12, min_new_tokens=12).generate(reqs, greedy=True))
     assert first == second
     assert first[("caption", "a", 0)] == first[("caption", "a", 9)] != ""
+    assert len(set(first.values())) >= 3  # greedy outputs depend on the prompt and image
     sampled = _texts(sampler.generate(reqs))
     assert sampled[("caption", "a", 0)] != sampled[("caption", "a", 9)]
 

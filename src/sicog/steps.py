@@ -48,7 +48,7 @@ def _read_json(path: Path, default):
 
 @contextmanager
 def _step(name: str, out: Path, inputs: list[Path | None]):
-    """Time a step; write step.json and the merged timings.json ({step: {seconds, peak_rss_mb, quarantined}})."""
+    """Time a step; write step.json and the merged timings.json ({step: {seconds, peak_rss_mb, quarantined, failures}})."""
     out.mkdir(parents=True, exist_ok=True)
     figures: dict = {}
     start = time.perf_counter()
@@ -58,7 +58,7 @@ def _step(name: str, out: Path, inputs: list[Path | None]):
     for inp in inputs:
         if inp is not None:
             timings.update(_read_json(inp / "timings.json", {}))
-    timings[name] = {"seconds": seconds, "peak_rss_mb": rss, "quarantined": figures.get("quarantined", 0)}
+    timings[name] = {"seconds": seconds, "peak_rss_mb": rss, "quarantined": figures.get("quarantined", 0), "failures": figures.get("failures", 0)}
     write_json(out / "step.json", {"step": name, "seconds": seconds, "peak_rss_mb": rss, **figures})
     write_json(out / "timings.json", timings)
 
@@ -309,7 +309,9 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluations: d
         "heldout": {name: {"vqa_accuracy": ev["vqa_accuracy"], "caption_attribute_recall": ev["caption_attribute_recall"]} for name, ev in evals.items()},
         "steps": {name: _budget(ev["lineage"]) for name, ev in evals.items()},
         "curation": curation_data["quality"],
-        "counts": {"quarantined": {step: t["quarantined"] for step, t in timings.items() if t.get("quarantined")}, "rejected": curation_data["rejected"]},
+        "counts": {"quarantined": {step: t["quarantined"] for step, t in timings.items() if t.get("quarantined")}, "rejected": curation_data["rejected"],
+                   "sample_failures": sum(t.get("failures", 0) for t in timings.values()),
+                   "malformed": {task: q.get("malformed", 0) for task, q in curation_data["quality"].items()}},
         "timings_s": {step: t["seconds"] for step, t in timings.items()},
         "peak_rss_mb": {step: t["peak_rss_mb"] for step, t in timings.items()},
     }

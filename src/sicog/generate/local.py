@@ -1,0 +1,176 @@
+"""In-process candidate sampler on transformers `generate` (the local backend of SICOG step 2).
+
+Why sampling is done as "greedy over noised logits": `generate(do_sample=True)` draws every row of a
+batch from one global RNG, so a candidate's text would depend on which other requests share its
+batch, on the batch size and on the sort order. Here each candidate's randomness comes from its own
+`torch.Generator` seeded with the request's seed (derived from cycle seed, record id and candidate
+index), and the Gumbel-max trick turns that noise into an exact sample: with G ~ Gumbel(0, 1),
+argmax(logits / T + G) is distributed as softmax(logits / T). Temperature and top-p are transformers'
+own warpers (paper Sec. 3.2: T = 0.7, top_p = 0.95); top-p sets dropped tokens to -inf, which stays
+-inf after the noise. `greedy=True` (evaluation) uses neither noise nor warpers.
+
+Throughput: requests are sorted by prompt length and decoded `batch_size` at a time with left
+padding and the KV cache, image and text-only requests in separate batches; rows carry their ids,
+so output order does not matter to any caller.
+
+Bad input: a request whose image is missing, corrupt, outside the image root or over the pixel
+limit, or whose prompt does not fit the model's context, yields an error row
+(`"text": None, "error": reason`) instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from sicog.models import load_model, num_image_tokens, to_messages
+from sicog.records import IMAGE_TOKEN, check_image, resolve_image
+
+
+class GumbelNoise(LogitsProcessor):
+    """Adds Gumbel(0, 1) noise to each row from that row's own generator (Gumbel-max sampling).
+
+    Row i draws one vocabulary-sized vector per decoding step from a generator seeded with seed i,
+    so its k-th token uses its k-th draw whatever the batch holds. Noise is drawn on the CPU, where
+    torch's generator streams are the same on every platform, then moved to the logits' device.
+    """
+
+    def __init__(self, seeds: list[int]):
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        # -log(E) with E ~ Exp(1) is Gumbel(0, 1); the clamp keeps a (vanishingly rare) E == 0 finite,
+        # so that -inf logits stay -inf instead of becoming NaN.
+        exp = torch.stack([torch.empty(vocab).exponential_(generator=g) for g in self.generators])
+        noise = -exp.clamp_min(torch.finfo(torch.float32).tiny).log()
+        return scores + noise.to(device=scores.device, dtype=scores.dtype)
+
+
+def _load_image(image: str, root: str | Path) -> Image.Image:
+    path = resolve_image(image, root)
+    check_image(path)
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class LocalSampler:
+    """Batched, per-candidate-seeded sampling from a model directory.
+
+    `output_tokens` counts the tokens generated so far (up to and including each row's eos), for
+    throughput figures.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        image_root: str | Path,
+        batch_size: int = 64,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        min_new_tokens: int = 0,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        self.model_dir = Path(model_dir)
+        self.model_name = self.model_dir.name
+        self.image_root = Path(image_root)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens  # > 0 only for benchmarks that need fixed-length outputs
+        self.temperature = temperature
+        self.top_p = top_p
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.processor = load_model(self.model_dir, trust_remote_code=trust_remote_code)
+        self.model.to(self.device)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"  # decoder-only batching: new tokens line up on the right
+        self.eos_id = self.tokenizer.eos_token_id
+        self.max_positions = self.model.config.text_config.max_position_embeddings
+        self.image_tokens = num_image_tokens(self.processor)
+        self.output_tokens = 0
+
+    def _chat_text(self, req: dict) -> str:
+        has_image = "image" in req
+        human = f"{IMAGE_TOKEN}\n{req['prompt']}" if has_image else req["prompt"]
+        messages = to_messages([{"from": "human", "value": human}], has_image=has_image)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _row(self, req: dict, text: str | None, error: str | None = None) -> dict:
+        row = {**req, "text": text, "model": self.model_name}
+        if error is not None:
+            row["error"] = error
+        return row
+
+    def generate(self, requests: list[dict], greedy: bool = False, progress=None) -> Iterator[dict]:
+        """Candidate rows (request + "text", "model"; "error" on failure), in no particular order."""
+        task_id = progress.add_task("sampling" if not greedy else "decoding", total=len(requests)) if progress else None
+        prepared = []
+        for req in requests:
+            text = self._chat_text(req)
+            length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if "image" in req:
+                length += self.image_tokens - 1
+            if length + self.max_new_tokens > self.max_positions:
+                yield self._row(req, None, f"prompt too long: {length} + {self.max_new_tokens} new tokens > {self.max_positions} positions")
+                if progress:
+                    progress.advance(task_id)
+                continue
+            prepared.append((("image" in req), length, req, text))
+        for has_image in (True, False):
+            group = sorted((p for p in prepared if p[0] == has_image), key=lambda p: p[1])
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start : start + self.batch_size]
+                yield from self._generate_batch([(req, text) for _, _, req, text in batch], has_image, greedy)
+                if progress:
+                    progress.advance(task_id, len(batch))
+
+    def _generate_batch(self, batch: list[tuple[dict, str]], has_image: bool, greedy: bool) -> Iterator[dict]:
+        images = []
+        ok: list[tuple[dict, str]] = []
+        for req, text in batch:
+            if has_image:
+                try:
+                    images.append(_load_image(req["image"], self.image_root))
+                except ValueError as exc:
+                    yield self._row(req, None, str(exc))
+                    continue
+            ok.append((req, text))
+        if not ok:
+            return
+        inputs = self.processor(
+            text=[text for _, text in ok], images=images or None, padding=True, return_tensors="pt"
+        ).to(self.device)
+        config = GenerationConfig(
+            do_sample=False,  # sampling happens through the per-row Gumbel noise below
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            use_cache=True,
+        )
+        processors = LogitsProcessorList()
+        if not greedy:
+            processors.extend(
+                [
+                    TemperatureLogitsWarper(self.temperature),
+                    TopPLogitsWarper(self.top_p),
+                    GumbelNoise([req["seed"] for req, _ in ok]),
+                ]
+            )
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, generation_config=config, logits_processor=processors)
+        new = out[:, inputs["input_ids"].shape[1] :].cpu()
+        for (req, _), tokens in zip(ok, new):
+            ends = (tokens == self.eos_id).nonzero()
+            n = int(ends[0]) + 1 if len(ends) else len(tokens)
+            self.output_tokens += n
+            text = self.tokenizer.decode(tokens[:n], skip_special_tokens=True).strip()
+            yield self._row(req, text)
