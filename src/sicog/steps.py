@@ -246,6 +246,7 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
             quality[task] = curation_quality(rows, truth, task, cfg.curate.sweep)
             quality[task]["similarity"] = getattr(cfg.curate, task).similarity
             quality[task]["threshold"] = getattr(cfg.curate, task).threshold
+            quality[task]["malformed"] = sum(len(r.get("malformed", [])) for r in rows)
             if task == "caption":
                 quality[task]["conversations"] = sum(1 for r in task_curated if r["id"].endswith("-conv"))
             scores[task] = {"best": [r["score"] for r in rows], "all": [s for r in rows for s in r["scores"] if s is not None]}
