@@ -133,7 +133,7 @@ def training_records(cfg: SicogConfig, data: str, world_dir: Path, curated_dir: 
 
 def train(config: SicogConfig | dict, stage: str, data: str, model: str, world: str, out: str, name: str, curated: str | None = None) -> dict:
     """Train one stage (warmup | align | pretrain | instruct) of `model` on `data`; save to `out`."""
-    from sicog.train import train_stage
+    from sicog.train.trainer import train_stage
 
     cfg = as_config(config)
     stage_cfg = getattr(cfg.train, stage)
@@ -234,7 +234,8 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
                 by_task.setdefault(row["task"], []).append(row)
             rejected += list(read_jsonl(sdir / "rejected.jsonl"))
         rng = random.Random(cfg.seed)
-        for task, rows in sorted(by_task.items()):
+        for task in ("caption", "vqa", "text"):  # every task is reported, also when nothing could be scored
+            rows = by_task.get(task, [])
             kept = [r for r in rows if r["kept"]]
             task_curated = to_curated(kept, cfg.cycle, cfg.curate.conversation_threshold)
             curated += task_curated
@@ -247,6 +248,8 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
             quality[task]["similarity"] = getattr(cfg.curate, task).similarity
             quality[task]["threshold"] = getattr(cfg.curate, task).threshold
             quality[task]["malformed"] = sum(len(r.get("malformed", [])) for r in rows)
+            # Instances that got candidates at all; `total` counts only those with >= 2 well-formed ones.
+            quality[task]["instances"] = len({r["id"] for r in rows} | {r["id"] for r in rejected if r.get("task") == task})
             if task == "caption":
                 quality[task]["conversations"] = sum(1 for r in task_curated if r["id"].endswith("-conv"))
             scores[task] = {"best": [r["score"] for r in rows], "all": [s for r in rows for s in r["scores"] if s is not None]}
