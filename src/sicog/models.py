@@ -1,0 +1,210 @@
+"""The tiny LLaVA the CPU demo runs SICOG on: tokenizer, model factory, load/save, chat messages.
+
+The architecture is the paper's (a CLIP-style vision tower whose layer -2 features go through a
+projector into a Qwen2-style LM), shrunk so that a 2-core machine trains it in minutes. Everything
+is a stock transformers class saved with `save_pretrained` (safetensors), so the same code loads a
+real 7B LLaVA checkpoint through `AutoModelForImageTextToText` / `AutoProcessor`.
+
+Why these choices:
+- 8-pixel patches on 64-pixel images (64 image tokens): a feasibility probe showed the tiny model
+  learns to use the image with 8-px patches and stays at chance with 16-px ones.
+- The tokenizer is trained offline on the demo world's text (no model hub): byte-level BPE, so any
+  text, newlines included, decodes back exactly.
+- The chat template is ChatML (Qwen2's) with `{% generation %}` around assistant turns, so the
+  trainer gets an exact assistant-only loss mask from transformers' own `return_assistant_tokens_mask`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPVisionConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+from transformers.utils import logging as hf_logging
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from sicog.config import ModelConfig
+from sicog.records import IMAGE_TOKEN
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"  # end of every turn, and the model's eos
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [PAD, IM_START, IM_END, IMAGE_TOKEN]
+MAX_POSITIONS = 4096  # RoPE positions (no parameters); the paper's sequence length
+
+# ChatML as in Qwen2, without Qwen2's default system prompt (it would cost every demo record ~20
+# tokens and teaches nothing). Image items render as "<image>\n" before the text, as in LLaVA data;
+# the processor expands each "<image>" to the vision tower's patch count.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`: every string round-trips, unseen characters included."""
+    tok = Tokenizer(models.BPE())
+    # add_prefix_space=False keeps decode(encode(x)) == x (no invented leading space).
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        chat_template=CHAT_TEMPLATE,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _image_processor(image_size: int) -> CLIPImageProcessorPil:
+    # Exact size, no centre crop: a world image already of this size passes through unresampled
+    # (PIL returns a copy when the target size equals the source size); others are resized.
+    square = {"height": image_size, "width": image_size}
+    return CLIPImageProcessorPil(size=square, crop_size=square, do_center_crop=False)
+
+
+def init_model(out_dir: str | Path, texts: Iterable[str], cfg: ModelConfig, image_size: int, seed: int) -> Path:
+    """A randomly initialised tiny LLaVA + processor saved to `out_dir`; returns `out_dir`."""
+    hf_logging.disable_progress_bar()  # sicog shows rich progress; tqdm bars would interleave with it
+    if image_size % cfg.patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {cfg.patch_size}")
+    out_dir = Path(out_dir)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=4 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.heads,
+        image_size=image_size,
+        patch_size=cfg.patch_size,
+        num_channels=3,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.lm_hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.lm_layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        bos_token_id=ids[IM_START],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[PAD],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids[IMAGE_TOKEN],
+        image_seq_length=(image_size // cfg.patch_size) ** 2,
+        vision_feature_layer=-2,  # LLaVA's choice: the penultimate layer's patch features
+        vision_feature_select_strategy="default",  # drop CLS: (image_size / patch)^2 image tokens
+        projector_hidden_act="gelu",
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids[IM_END]
+    model.generation_config.pad_token_id = ids[PAD]
+    model.generation_config.bos_token_id = ids[IM_START]
+    processor = LlavaProcessor(
+        image_processor=_image_processor(image_size),
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, removed again by the "default" strategy
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_model(path: str | Path, trust_remote_code: bool = False):
+    """(model, processor) from a directory, on CPU in float32, in eval mode."""
+    hf_logging.disable_progress_bar()  # sicog shows rich progress; tqdm bars would interleave with it
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    model.eval()
+    return model, processor
+
+
+def num_image_tokens(processor) -> int:
+    """Image tokens one image expands to (64 for 64-px images with 8-px patches)."""
+    size = processor.image_processor.size
+    n = (size["height"] // processor.patch_size) * (size["width"] // processor.patch_size)
+    n += processor.num_additional_image_tokens
+    return n - 1 if processor.vision_feature_select_strategy == "default" else n
+
+
+def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
+    """LLaVA turns ({"from": "human"|"gpt", "value"}) -> transformers chat messages.
+
+    The "<image>" marker of the first human turn becomes a {"type": "image"} item (the template puts
+    the image first, as LLaVA data does); markers elsewhere are removed, since one image per record
+    is what the records contract allows.
+    """
+    messages: list[dict] = []
+    image_placed = False
+    for turn in conversations:
+        role = {"human": "user", "gpt": "assistant"}[turn["from"]]
+        value = turn["value"]
+        if role == "assistant":
+            messages.append({"role": role, "content": [{"type": "text", "text": value}]})
+            continue
+        text = value.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip("\n") if IMAGE_TOKEN in value else value
+        content: list[dict] = []
+        if has_image and not image_placed:
+            content.append({"type": "image"})
+            image_placed = True
+        content.append({"type": "text", "text": text})
+        messages.append({"role": role, "content": content})
+    return messages

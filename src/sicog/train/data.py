@@ -1,0 +1,142 @@
+"""LLaVA records -> training features with an assistant-only loss, and the collator that batches them.
+
+Why transformers' own machinery: the processor's `apply_chat_template(..., return_assistant_tokens_mask=True)`
+renders the chat template, expands "<image>" into the vision tower's patch count and maps the
+template's `{% generation %}` spans to tokens. Re-deriving any of that by hand would be a second
+copy of the template that could drift from the one generation uses.
+
+Loss mask (paper: standard LLaVA SFT): every token of every gpt turn, including its closing
+<|im_end|>, is a label; the system/user turns, role headers and image tokens are -100.
+
+Bad input never crashes a stage: a record that is too long, has an unreadable image or is malformed
+is skipped and counted under its reason (the counts go into the stage's train_log.json).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sicog.models import to_messages
+from sicog.records import check_image, resolve_image
+
+IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and LLaVA's loss) ignores
+
+# Skip reasons (stable keys: they are counted and reported).
+TOO_LONG = "too_long"
+BAD_IMAGE = "bad_image"
+MALFORMED = "malformed"
+NO_ANSWER = "no_answer"
+
+
+class SkipRecord(ValueError):
+    """A record that cannot be trained on; `reason` is one of the skip keys above."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _check_turns(rec: dict) -> None:
+    conv = rec.get("conversations") if isinstance(rec, dict) else None
+    if not isinstance(conv, list) or not conv:
+        raise SkipRecord(MALFORMED, "no conversations")
+    for turn in conv:
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
+            raise SkipRecord(MALFORMED, "malformed conversation turn")
+    if not any(t["from"] == "gpt" for t in conv):
+        raise SkipRecord(NO_ANSWER)
+
+
+def load_image(image: str, image_root: str | Path) -> Image.Image:
+    """A record's image as RGB, or SkipRecord(BAD_IMAGE) (missing, corrupt, escaping the root, oversized)."""
+    try:
+        path = resolve_image(image, image_root)
+        check_image(path)
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises many types for corrupt files: all mean "skip this record"
+        raise SkipRecord(BAD_IMAGE, str(exc)) from None
+
+
+def encode_record(
+    rec: dict, processor, image_root: str | Path, max_length: int, pixel_cache: dict | None = None
+) -> dict:
+    """One record -> {"id", "input_ids", "labels", "pixel_values"?}, or raises SkipRecord.
+
+    `pixel_cache` (image path -> pixel tensor) makes records that share an image (a caption and its
+    questions) share one tensor in memory.
+    """
+    _check_turns(rec)
+    image = rec.get("image")
+    messages = to_messages(rec["conversations"], has_image=image is not None)
+    if image is not None:
+        messages[0]["content"][0]["image"] = load_image(image, image_root)
+    try:
+        # Python lists, not tensors: the assistant-mask pass walks offsets token by token.
+        out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    except Exception as exc:  # a template or processor error on one record must not stop the stage
+        raise SkipRecord(MALFORMED, f"{type(exc).__name__}: {exc}") from None
+    input_ids = list(out["input_ids"][0])
+    mask = list(out["assistant_masks"][0])
+    if len(input_ids) > max_length:
+        raise SkipRecord(TOO_LONG, f"{len(input_ids)} > {max_length} tokens")
+    if not any(mask):
+        raise SkipRecord(NO_ANSWER, "no assistant tokens")
+    feature = {
+        "id": str(rec.get("id")),
+        "input_ids": input_ids,
+        "labels": [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask)],
+    }
+    if image is not None:
+        pixels = torch.as_tensor(out["pixel_values"][0])
+        if pixel_cache is not None:
+            pixels = pixel_cache.setdefault(image, pixels)
+        feature["pixel_values"] = pixels
+    return feature
+
+
+def encode_records(
+    records: Iterable[dict], processor, image_root: str | Path, max_length: int
+) -> tuple[list[dict], Counter]:
+    """Encode every record once (the stage's data are small); returns (features, skipped counts)."""
+    features: list[dict] = []
+    skipped: Counter = Counter()
+    cache: dict = {}
+    for rec in records:
+        try:
+            features.append(encode_record(rec, processor, image_root, max_length, cache))
+        except SkipRecord as exc:
+            skipped[exc.reason] += 1
+    return features, skipped
+
+
+class Collator:
+    """Right-pads a batch and stacks pixel_values of the records that have an image.
+
+    A batch may mix image and text-only records: LLaVA fills the image-token positions with the
+    stacked image features in order, so the i-th image belongs to the i-th record that has one.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        longest = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            attention_mask[i, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        pixels = [f["pixel_values"] for f in features if "pixel_values" in f]
+        if pixels:
+            batch["pixel_values"] = torch.stack(pixels)
+        return batch

@@ -1,0 +1,108 @@
+"""The tiny model factory: tokenizer, chat template, save/load through the Auto classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sicog.config import ModelConfig
+from sicog.models import init_model, load_model, num_image_tokens, to_messages, train_tokenizer
+
+TEXTS = [
+    "Step 1: Extract salient content by identifying the key elements that define the image.\nA red circle.",
+    "What colour is the square? Answer the question step-by-step.",
+    "There are two shapes: a blue triangle at the top left and a green square near the border.",
+] * 20
+TINY = ModelConfig(vision_hidden=32, vision_layers=2, lm_hidden=32, lm_layers=1, heads=2, kv_heads=1, intermediate=64, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return init_model(tmp_path_factory.mktemp("model"), TEXTS, TINY, image_size=32, seed=0)
+
+
+def _image(colour=(200, 20, 20), size=32):
+    return Image.fromarray(np.full((size, size, 3), colour, dtype=np.uint8))
+
+
+def test_tokenizer_round_trips_text_exactly():
+    tok = train_tokenizer(TEXTS, 300)
+    for text in ["Step 2: x\n\nStep 3:  two  spaces\tand tab\n", "unseen: ß é 漢字 ✓", TEXTS[0], ""]:
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    for special in ("<image>", "<|im_start|>", "<|im_end|>", "<|pad|>"):
+        assert len(tok.encode(special, add_special_tokens=False)) == 1
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
+
+
+def test_chat_template_renders_image_first_and_generation_prompt(model_dir):
+    _, processor = load_model(model_dir)
+    messages = to_messages([{"from": "human", "value": "What colour?\n<image>"}], has_image=True)
+    assert messages == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == "<|im_start|>user\n<image>\nWhat colour?<|im_end|>\n<|im_start|>assistant\n"
+    text_only = to_messages([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], has_image=False)
+    assert processor.apply_chat_template(text_only) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+
+
+def test_save_load_round_trip_gives_identical_outputs(model_dir, tmp_path):
+    model, processor = load_model(model_dir)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert type(processor).__name__ == "LlavaProcessor"
+    messages = to_messages([{"from": "human", "value": "<image>\nDescribe."}], has_image=True)
+    messages[0]["content"][0]["image"] = _image()
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    again, processor2 = load_model(tmp_path)
+    inputs2 = processor2.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    assert torch.equal(inputs["input_ids"], inputs2["input_ids"])
+    assert torch.equal(inputs["pixel_values"], inputs2["pixel_values"])
+    with torch.no_grad():
+        assert torch.equal(before, again(**inputs2).logits)
+
+
+def test_init_is_seeded(tmp_path):
+    a, _ = load_model(init_model(tmp_path / "a", TEXTS, TINY, image_size=32, seed=3))
+    b, _ = load_model(init_model(tmp_path / "b", TEXTS, TINY, image_size=32, seed=3))
+    c, _ = load_model(init_model(tmp_path / "c", TEXTS, TINY, image_size=32, seed=4))
+    pa, pb, pc = (dict(m.named_parameters()) for m in (a, b, c))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+
+
+def test_image_token_count_is_patch_grid(model_dir):
+    model, processor = load_model(model_dir)
+    assert num_image_tokens(processor) == (32 // TINY.patch_size) ** 2 == 16
+    messages = to_messages([{"from": "human", "value": "<image>\nDescribe."}], has_image=True)
+    messages[0]["content"][0]["image"] = _image(size=48)  # other sizes are resized to the model's
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, 32, 32)
+    with torch.no_grad():  # the model accepts it: image features match image tokens
+        model(**inputs)
+
+
+def test_image_passes_through_unresampled(model_dir):
+    _, processor = load_model(model_dir)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = processor.image_processor(Image.fromarray(pixels), return_tensors="pt")["pixel_values"][0]
+    mean = np.array(processor.image_processor.image_mean)[:, None, None]
+    std = np.array(processor.image_processor.image_std)[:, None, None]
+    expected = (pixels.transpose(2, 0, 1) / 255.0 - mean) / std
+    assert np.allclose(out.numpy(), expected, atol=1e-5)
+
+
+def test_generate_stops_and_decodes(model_dir):
+    model, processor = load_model(model_dir)
+    messages = to_messages([{"from": "human", "value": "<image>\nDescribe."}], has_image=True)
+    messages[0]["content"][0]["image"] = _image()
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] <= inputs["input_ids"].shape[1] + 5
+    assert model.generation_config.eos_token_id == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")

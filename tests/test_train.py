@@ -1,0 +1,193 @@
+"""Training stages: assistant-only labels, the collator, skipped records, frozen parameters, loss."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sicog.config import ModelConfig, StageConfig
+from sicog.models import init_model, load_model
+from sicog.train.data import IGNORE_INDEX, Collator, encode_record, encode_records
+from sicog.train.trainer import train_stage
+
+# One thread: on tensors this tiny, syncing a second thread costs more than it saves, and a busy
+# machine (a parallel test run) makes multi-threaded tiny steps 10-100x slower.
+
+TINY = ModelConfig(vision_hidden=32, vision_layers=2, lm_hidden=32, lm_layers=1, heads=2, kv_heads=1, intermediate=64, vocab_size=400)
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def _rec(rid, image, question, answer):
+    rec = {"id": rid, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    if image is not None:
+        rec["image"] = image
+        rec["conversations"][0]["value"] = "<image>\n" + question
+    return rec
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Solid-colour images, a colour question per image, and a tiny model trained on their text."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "img").mkdir()
+    records = []
+    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 4):
+        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
+    records.append(_rec("t0", None, "Say hello.", "Hello there."))
+    texts = [t["value"] for r in records for t in r["conversations"]]
+    model_dir = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
+    return root, records, model_dir
+
+
+def test_labels_are_exactly_the_assistant_turns(world):
+    root, _, model_dir = world
+    _, processor = load_model(model_dir)
+    tok = processor.tokenizer
+    answers = ["The image is red.", "Step 1: one\n\nStep 2: two", "yes"]
+    rec = {
+        "id": "multi",
+        "image": "img/0.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour?"},
+            {"from": "gpt", "value": answers[0]},
+            {"from": "human", "value": "And the steps?"},
+            {"from": "gpt", "value": answers[1]},
+            {"from": "human", "value": "Sure?"},
+            {"from": "gpt", "value": answers[2]},
+        ],
+    }
+    feature = encode_record(rec, processor, root, max_length=512)
+    ids, labels = feature["input_ids"], feature["labels"]
+    assert len(ids) == len(labels)
+    # Contiguous runs of labelled positions, each compared with its assistant turn tokenized alone.
+    runs, current = [], []
+    for tid, lab in zip(ids, labels):
+        if lab == IGNORE_INDEX:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            assert lab == tid
+            current.append(lab)
+    if current:
+        runs.append(current)
+    expected = [tok.encode(a + "<|im_end|>", add_special_tokens=False) for a in answers]
+    assert runs == expected
+    # Everything else is masked: the prompt, the role headers and all 16 image tokens.
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert ids.count(image_id) == 16
+    assert all(lab == IGNORE_INDEX for tid, lab in zip(ids, labels) if tid == image_id)
+    assert sum(lab != IGNORE_INDEX for lab in labels) == sum(len(e) for e in expected)
+    assert tuple(feature["pixel_values"].shape) == (3, 32, 32)
+
+
+def test_text_only_record_has_no_pixels(world):
+    root, records, model_dir = world
+    _, processor = load_model(model_dir)
+    feature = encode_record(records[-1], processor, root, max_length=512)
+    assert "pixel_values" not in feature
+    assert processor.tokenizer.decode([t for t in feature["labels"] if t != IGNORE_INDEX]) == "Hello there.<|im_end|>"
+
+
+def test_collator_pads_right_and_stacks_only_present_images(world):
+    root, records, model_dir = world
+    model, processor = load_model(model_dir)
+    features, skipped = encode_records([records[0], records[-1], records[1]], processor, root, 512)
+    assert not skipped and [f["id"] for f in features] == ["r0", "t0", "r1"]
+    batch = Collator(processor.tokenizer.pad_token_id)(features)
+    assert batch["pixel_values"].shape[0] == 2
+    short = min(range(3), key=lambda i: len(features[i]["input_ids"]))
+    n = len(features[short]["input_ids"])
+    assert batch["attention_mask"][short, :n].all() and not batch["attention_mask"][short, n:].any()
+    assert (batch["labels"][short, n:] == IGNORE_INDEX).all()
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_bad_records_are_skipped_and_counted(world):
+    root, records, model_dir = world
+    _, processor = load_model(model_dir)
+    (root / "img" / "corrupt.png").write_bytes(b"not a png")
+    bad = [
+        _rec("missing", "img/nope.png", "Q?", "A."),
+        _rec("corrupt", "img/corrupt.png", "Q?", "A."),
+        _rec("escape", "../outside.png", "Q?", "A."),
+        _rec("absolute", str(root / "img" / "0.png"), "Q?", "A."),
+        _rec("long", None, "Q?", "word " * 400),
+        {"id": "noconv", "conversations": []},
+        {"id": "noanswer", "conversations": [{"from": "human", "value": "Q?"}]},
+        {"id": "badturn", "conversations": [{"from": "robot", "value": "Q?"}]},
+    ]
+    features, skipped = encode_records(bad + records[:2], processor, root, max_length=128)
+    assert [f["id"] for f in features] == ["r0", "r1"]
+    assert dict(skipped) == {"bad_image": 4, "too_long": 1, "malformed": 2, "no_answer": 1}
+
+
+def _params(model_dir):
+    model, _ = load_model(model_dir)
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_projector_stage_trains_only_the_projector(world, tmp_path):
+    root, records, model_dir = world
+    stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4, trainable="projector")
+    log = train_stage(model_dir, records, root, tmp_path / "s1", stage, max_length=512, seed=0, name="align", threads=1)
+    before, after = _params(model_dir), _params(tmp_path / "s1")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    projector = {k for k in before if "multi_modal_projector" in k}
+    assert changed == projector
+    assert log["trainable_params"] == sum(before[k].numel() for k in projector)
+
+
+def test_all_stage_trains_language_model_and_vision(world, tmp_path):
+    root, records, model_dir = world
+    stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4, trainable="all")
+    train_stage(model_dir, records, root, tmp_path / "s2", stage, max_length=512, seed=0, name="instruct", threads=1)
+    before, after = _params(model_dir), _params(tmp_path / "s2")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("model.language_model.") for k in changed)
+    assert any(k.startswith("model.vision_tower.") for k in changed)
+    assert any("multi_modal_projector" in k for k in changed)
+
+
+def test_training_lowers_loss_and_writes_log(world, tmp_path):
+    root, records, model_dir = world
+    bad = [_rec("missing", "img/nope.png", "Q?", "A.")]
+    # Fewer records (13) than max_steps batches of 8: max_steps governs, epochs repeat.
+    stage = StageConfig(learning_rate=1e-2, max_steps=20, batch_size=8, warmup_ratio=0.1)
+    log = train_stage(model_dir, records + bad, root, tmp_path / "out", stage, max_length=512, seed=0, name="tiny", threads=1)
+    assert log["steps"] == 20 and log["records"] == len(records)
+    assert log["skipped"] == {"bad_image": 1}
+    losses = [loss for _, loss in log["loss_history"]]
+    assert len(losses) == 20 and losses[-1] < 0.6 * losses[0]
+    assert log["tokens_seen"] > 0 and log["train_seconds"] > 0
+    assert json.loads((tmp_path / "out" / "train_log.json").read_text()) == log
+    model, processor = load_model(tmp_path / "out")  # the stage output is a loadable checkpoint
+    assert type(processor).__name__ == "LlavaProcessor"
+
+
+def test_batch_larger_than_data_still_runs(world, tmp_path):
+    root, records, model_dir = world
+    stage = StageConfig(learning_rate=1e-3, max_steps=2, batch_size=64)
+    log = train_stage(model_dir, records[:2], root, tmp_path / "few", stage, max_length=512, seed=0, name="few", threads=1)
+    assert log["steps"] == 2 and log["records"] == 2
+
+
+def test_no_usable_record_is_an_error(world, tmp_path):
+    root, _, model_dir = world
+    with pytest.raises(ValueError, match="no trainable records"):
+        train_stage(model_dir, [_rec("x", "img/nope.png", "Q?", "A.")], root, tmp_path / "none", StageConfig(max_steps=1), 512, 0, "none")
+
+
+def test_same_seed_same_weights(world, tmp_path):
+    root, records, model_dir = world
+    stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4)
+    for sub in ("a", "b"):
+        train_stage(model_dir, records, root, tmp_path / sub, stage, max_length=512, seed=7, name=sub, threads=1)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
