@@ -77,6 +77,8 @@ class TrainConfig(_Section):
     instruct: StageConfig = _stage(2e-3, 600)
     warmup: StageConfig = _stage(1e-3, 150)
     pretrain: StageConfig = _stage(1e-3, 200)
+    group_by_length: bool = Field(True, description="Batch records of similar length (LLaVA's option): less padding.")
+    bf16: bool = Field(False, description="bf16 autocast (paper: bf16); on CPU only where the processor has bf16 units.")
     pretrain_mix: list[Literal["base", "annotated"]] = Field(
         default_factory=list,
         description="Labeled splits mixed into stage 1.5 beside the curated data (paper: curated only).",

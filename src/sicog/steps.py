@@ -141,7 +141,8 @@ def train(config: SicogConfig | dict, stage: str, data: str, model: str, world: 
     curated_dir = local_path(curated) if curated else None
     records, quarantine = training_records(cfg, data, world_dir, curated_dir)
     with _step(f"train:{name}", out_dir, [model_dir, curated_dir]) as figures, _progress() as progress:
-        log = train_stage(model_dir, records, world_dir, out_dir, stage_cfg, cfg.train.max_length, cfg.seed, name, progress=progress)
+        log = train_stage(model_dir, records, world_dir, out_dir, stage_cfg, cfg.train.max_length, cfg.seed, name,
+                          progress=progress, group_by_length=cfg.train.group_by_length, bf16=cfg.train.bf16)
         if quarantine:
             write_jsonl(out_dir / "quarantine.jsonl", quarantine)
         lineage = _read_json(model_dir / "lineage.json", [])

@@ -93,6 +93,7 @@ def train_stage(
     progress: Progress | None = None,
     group_by_length: bool = False,
     threads: int | None = None,
+    bf16: bool = False,
 ) -> dict:
     """Train one stage from `model_dir` on `records`; save to `out_dir`; return the train log.
 
@@ -101,12 +102,13 @@ def train_stage(
     `progress`: a running rich Progress to add this stage's bar to (default: a bar of its own).
     `group_by_length`: batch records of similar length (less padding; LLaVA's option).
     `threads`: torch intra-op threads for this stage (see `_torch_threads`).
+    `bf16`: bf16 autocast (weights stay float32 and are saved as such).
     """
     with _torch_threads(threads):
-        return _train(model_dir, records, image_root, Path(out_dir), stage, max_length, seed, name, progress, group_by_length)
+        return _train(model_dir, records, image_root, Path(out_dir), stage, max_length, seed, name, progress, group_by_length, bf16)
 
 
-def _train(model_dir, records, image_root, out_dir: Path, stage, max_length, seed, name, progress, group_by_length) -> dict:
+def _train(model_dir, records, image_root, out_dir: Path, stage, max_length, seed, name, progress, group_by_length, bf16) -> dict:
     model, processor = load_model(model_dir)
     features, skipped = encode_records(records, processor, image_root, max_length)
     if not features:
@@ -132,6 +134,7 @@ def _train(model_dir, records, image_root, out_dir: Path, stage, max_length, see
         remove_unused_columns=False,  # the collator takes the features it needs
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
+        bf16=bf16,
     )
     own_progress = progress is None
     if own_progress:
