@@ -7,18 +7,11 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def curate(
-    config: dict,
-    world: Input[Dataset],
-    caption_scored: Input[Dataset],
-    vqa_scored: Input[Dataset],
-    text_scored: Input[Dataset],
-    curated: Output[Dataset],
-):
+def curate(config: dict, world: Input[Dataset], scored: Input[Dataset], curated: Output[Dataset]):
     """Output: curated.jsonl (stage-1.5 data with provenance), uncurated.jsonl (ablation),
     rejected.jsonl and curation.json (quality per task)."""
     from sicog import steps
 
-    quality = steps.curate(config, world.path, [caption_scored.path, vqa_scored.path, text_scored.path], curated.path)
+    quality = steps.curate(config, world.path, [scored.path], curated.path)
     for task, q in quality.items():
         curated.metadata[f"{task}_kept"] = q.get("kept")

@@ -1,4 +1,4 @@
-"""Component: held-out evaluation of one model."""
+"""Component: held-out evaluation of the cycle's models."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -7,11 +7,24 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def evaluate(config: dict, name: str, model: Input[Model], world: Input[Dataset], evaluation: Output[Dataset], scores: Output[Metrics]):
-    """Output: predictions and eval.json (VQA exact match, caption attribute recall, lineage)."""
+def evaluate(
+    config: dict,
+    world: Input[Dataset],
+    base: Input[Model],
+    cycle: Input[Model],
+    control: Input[Model],
+    evaluation: Output[Dataset],
+    scores: Output[Metrics],
+    uncurated: Input[Model] = None,
+):
+    """Output: predictions per model and eval.json (VQA exact match, caption attribute recall, lineage)."""
     from sicog import steps
 
-    result = steps.evaluate(config, model.path, world.path, evaluation.path, name)
-    for key in ("vqa_accuracy", "caption_attribute_recall"):
-        if result.get(key) is not None:
-            scores.log_metric(key, result[key])
+    models = {"base": base.path, "cycle": cycle.path, "control": control.path}
+    if uncurated is not None:
+        models["uncurated"] = uncurated.path
+    results = steps.evaluate(config, models, world.path, evaluation.path)
+    for name, result in results.items():
+        for key in ("vqa_accuracy", "caption_attribute_recall"):
+            if result.get(key) is not None:
+                scores.log_metric(f"{name}_{key}", result[key])

@@ -11,14 +11,11 @@ def report(
     config: dict,
     world: Input[Dataset],
     curated: Input[Dataset],
+    evaluation: Input[Dataset],
     perception: Input[Model],
     reasoning: Input[Model],
-    eval_base: Input[Dataset],
-    eval_cycle: Input[Dataset],
-    eval_control: Input[Dataset],
     cycle_report: Output[Dataset],
     report_html: Output[HTML],
-    eval_uncurated: Input[Dataset] = None,
     publish_uri: str = "",
 ):
     """Output: metrics.json + report.html; also copied to `publish_uri` when given."""
@@ -27,10 +24,7 @@ def report(
     from sicog import steps
     from sicog.store import local_path
 
-    evaluations = {"base": eval_base.path, "cycle": eval_cycle.path, "control": eval_control.path}
-    if eval_uncurated is not None:
-        evaluations["uncurated"] = eval_uncurated.path
-    steps.report(config, world.path, curated.path, evaluations, {"perception": perception.path, "reasoning": reasoning.path}, cycle_report.path)
+    steps.report(config, world.path, curated.path, evaluation.path, {"perception": perception.path, "reasoning": reasoning.path}, cycle_report.path)
     shutil.copyfile(f"{cycle_report.path}/report.html", report_html.path)
     if publish_uri:
         shutil.copytree(cycle_report.path, local_path(publish_uri), dirs_exist_ok=True)

@@ -1,4 +1,4 @@
-"""Component: step 3a, self-consistency scores and the keep decision per instance."""
+"""Component: step 3a, self-consistency scores and the keep decision per instance (all tasks)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
@@ -7,9 +7,18 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def score(config: dict, task: str, candidates: Input[Dataset], scored: Output[Dataset]):
-    """Input: candidates. Output: scored.jsonl (scores, best, kept) and rejected.jsonl (reasons)."""
+def score(
+    config: dict,
+    caption_candidates: Input[Dataset],
+    vqa_candidates: Input[Dataset],
+    text_candidates: Input[Dataset],
+    scored: Output[Dataset],
+):
+    """Input: candidates of each task. Output: scored.jsonl (scores, best, kept) and rejected.jsonl
+    (reasons). One component, so the embedding model loads once per cycle."""
     from sicog import steps
 
-    figures = steps.score(config, candidates.path, scored.path)
-    scored.metadata.update({"task": task, **{k: v for k, v in figures.get(task, {}).items() if isinstance(v, (int, float, str))}})
+    figures = steps.score(config, [caption_candidates.path, vqa_candidates.path, text_candidates.path], scored.path)
+    for task, f in figures.items():
+        scored.metadata[f"{task}_kept"] = f["kept"]
+        scored.metadata[f"{task}_instances"] = f["instances"]

@@ -36,10 +36,6 @@ def _retrain(config, label: str, data: str, align, world, curated=None):
     return _train(config, "instruct", "base", f"{label}/instruct", pretrain.outputs["trained"], world)
 
 
-def _evaluate(config, name: str, model, world):
-    return evaluate(config=config, name=name, model=model.outputs["trained"], world=world).set_display_name(f"evaluate {name}")
-
-
 @dsl.pipeline(name="sicog-cycle", description="One SICOG self-improvement cycle (arXiv 2503.12303) with its controls.")
 def sicog_cycle(config: dict, ablations: bool = False, publish_uri: str = ""):
     world = make_world(config=config).set_display_name("world").outputs["world"]
@@ -53,40 +49,31 @@ def sicog_cycle(config: dict, ablations: bool = False, publish_uri: str = ""):
     perception = _train(config, "warmup", "perception", "perception/warmup", base.outputs["trained"], world)
     reasoning = _train(config, "warmup", "reasoning", "reasoning/warmup", base.outputs["trained"], world)
 
-    # Step 2 + 3: candidates and self-consistency, per task.
+    # Step 2 + 3: candidates per task, then self-consistency.
     samplers = {"caption": perception, "vqa": reasoning, "text": base}
-    scored = {}
+    candidates = {}
     for task in TASKS:
-        candidates = sample(config=config, task=task, model=samplers[task].outputs["trained"], world=world)
-        candidates.set_display_name(f"sample {task}").set_caching_options(False)
-        scored[task] = score(config=config, task=task, candidates=candidates.outputs["candidates"]).set_display_name(f"score {task}")
-    curated = curate(
+        sampled = sample(config=config, task=task, model=samplers[task].outputs["trained"], world=world)
+        candidates[task] = sampled.set_display_name(f"sample {task}").set_caching_options(False).outputs["candidates"]
+    scored = score(
         config=config,
-        world=world,
-        caption_scored=scored["caption"].outputs["scored"],
-        vqa_scored=scored["vqa"].outputs["scored"],
-        text_scored=scored["text"].outputs["scored"],
-    ).set_display_name("curate").outputs["curated"]
+        caption_candidates=candidates["caption"],
+        vqa_candidates=candidates["vqa"],
+        text_candidates=candidates["text"],
+    ).set_display_name("score")
+    curated = curate(config=config, world=world, scored=scored.outputs["scored"]).set_display_name("curate").outputs["curated"]
 
     # Step 4: the next-generation model, and the compute-matched control.
     cycle = _retrain(config, "cycle", "curated", align, world, curated)
     control = _retrain(config, "control", "labeled", align, world)
+    models = dict(config=config, world=world, base=base.outputs["trained"], cycle=cycle.outputs["trained"], control=control.outputs["trained"])
+    report_args = dict(config=config, world=world, curated=curated, perception=perception.outputs["trained"],
+                       reasoning=reasoning.outputs["trained"], publish_uri=publish_uri)
 
-    evals = {name: _evaluate(config, name, model, world) for name, model in (("base", base), ("cycle", cycle), ("control", control))}
-    report_args = dict(
-        config=config,
-        world=world,
-        curated=curated,
-        perception=perception.outputs["trained"],
-        reasoning=reasoning.outputs["trained"],
-        eval_base=evals["base"].outputs["evaluation"],
-        eval_cycle=evals["cycle"].outputs["evaluation"],
-        eval_control=evals["control"].outputs["evaluation"],
-        publish_uri=publish_uri,
-    )
     with dsl.If(ablations == True, name="with-ablation"):  # noqa: E712 (KFP conditions compare explicitly)
         uncurated = _retrain(config, "uncurated", "uncurated", align, world, curated)
-        ev = _evaluate(config, "uncurated", uncurated, world)
-        report(**report_args, eval_uncurated=ev.outputs["evaluation"]).set_display_name("report")
+        evaluation = evaluate(**models, uncurated=uncurated.outputs["trained"]).set_display_name("evaluate")
+        report(**report_args, evaluation=evaluation.outputs["evaluation"]).set_display_name("report")
     with dsl.Else(name="without-ablation"):
-        report(**report_args).set_display_name("report")
+        evaluation = evaluate(**models).set_display_name("evaluate")
+        report(**report_args, evaluation=evaluation.outputs["evaluation"]).set_display_name("report")

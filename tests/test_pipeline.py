@@ -43,7 +43,7 @@ def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
     assert metrics["curation"]["vqa"]["instances"] == 12 and metrics["curation"]["caption"]["instances"] == 8
     assert metrics["curation"]["vqa"]["total"] <= 12
     assert metrics["curation"]["text"]["kept"] <= 3
-    for step in ("world", "train:base/instruct", "sample:caption", "curate", "eval:cycle"):
+    for step in ("world", "train:base/instruct", "sample:caption", "score", "curate", "evaluate"):
         assert metrics["timings_s"][step] > 0
     # Stage budgets are documented per model, and the control gets the same stage-1.5 steps as the cycle.
     assert "pretrain 2 (curated)" in metrics["steps"]["cycle"] and "pretrain 2 (labeled)" in metrics["steps"]["control"]

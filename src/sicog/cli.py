@@ -143,7 +143,7 @@ def score(
     if not in_.is_file():
         raise FileNotFoundError(2, "no such file", str(in_))
     tmp = out.parent / f".{out.name}.d"
-    figures = steps.score(_config(config, set_), str(in_), str(tmp))
+    figures = steps.score(_config(config, set_), [str(in_)], str(tmp))
     (tmp / "scored.jsonl").replace(out)
     (tmp / "rejected.jsonl").replace(out.with_suffix(".rejected.jsonl"))
     _print(figures)
@@ -164,9 +164,17 @@ def curate(
 
 @app.command("eval")
 @user_errors
-def eval_(model: ModelOpt, world: WorldOpt, out: OutOpt, name: str = "model", config: ConfigOpt = None, set_: SetOpt = None):
-    """Held-out VQA accuracy and caption attribute recall of one model."""
-    _print(steps.evaluate(_config(config, set_), str(model), str(world), str(out), name))
+def eval_(
+    model: Annotated[list[Path], typer.Option("--model", help="Model folder; NAME=PATH to name it (repeatable).")],
+    world: WorldOpt,
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Held-out VQA accuracy and caption attribute recall of one or more models."""
+    models = dict(str(m).split("=", 1) if "=" in str(m) else (m.name, str(m)) for m in model)
+    results = steps.evaluate(_config(config, set_), models, str(world), str(out))
+    _print({name: {k: v for k, v in r.items() if k != "lineage"} for name, r in results.items()})
 
 
 def _summary(metrics: dict) -> None:

@@ -175,26 +175,27 @@ def sample(config: SicogConfig | dict, task: str, model: str, world: str, out: s
 # --- step 3: self-consistency ---------------------------------------------------------------------
 
 
-def score(config: SicogConfig | dict, candidates: str, out: str, embedder=None) -> dict:
+def score(config: SicogConfig | dict, candidates: list[str], out: str, embedder=None) -> dict:
     """Score each instance's candidates by self-consistency and decide `kept` by its task's threshold.
 
-    `candidates` is a candidates JSONL file (or a folder holding `candidates.jsonl`); tasks may be
-    mixed, each is scored with its own section of `curate`. Writes `out/scored.jsonl` (one row per
-    instance: id, scores in candidate index order, best, kept) and `out/rejected.jsonl` (every
-    instance not kept, with its scores and reason).
+    `candidates`: candidates JSONL files (or folders holding `candidates.jsonl`); tasks may be mixed
+    and each is scored with its own section of `curate`, with one embedder for all. Writes
+    `out/scored.jsonl` (one row per instance: id, scores in candidate index order, best, kept) and
+    `out/rejected.jsonl` (every instance not kept, with its scores and reason).
     """
     from sicog.curate.embedder import Embedder
     from sicog.curate.select import score_instances, select_instances
 
     cfg = as_config(config)
-    cand_path = local_path(candidates)
-    cand_path = cand_path / "candidates.jsonl" if cand_path.is_dir() else cand_path
+    paths = [local_path(c) for c in candidates]
+    paths = [p / "candidates.jsonl" if p.is_dir() else p for p in paths]
     out_dir = local_path(out)
     by_task: dict[str, list[dict]] = {}
-    for row in read_jsonl(cand_path):
-        if row.get("text") is not None:  # sampling failures are already written with their reasons
-            by_task.setdefault(row["task"], []).append(row)
-    with _step(f"score:{'+'.join(sorted(by_task)) or 'empty'}", out_dir, [cand_path.parent]) as figures:
+    for path in paths:
+        for row in read_jsonl(path):
+            if row.get("text") is not None:  # sampling failures are already written with their reasons
+                by_task.setdefault(row["task"], []).append(row)
+    with _step("score", out_dir, [p.parent for p in paths]) as figures:
         scored_all, rejected_all = [], []
         for task, rows in sorted(by_task.items()):
             task_cfg = getattr(cfg.curate, task)
@@ -265,17 +266,22 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def evaluate(config: SicogConfig | dict, model: str, world: str, out: str, name: str) -> dict:
-    """Held-out VQA exact match (direct-answer prompt) and caption attribute recall (DD prompt)."""
+def evaluate(config: SicogConfig | dict, models: dict[str, str], world: str, out: str) -> dict:
+    """Held-out VQA exact match (direct-answer prompt) and caption attribute recall (DD prompt) of
+    each named model; writes `out/<name>/predictions.jsonl` and `out/eval.json`."""
     from sicog.evaluate.heldout import evaluate_heldout
 
     cfg = as_config(config)
-    model_dir, world_dir, out_dir = local_path(model), local_path(world), local_path(out)
-    with _step(f"eval:{name}", out_dir, [model_dir]) as figures, _progress() as progress:
-        result = evaluate_heldout(model_dir, world_dir, out_dir / "predictions.jsonl", cfg.eval, progress=progress)
-        write_json(out_dir / "eval.json", {"name": name, **result, "lineage": _read_json(model_dir / "lineage.json", [])})
-        figures.update(result)
-    return result
+    world_dir, out_dir = local_path(world), local_path(out)
+    model_dirs = {name: local_path(uri) for name, uri in models.items()}
+    results = {}
+    with _step("evaluate", out_dir, list(model_dirs.values())) as figures, _progress() as progress:
+        for name, model_dir in model_dirs.items():
+            result = evaluate_heldout(model_dir, world_dir, out_dir / name / "predictions.jsonl", cfg.eval, progress=progress)
+            results[name] = {**result, "lineage": _read_json(model_dir / "lineage.json", [])}
+            figures[name] = result
+        write_json(out_dir / "eval.json", results)
+    return results
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -285,15 +291,15 @@ def _budget(lineage: list[dict]) -> str:
     return " + ".join(f"{e['stage']} {e['steps']} ({e['data']})" for e in lineage)
 
 
-def report(config: SicogConfig | dict, world: str, curation: str, evaluations: dict[str, str], warmups: dict[str, str], out: str) -> dict:
+def report(config: SicogConfig | dict, world: str, curation: str, evaluation: str, warmups: dict[str, str], out: str) -> dict:
     """Assemble metrics.json and report.html of one cycle into `out`."""
     from sicog.report import write_report
 
     cfg = as_config(config)
-    world_dir, cur_dir, out_dir = local_path(world), local_path(curation), local_path(out)
-    evals = {name: json.loads((local_path(uri) / "eval.json").read_text()) for name, uri in evaluations.items()}
+    world_dir, cur_dir, eval_dir, out_dir = local_path(world), local_path(curation), local_path(evaluation), local_path(out)
+    evals = json.loads((eval_dir / "eval.json").read_text())
     curation_data = json.loads((cur_dir / "curation.json").read_text())
-    inputs = [cur_dir, *(local_path(u) for u in evaluations.values()), *(local_path(u) for u in warmups.values())]
+    inputs = [cur_dir, eval_dir, *(local_path(u) for u in warmups.values())]
     timings: dict = {}
     for inp in inputs:
         timings.update(_read_json(inp / "timings.json", {}))
