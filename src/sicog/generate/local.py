@@ -20,6 +20,7 @@ limit, or whose prompt does not fit the model's context, yields an error row
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,17 @@ class GumbelNoise(LogitsProcessor):
         return scores + noise.to(device=scores.device, dtype=scores.dtype)
 
 
+def _model_id(model_dir: Path) -> str:
+    """The last training run recorded in the model's lineage (e.g. "perception/warmup"), else the
+    folder name: pipeline artifacts all live in folders of the same name."""
+    lineage = model_dir / "lineage.json"
+    if lineage.is_file():
+        runs = json.loads(lineage.read_text())
+        if runs:
+            return runs[-1]["name"]
+    return model_dir.name
+
+
 def _load_image(image: str, root: str | Path) -> Image.Image:
     path = resolve_image(image, root)
     check_image(path)
@@ -80,7 +92,7 @@ class LocalSampler:
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         self.model_dir = Path(model_dir)
-        self.model_name = self.model_dir.name
+        self.model_name = _model_id(self.model_dir)
         self.image_root = Path(image_root)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
