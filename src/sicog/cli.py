@@ -202,7 +202,7 @@ def cycle(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Full kfp.local logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the full kfp.local logs (always kept in OUT/cycle.log).")] = False,
 ):
     """One whole SICOG cycle through kfp.local: OUT/metrics.json and OUT/report.html."""
     from sicog.pipelines.run import run_local

@@ -324,7 +324,8 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluation: st
                    "sample_failures": sum(t.get("failures", 0) for t in timings.values()),
                    "malformed": {task: q.get("malformed", 0) for task, q in curation_data["quality"].items()}},
         "timings_s": {step: t["seconds"] for step, t in timings.items()},
-        "peak_rss_mb": {step: t["peak_rss_mb"] for step, t in timings.items()},
+        "peak_rss_mb": max((t["peak_rss_mb"] for t in timings.values()), default=None),
+        "peak_rss_mb_by_step": {step: t["peak_rss_mb"] for step, t in timings.items()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
