@@ -53,7 +53,7 @@ def _step(name: str, out: Path, inputs: list[Path | None]):
     figures: dict = {}
     start = time.perf_counter()
     yield figures
-    seconds, rss = round(time.perf_counter() - start, 2), round(_peak_rss_mb(), 1)
+    seconds, rss = round(time.perf_counter() - start, 3), round(_peak_rss_mb(), 1)
     timings: dict = {}
     for inp in inputs:
         if inp is not None:
