@@ -233,8 +233,7 @@ def evidence(
         err.print(f"[bold]evidence: seed {cfg.world.seed} ({i + 1}/{seeds})[/bold]")
         per_seed.append(run_local(cfg, out / f"seed-{cfg.world.seed}", ablations=True))
     command = "sicog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path = write_evidence(out, per_seed, command)
-    typer.echo(Path(path).read_text() if Path(path).suffix == ".md" else path)
+    typer.echo(Path(write_evidence(out, per_seed, command)).read_text())
 
 
 @pipeline_app.command("compile")

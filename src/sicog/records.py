@@ -150,8 +150,3 @@ def validate_records(path: str | Path, root: str | Path, need_answer: bool = Tru
 def question_of(rec: dict) -> str:
     """The first human turn without the image marker."""
     return rec["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip()
-
-
-def answer_of(rec: dict) -> str:
-    """The first gpt turn."""
-    return next(t["value"] for t in rec["conversations"] if t["from"] == "gpt")

@@ -175,7 +175,7 @@ def sample(config: SicogConfig | dict, task: str, model: str, world: str, out: s
 # --- step 3: self-consistency ---------------------------------------------------------------------
 
 
-def score(config: SicogConfig | dict, candidates: list[str], out: str, embedder=None) -> dict:
+def score(config: SicogConfig | dict, candidates: list[str], out: str) -> dict:
     """Score each instance's candidates by self-consistency and decide `kept` by its task's threshold.
 
     `candidates`: candidates JSONL files (or folders holding `candidates.jsonl`); tasks may be mixed
@@ -196,7 +196,7 @@ def score(config: SicogConfig | dict, candidates: list[str], out: str, embedder=
             if row.get("text") is not None:  # sampling failures are already written with their reasons
                 by_task.setdefault(row["task"], []).append(row)
     with _step("score", out_dir, [p.parent for p in paths]) as figures:
-        scored_all, rejected_all = [], []
+        scored_all, rejected_all, embedder = [], [], None
         for task, rows in sorted(by_task.items()):
             task_cfg = getattr(cfg.curate, task)
             if embedder is None and task_cfg.similarity != "exact":
@@ -245,7 +245,7 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
             for row in rng.sample(rows, min(len(task_curated), len(rows))):
                 ok = [i for i, s in enumerate(row["scores"]) if s is not None]
                 pick = dict(row, best=row["candidates"][rng.choice(ok)]["index"], score=None)
-                uncurated += to_curated([pick], cfg.cycle, conversation_threshold=2.0)
+                uncurated += to_curated([pick], cfg.cycle, cfg.curate.conversation_threshold)  # score None: no conversation
             quality[task] = curation_quality(rows, truth, task, cfg.curate.sweep)
             quality[task]["similarity"] = getattr(cfg.curate, task).similarity
             quality[task]["threshold"] = getattr(cfg.curate, task).threshold

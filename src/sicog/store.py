@@ -21,6 +21,4 @@ def local_path(uri: str | Path) -> Path:
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme == "file" else text)
-    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
-        return Path(text)
     raise StoreError(f"store: URI scheme {parsed.scheme}:// is not supported here (use a local path or file://)")
