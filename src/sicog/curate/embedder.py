@@ -67,6 +67,11 @@ class Embedder:
     def dimension(self) -> int:
         return int(self._model.get_embedding_dimension())
 
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens per text the model sees; longer texts are truncated (the scorer service reports it)."""
+        return int(self._model.max_seq_length)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, d) float32, rows L2-normalised, in the order of `texts`; each distinct text embedded once."""
         if isinstance(texts, str):
