@@ -106,3 +106,40 @@ def test_generate_stops_and_decodes(model_dir):
     out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 5
     assert model.generation_config.eos_token_id == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_assemble_puts_every_weight_in_place_and_reloads_identically(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
+
+    from sicog.models import IMAGE_TOKEN, assemble_model
+
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8))
+    clip.save_pretrained(tmp_path / "clip")
+    tok = train_tokenizer(TEXTS, 300)
+    tok.save_pretrained(tmp_path / "lm")
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
+    lm.save_pretrained(tmp_path / "lm")
+    out = assemble_model(tmp_path / "clip", tmp_path / "lm", tmp_path / "llava", seed=0)
+    model, processor = load_model(out)
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and model.config.vision_feature_layer == -2
+    for k, v in clip.state_dict().items():
+        assert torch.equal(model.model.vision_tower.state_dict()[k], v), k
+    lm_state = lm.state_dict()
+    n = lm.config.vocab_size  # rows beyond n are the added "<image>" token's
+    for k, v in model.model.language_model.state_dict().items():
+        assert torch.equal(v[:n] if k == "embed_tokens.weight" else v, lm_state["model." + k]), k
+    assert torch.equal(model.lm_head.weight[:n], lm.lm_head.weight)
+    assert model.lm_head.weight.shape[0] == len(processor.tokenizer) >= n
+    assert processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == model.config.image_token_id
+    assert "generation" in processor.chat_template
+    # reload is bit-identical, forward pass included
+    again, processor2 = load_model(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    messages = to_messages([{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A red circle."}], has_image=True)
+    messages[0]["content"][0]["image"] = _image()
+    inputs = processor2.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)

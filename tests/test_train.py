@@ -136,7 +136,7 @@ def _params(model_dir):
 def test_projector_stage_trains_only_the_projector(world, tmp_path):
     root, records, model_dir = world
     stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4, trainable="projector")
-    log = train_stage(model_dir, records, root, tmp_path / "s1", stage, max_length=512, seed=0, name="align", threads=1)
+    log = train_stage(model_dir, records, root, tmp_path / "s1", stage, seed=0, name="align", threads=1)
     before, after = _params(model_dir), _params(tmp_path / "s1")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     projector = {k for k in before if "multi_modal_projector" in k}
@@ -147,7 +147,7 @@ def test_projector_stage_trains_only_the_projector(world, tmp_path):
 def test_all_stage_trains_language_model_and_vision(world, tmp_path):
     root, records, model_dir = world
     stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4, trainable="all")
-    train_stage(model_dir, records, root, tmp_path / "s2", stage, max_length=512, seed=0, name="instruct", threads=1)
+    train_stage(model_dir, records, root, tmp_path / "s2", stage, seed=0, name="instruct", threads=1)
     before, after = _params(model_dir), _params(tmp_path / "s2")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("model.language_model.") for k in changed)
@@ -160,7 +160,7 @@ def test_training_lowers_loss_and_writes_log(world, tmp_path):
     bad = [_rec("missing", "img/nope.png", "Q?", "A.")]
     # Fewer records (13) than max_steps batches of 8: max_steps governs, epochs repeat.
     stage = StageConfig(learning_rate=1e-2, max_steps=20, batch_size=8, warmup_ratio=0.1)
-    log = train_stage(model_dir, records + bad, root, tmp_path / "out", stage, max_length=512, seed=0, name="tiny", threads=1)
+    log = train_stage(model_dir, records + bad, root, tmp_path / "out", stage, seed=0, name="tiny", threads=1)
     assert log["steps"] == 20 and log["records"] == len(records)
     assert log["skipped"] == {"bad_image": 1}
     losses = [loss for _, loss in log["loss_history"]]
@@ -174,20 +174,66 @@ def test_training_lowers_loss_and_writes_log(world, tmp_path):
 def test_batch_larger_than_data_still_runs(world, tmp_path):
     root, records, model_dir = world
     stage = StageConfig(learning_rate=1e-3, max_steps=2, batch_size=64)
-    log = train_stage(model_dir, records[:2], root, tmp_path / "few", stage, max_length=512, seed=0, name="few", threads=1)
+    log = train_stage(model_dir, records[:2], root, tmp_path / "few", stage, seed=0, name="few", threads=1)
     assert log["steps"] == 2 and log["records"] == 2
 
 
 def test_no_usable_record_is_an_error(world, tmp_path):
     root, _, model_dir = world
     with pytest.raises(ValueError, match="no trainable records"):
-        train_stage(model_dir, [_rec("x", "img/nope.png", "Q?", "A.")], root, tmp_path / "none", StageConfig(max_steps=1), 512, 0, "none")
+        train_stage(model_dir, [_rec("x", "img/nope.png", "Q?", "A.")], root, tmp_path / "none", StageConfig(max_steps=1), seed=0, name="none")
 
 
 def test_same_seed_same_weights(world, tmp_path):
     root, records, model_dir = world
     stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4)
     for sub in ("a", "b"):
-        train_stage(model_dir, records, root, tmp_path / sub, stage, max_length=512, seed=7, name=sub, threads=1)
+        train_stage(model_dir, records, root, tmp_path / sub, stage, seed=7, name=sub, threads=1)
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lazy_records_measure_exact_lengths_without_encoding(world):
+    from sicog.train.data import LazyRecords
+
+    root, records, model_dir = world
+    _, processor = load_model(model_dir)
+    bad = [_rec("missing", "img/nope.png", "Q?", "A."), _rec("long", None, "Q?", "word " * 400), {"id": "x", "conversations": []}]
+    data = LazyRecords(records + bad, processor, root, max_length=128)
+    assert len(data) == len(records) and not data._cache  # nothing encoded yet
+    assert dict(data.skipped) == {"bad_image": 1, "too_long": 1, "malformed": 1}
+    assert data.lengths == [len(encode_record(r, processor, root, 128)["input_ids"]) for r in records]
+
+
+def test_grouped_sampler_is_seeded_and_groups_lengths():
+    from sicog.train.trainer import GroupedSampler
+
+    lengths = list(np.random.default_rng(0).integers(10, 500, 400))
+    a = list(GroupedSampler(lengths, 8, seed=1))
+    assert sorted(a) == list(range(400)) and a == list(GroupedSampler(lengths, 8, seed=1))
+    s = GroupedSampler(lengths, 8, seed=1)
+    s.set_epoch(1)
+    assert list(s) != a
+    spread = lambda order: np.mean([np.ptp([lengths[i] for i in order[k : k + 8]]) for k in range(0, 400, 8)])  # noqa: E731
+    assert spread(a) < 0.2 * spread(list(np.random.default_rng(1).permutation(400)))
+
+
+def test_paper_config_loads_and_keeps_global_batches_on_32_ranks():
+    from pathlib import Path
+
+    from sicog.config import load_config
+    from sicog.train.batch import batch_plan
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/paper-qwen2-7b.yaml")
+    t = cfg.train
+    assert (t.align.learning_rate, t.align.batch_size, t.align.trainable) == (2e-4, 256, "projector")
+    for stage in (t.pretrain, t.instruct, t.warmup):
+        assert (stage.learning_rate, stage.batch_size, stage.trainable) == (2e-5, 128, "all")
+    for stage in (t.align, t.pretrain, t.instruct, t.warmup, t.dpo):
+        assert stage.max_steps is None and stage.epochs == 1 and stage.warmup_ratio == 0.03 and stage.weight_decay == 0
+        assert stage.lr_scheduler == "cosine"
+        per_device, accumulation = batch_plan(stage.batch_size, stage.per_device_batch_size, 32)
+        assert per_device * accumulation * 32 == stage.batch_size
+    assert (t.max_length, t.bf16, t.gradient_checkpointing, t.deepspeed) == (4096, True, True, "zero2")
+    assert (t.dpo_beta, t.dpo_sft_weight) == (0.1, 1.0)
+

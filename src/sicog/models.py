@@ -208,3 +208,71 @@ def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
         content.append({"type": "text", "text": text})
         messages.append({"role": role, "content": content})
     return messages
+
+
+def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0,
+                   trust_remote_code: bool = False) -> Path:
+    """A LLaVA model from a CLIP checkpoint and a causal LM checkpoint on disk, saved to `out_dir`.
+
+    The paper's set-up (Sec. 4): CLIP-ViT-L/14-336 features from layer -2 (patch tokens, CLS dropped)
+    -> a fresh 2-layer GELU projector -> Qwen2-7B-Instruct. The vision tower and the LM keep their
+    weights exactly; the projector is the only new module (seeded). The LM's tokenizer gets an
+    "<image>" token (embeddings resized); the processor gets the LM's chat template when it marks
+    assistant turns with {% generation %} (the trainer's loss mask needs it), else ChatML with the
+    markers when the LM speaks ChatML (Qwen2 does), else an error.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
+
+    hf_logging.disable_progress_bar()
+    out_dir = Path(out_dir)
+    vision = CLIPVisionModel.from_pretrained(str(vision_dir), dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
+    template = tokenizer.chat_template or ""
+    if "generation" not in template:
+        if IM_START not in template and IM_START not in tokenizer.get_vocab():
+            raise ValueError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is not ChatML; add the markers")
+        template = CHAT_TEMPLATE
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.chat_template = template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    vcfg = vision.config
+    text_config = AutoConfig.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
+    config = LlavaConfig(
+        vision_config=vcfg,
+        text_config=text_config,
+        image_token_id=image_id,
+        image_seq_length=(vcfg.image_size // vcfg.patch_size) ** 2,
+        vision_feature_layer=-2,  # the paper's (LLaVA's) choice
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(vision.state_dict())
+    lm_state = lm.state_dict()
+    model.model.language_model.load_state_dict({k.removeprefix("model."): v for k, v in lm_state.items() if k.startswith("model.")})
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    if len(tokenizer) > model.config.text_config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    model.generation_config = lm.generation_config
+    try:
+        image_processor = CLIPImageProcessor.from_pretrained(str(vision_dir))
+    except OSError:  # a bare tower checkpoint: CLIP's preprocessing at the tower's resolution
+        image_processor = CLIPImageProcessor(size={"shortest_edge": vcfg.image_size}, crop_size={"height": vcfg.image_size, "width": vcfg.image_size})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vcfg.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=template,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

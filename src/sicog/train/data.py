@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sicog.models import to_messages
+from sicog.models import num_image_tokens, to_messages
 from sicog.records import check_image, resolve_image
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and LLaVA's loss) ignores
@@ -115,6 +115,67 @@ def encode_records(
     return features, skipped
 
 
+class LazyRecords(torch.utils.data.Dataset):
+    """Training records encoded on first use (then kept): no stage waits for the whole set up front.
+
+    The constructor makes one cheap pass: it renders each record's chat text and tokenizes the texts
+    in one batch to get exact lengths (an image adds the patch count minus its one marker token),
+    checks each image file's header, and skips and counts what is malformed, too long or without a
+    readable image. Pixels and assistant masks come only when the Trainer asks for a record.
+    `lengths` feeds length-grouped batching without encoding anything.
+
+    A record that passes the check but fails to encode later (an image corrupt past its header) is
+    returned as None, counted under its reason, and dropped by the Collator.
+    """
+
+    def __init__(self, records: list[dict], processor, image_root: str | Path, max_length: int):
+        self.processor, self.image_root, self.max_length = processor, image_root, max_length
+        self.skipped: Counter = Counter()
+        self._cache: dict[int, dict] = {}
+        self._pixels: dict = {}
+        image_tokens = num_image_tokens(processor)
+        texts, candidates = [], []
+        for rec in records:
+            try:
+                _check_turns(rec)
+                if rec.get("image") is not None:
+                    check_image(resolve_image(rec["image"], image_root))
+                messages = to_messages(rec["conversations"], has_image=rec.get("image") is not None)
+                texts.append(processor.apply_chat_template(messages, tokenize=False))
+            except SkipRecord as exc:
+                self.skipped[exc.reason] += 1
+                continue
+            except ValueError:  # resolve_image / check_image: missing, corrupt, escaping, oversized
+                self.skipped[BAD_IMAGE] += 1
+                continue
+            except Exception:  # a template error on one record must not stop the stage
+                self.skipped[MALFORMED] += 1
+                continue
+            candidates.append(rec)
+        token_counts = [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        self.records: list[dict] = []
+        self.lengths: list[int] = []
+        for rec, n in zip(candidates, token_counts):
+            n += image_tokens - 1 if rec.get("image") is not None else 0
+            if n > max_length:
+                self.skipped[TOO_LONG] += 1
+                continue
+            self.records.append(rec)
+            self.lengths.append(n)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict | None:
+        if i not in self._cache:
+            try:
+                self._cache[i] = encode_record(self.records[i], self.processor, self.image_root, self.max_length, self._pixels)
+            except SkipRecord as exc:
+                self.skipped[exc.reason] += 1
+                self._cache[i] = None
+        return self._cache[i]
+
+
 class Collator:
     """Right-pads a batch and stacks pixel_values of the records that have an image.
 
@@ -125,7 +186,10 @@ class Collator:
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, features: list[dict]) -> dict:
+    def __call__(self, features: list[dict | None]) -> dict:
+        features = [f for f in features if f is not None]  # LazyRecords' late skips (already counted)
+        if not features:
+            raise RuntimeError("every record of a batch failed to encode")
         longest = max(len(f["input_ids"]) for f in features)
         input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)

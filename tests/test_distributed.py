@@ -1,0 +1,135 @@
+"""The real `sicog train` entry point under torchrun on CPU: 2 ranks, kill -9 and resume, ZeRO-3 save,
+global batch arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from sicog.models import init_model, load_model
+from sicog.train.batch import BatchError, batch_plan
+
+from test_train import COLOURS, TINY, _rec
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A world folder with base.jsonl (colour questions + a text-only record) and a tiny model."""
+    root = tmp_path_factory.mktemp("world")
+    (root / "img").mkdir()
+    records = []
+    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 5):
+        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
+    records.append(_rec("t0", None, "Say hello.", "Hello there."))
+    (root / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    texts = [t["value"] for r in records for t in r["conversations"]]
+    model_dir = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
+    return root, model_dir
+
+
+def _config(tmp_path, name="cfg.yaml", **train) -> Path:
+    stage = {"learning_rate": 1e-2, "max_steps": 8, "batch_size": 4, "per_device_batch_size": 1, "warmup_ratio": 0.1}
+    stage.update(train.pop("stage", {}))
+    data = {"seed": 3, "train": {"max_length": 256, "instruct": stage, **train}}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _train_argv(world, out, config, nproc=None):
+    root, model_dir = world
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    return [*launcher, "-m", "sicog.cli", "train", "--stage", "instruct", "--data", "base", "--model", str(model_dir),
+            "--world", str(root), "--out", str(out), "--config", str(config)]
+
+
+def _run(argv, timeout=300):
+    proc = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((Path(argv[argv.index("--out") + 1]) / "train_log.json").read_text())
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_batch_plan_keeps_the_global_batch():
+    assert batch_plan(128, 4, 8) == (4, 4)
+    assert batch_plan(256, 16, 16) == (16, 1)
+    assert batch_plan(16, None, 2) == (8, 1)
+    for args in [(128, 3, 8), (128, 32, 8), (16, 4, 3)]:
+        with pytest.raises(BatchError, match=f"global batch {args[0]} is not per-device batch {args[1]} x world size {args[2]}"):
+            batch_plan(*args)
+    with pytest.raises(BatchError, match="cannot be split over 3 ranks"):
+        batch_plan(16, None, 3)
+
+
+def test_impossible_batch_is_refused_in_one_line(world, tmp_path):
+    argv = _train_argv(world, tmp_path / "out", _config(tmp_path, stage={"batch_size": 4, "per_device_batch_size": 1}))
+    proc = subprocess.run(argv, env=dict(ENV, WORLD_SIZE="3"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert " ".join(proc.stderr.split()) == "error: global batch 4 is not per-device batch 1 x world size 3 x an integer accumulation >= 1"  # rich wraps lines at the console width
+
+
+def test_two_ranks_on_cpu_match_one_rank(world, tmp_path):
+    config = _config(tmp_path)
+    one = _run(_train_argv(world, tmp_path / "one", config, nproc=1))
+    two = _run(_train_argv(world, tmp_path / "two", config, nproc=2))
+    assert (one["world_size"], one["gradient_accumulation_steps"]) == (1, 4)
+    assert (two["world_size"], two["gradient_accumulation_steps"]) == (2, 2)  # accumulation halves, global batch kept
+    assert one["steps"] == two["steps"] == 8
+    assert one["tokens_seen"] == two["tokens_seen"]  # the same records, counted over both ranks
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # same global batches, gradients averaged
+    model, processor = load_model(tmp_path / "two")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+
+
+def test_kill_and_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
+    config = _config(tmp_path, save_steps=5, stage={"max_steps": 60})
+    full = _run(_train_argv(world, tmp_path / "full", config))
+    out = tmp_path / "killed"
+    argv = _train_argv(world, out, config)
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoints/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "train_log.json").exists()  # killed mid-run
+    resumed = _run(argv + ["--resume"])
+    assert resumed["resumed_from"] and resumed["resumed_from"].startswith("checkpoint-")
+    assert resumed["steps"] == full["steps"] == 60
+    a, b = _weights(tmp_path / "full"), _weights(out)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [s for s, _ in resumed["loss_history"]] == [s for s, _ in full["loss_history"]]
+    assert not (out / "checkpoints").exists()  # removed once the stage has finished
+
+
+def test_zero3_saves_a_usable_consolidated_model(world, tmp_path):
+    config = _config(tmp_path, deepspeed="zero3", stage={"max_steps": 3})
+    log = _run(_train_argv(world, tmp_path / "z3", config, nproc=1), timeout=600)
+    assert log["deepspeed"] == 3 and log["steps"] == 3
+    saved, initial = _weights(tmp_path / "z3"), _weights(world[1])
+    assert len(saved) == len(initial) and sum(v.numel() for v in saved.values()) == sum(v.numel() for v in initial.values())
+    after, before = load_model(tmp_path / "z3")[0], load_model(world[1])[0]  # loads through the Auto classes
+    a, b = dict(after.named_parameters()), dict(before.named_parameters())
+    assert set(a) == set(b) and any(not torch.equal(a[k], b[k]) for k in a)
+    # every loaded weight is one of the file's (nothing left at a fresh initialisation; lm_head is tied)
+    assert sorted(float(v.abs().sum()) for v in saved.values()) == sorted(float(v.abs().sum()) for k, v in after.state_dict().items() if k != "lm_head.weight")
