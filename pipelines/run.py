@@ -10,11 +10,32 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from sicog import store
 from sicog.config import SicogConfig
+
+
+def kfp_config(config: SicogConfig) -> dict:
+    """The config as the pipeline's dict parameter. KFP parameters cannot hold null, so a null that
+    is also its field's default is left out: each component validates the dict and gets it back."""
+
+    def strip(model: BaseModel, data: dict) -> dict:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if value is None and field.default is None:
+                data.pop(name, None)
+            elif isinstance(value, BaseModel):
+                strip(value, data[name])
+        return data
+
+    return strip(config, config.model_dump(mode="json"))
 
 
 def compile_pipeline(out: str | Path, config: SicogConfig) -> Path:
@@ -25,7 +46,8 @@ def compile_pipeline(out: str | Path, config: SicogConfig) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(sicog_cycle, str(out), pipeline_parameters={"config": config.model_dump(mode="json")})
+    compiler.Compiler().compile(sicog_cycle, str(out), pipeline_parameters={"config": kfp_config(config),
+                                                                             "sample_shards": list(range(config.sample.shards))})
     return out
 
 
@@ -52,25 +74,42 @@ class _LogFilter(io.TextIOBase):
         self.terminal.flush()
 
 
-def run_local(config: SicogConfig, out_dir: str | Path, ablations: bool = False, verbose: bool = False) -> dict:
-    """Run one cycle under kfp.local; metrics.json, report.html and cycle.log land in `out_dir`."""
+def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, verbose: bool = False) -> dict:
+    """Run one cycle under kfp.local; metrics.json, report.html and cycle.log land in `out`, a local
+    folder or an s3:// URI. kfp.local keeps the artifacts it hands between components under a local
+    pipeline root: the out folder itself, or for s3:// a temporary work folder (removed after a
+    successful run). With s3:// every step also publishes its output to OUT/steps/<step> (work_uri),
+    and the store is checked first, so wrong credentials fail before any work."""
     from kfp import local
 
     from sicog.pipelines.cycle import sicog_cycle
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out_dir / "pipeline"), raise_on_error=True)
-    params = dict(config=config.model_dump(mode="json"), ablations=ablations, publish_uri=str(out_dir))
-    if verbose:
-        sicog_cycle(**params)
+    remote = store.is_remote(out)
+    if remote:
+        store.check_access(out)
+        work = Path(tempfile.mkdtemp(prefix="sicog-cycle-"))
     else:
-        # kfp.local warns that display names and caching options only matter on a cluster.
-        warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
-        with open(out_dir / "cycle.log", "w") as log, contextlib.redirect_stdout(_LogFilter(log, sys.stdout)):
-            try:
-                sicog_cycle(**params)
-            except Exception:
-                sys.stderr.write(f"the cycle failed; full log: {out_dir / 'cycle.log'}\n")
-                raise
-    return json.loads((out_dir / "metrics.json").read_text())
+        work = store.local_path(out).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    out = str(out) if remote else str(work)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "pipeline"), raise_on_error=True)
+    params = dict(config=kfp_config(config), ablations=ablations, publish_uri=out, work_uri=out,
+                  sample_shards=list(range(config.sample.shards)))
+    try:
+        if verbose:
+            sicog_cycle(**params)
+        else:
+            # kfp.local warns that display names and caching options only matter on a cluster.
+            warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
+            with open(work / "cycle.log", "w") as log, contextlib.redirect_stdout(_LogFilter(log, sys.stdout)):
+                try:
+                    sicog_cycle(**params)
+                except Exception:
+                    sys.stderr.write(f"the cycle failed; full log: {work / 'cycle.log'}\n")
+                    raise
+    finally:
+        if remote and (work / "cycle.log").is_file():
+            store.write_bytes(store.join(out, "cycle.log"), (work / "cycle.log").read_bytes())
+    if remote:
+        shutil.rmtree(work, ignore_errors=True)
+    return json.loads(store.read_text(store.join(out, "metrics.json")))

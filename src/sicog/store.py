@@ -1,24 +1,473 @@
-"""Where step inputs and outputs live, addressed by URI.
+"""Where step inputs and outputs live, addressed by URI: local paths / `file://` and `s3://bucket/key`.
 
-Steps take and return URIs so the same code runs on a laptop and on a cluster. This release resolves
-local paths and `file://` URIs (what `kfp.local` and KFP's mounted artifact paths give a component);
-object-store URIs (`s3://`) are refused with a clear message rather than mis-read as a relative path.
+Steps take URIs so the same code runs on a laptop and on a cluster. A step reads an input with
+`local_input(uri)` (a local path; for S3 a downloaded, sha256-verified copy) and writes its output
+folder with `local_output(uri)` (written in place locally; for S3 staged locally and published on a
+clean exit). A published folder is its files plus `_manifest.json` (relative path -> sha256, size),
+written LAST: the manifest is the commit marker, readers of S3 folders require it and verify every
+file against it, so a reader never takes a half-written folder for a finished one.
+
+Atomicity of single objects: locally a write goes to a temporary file in the same folder, then
+`os.replace` publishes it. On S3 the temporary location is the upload itself: an object becomes
+visible only when its PUT or its multipart upload completes (S3 semantics; minio aborts the
+multipart upload on failure), so copying a temporary key to its final key would add a full server-side
+copy and no safety.
+
+S3 settings come from the environment (as mounted from a Kubernetes Secret), never from configs:
+  SICOG_S3_ENDPOINT            host:port or http(s)://host:port (default s3.amazonaws.com, TLS)
+  SICOG_S3_SECURE              true/false: TLS when the endpoint has no scheme (default true)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional)   the credentials
+  AWS_REGION (or AWS_DEFAULT_REGION)                                        optional
+  SSL_CERT_FILE                CA bundle for a private TLS endpoint
+  SICOG_S3_RETRY_SECONDS       how long one transfer retries connection errors and 5xx (default 300)
+  SICOG_S3_PARALLEL            files transferred at once (default 8)
+Errors name the endpoint and the bucket, never a credential.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
+
+MANIFEST = "_manifest.json"
+PART_SIZE = 16 * 1024 * 1024  # multipart part size: fewer round trips than minio's 5 MiB minimum, bounded memory
+CHUNK = 1024 * 1024
+T = TypeVar("T")
 
 
 class StoreError(ValueError):
-    """A URI this store cannot serve (reported as one line)."""
+    """A URI this store cannot serve, or a store it cannot reach (reported as one line)."""
+
+
+# --- URIs -----------------------------------------------------------------------------------------
+
+
+def is_remote(uri: str | Path) -> bool:
+    return urlparse(str(uri)).scheme == "s3"
+
+
+def join(uri: str | Path, *parts: str) -> str:
+    """`join("s3://b/run", "x/y.jsonl")` -> "s3://b/run/x/y.jsonl" (also for local paths and file://)."""
+    text = str(uri)
+    tail = "/".join(str(p).strip("/") for p in parts if str(p).strip("/"))
+    if not tail:
+        return text
+    return f"{text.rstrip('/')}/{tail}" if text else tail
 
 
 def local_path(uri: str | Path) -> Path:
-    """The local filesystem path behind a URI."""
+    """The local filesystem path behind a local URI (S3 URIs: use local_input / local_output)."""
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme == "file" else text)
-    raise StoreError(f"store: URI scheme {parsed.scheme}:// is not supported here (use a local path or file://)")
+    if parsed.scheme == "s3":
+        raise StoreError(f"store: {text} is in object storage; this needs a local path (read it through local_input)")
+    raise StoreError(f"store: URI scheme {parsed.scheme}:// is not supported (use a local path, file:// or s3://)")
+
+
+def _s3(uri: str | Path) -> tuple[str, str]:
+    """(bucket, key without surrounding slashes) of an s3:// URI."""
+    parsed = urlparse(str(uri))
+    if not parsed.netloc:
+        raise StoreError(f"store: {uri} names no bucket (use s3://bucket/key)")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def _under(key: str, name: str) -> str:
+    return f"{key}/{name}" if key else name
+
+
+# --- S3 client, errors and retries ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str
+    secure: bool
+    region: str | None
+    retry_seconds: float
+    parallel: int
+
+
+def s3_settings() -> S3Settings:
+    env = os.environ
+    endpoint = env.get("SICOG_S3_ENDPOINT", "s3.amazonaws.com")
+    secure = env.get("SICOG_S3_SECURE", "true").lower() not in ("0", "false", "no")
+    if "://" in endpoint:
+        parsed = urlparse(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise StoreError(f"store: SICOG_S3_ENDPOINT={endpoint} is not host:port or http(s)://host:port")
+        endpoint, secure = parsed.netloc, parsed.scheme == "https"
+    try:
+        retry_seconds, parallel = float(env.get("SICOG_S3_RETRY_SECONDS", 300)), int(env.get("SICOG_S3_PARALLEL", 8))
+    except ValueError as exc:
+        raise StoreError(f"store: SICOG_S3_RETRY_SECONDS / SICOG_S3_PARALLEL must be numbers ({exc})") from None
+    return S3Settings(endpoint, secure, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None, retry_seconds, max(1, parallel))
+
+
+def _client():
+    env = os.environ
+    s = s3_settings()
+    return _make_client(s.endpoint, s.secure, s.region, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
+                        env.get("AWS_SESSION_TOKEN"), env.get("SSL_CERT_FILE"), s.parallel)
+
+
+@lru_cache(maxsize=4)
+def _make_client(endpoint, secure, region, access_key, secret_key, session_token, ca_file, parallel):
+    """One client (and connection pool) per settings; thread-safe, shared by the transfer threads."""
+    import certifi
+    import urllib3
+    from minio import Minio
+
+    # Quick retries of blips inside one request; long outages are retried per transfer by _retrying.
+    retry = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=300), maxsize=max(10, 2 * parallel), retries=retry,
+                               cert_reqs="CERT_REQUIRED", ca_certs=ca_file or certifi.where())
+    return Minio(endpoint, access_key=access_key, secret_key=secret_key, session_token=session_token, secure=secure,
+                 region=region, http_client=http)
+
+
+RETRY_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "NoSuchUpload"}
+DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+
+
+def _retryable(exc: Exception) -> bool:
+    """Connection errors and 5xx. NoSuchUpload too: a multipart upload the server lost (e.g. restart) is redone whole."""
+    import urllib3
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, ServerError):
+        return exc.status_code >= 500
+    if isinstance(exc, InvalidResponseError):
+        return exc.args and "Response code: 5" in str(exc.args[0])
+    if isinstance(exc, S3Error):
+        return exc.code in RETRY_CODES or (exc.response is not None and exc.response.status >= 500)
+    return False
+
+
+def _explain(exc: Exception, uri: str) -> Exception:
+    """The one-line error a user sees for a failed S3 call (never a credential)."""
+    from minio.error import S3Error
+
+    endpoint = s3_settings().endpoint
+    bucket = _s3(uri)[0]
+    if isinstance(exc, S3Error):
+        if exc.code in DENIED_CODES:
+            return StoreError(f"store: access denied to s3://{bucket} at {endpoint}: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        if exc.code == "NoSuchBucket":
+            return StoreError(f"store: no bucket {bucket} at {endpoint}")
+        if exc.code == "NoSuchKey":
+            return FileNotFoundError(2, "no such object", str(uri))
+        return StoreError(f"store: {uri} at {endpoint}: {exc.code}: {exc.message}")
+    return StoreError(f"store: {uri} at {endpoint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def _retrying(uri: str, fn: Callable[[], T]) -> T:
+    """Run one S3 operation; retry connection errors and 5xx with exponential backoff and jitter
+    for SICOG_S3_RETRY_SECONDS; anything else (or a spent budget) becomes one clear error."""
+    budget = s3_settings().retry_seconds
+    deadline, delay = time.monotonic() + budget, 0.25
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if isinstance(exc, (StoreError, FileNotFoundError)):
+                raise
+            if not _retryable(exc):
+                raise _explain(exc, uri) from None
+            if time.monotonic() + delay > deadline:
+                error = _explain(exc, uri)
+                raise StoreError(f"{error} (gave up after retrying for {budget:g}s)") from None
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 8.0)
+
+
+def check_access(uri: str | Path) -> None:
+    """Fail early, before a step does any work, when the bucket is missing or the credentials are wrong."""
+    if not is_remote(uri):
+        return
+    bucket, _ = _s3(uri)
+    if not _retrying(str(uri), lambda: _client().bucket_exists(bucket)):
+        raise StoreError(f"store: no bucket {bucket} at {s3_settings().endpoint}")
+
+
+def _stat(uri: str, bucket: str, key: str):
+    """The object's stat, or None when there is none."""
+    from minio.error import S3Error
+
+    def stat():
+        try:
+            return _client().stat_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
+
+    return _retrying(uri, stat)
+
+
+# --- single objects -------------------------------------------------------------------------------
+
+
+def exists(uri: str | Path) -> bool:
+    """A file (object), or a folder (locally: any folder; on S3: a published one, with its manifest)."""
+    if not is_remote(uri):
+        return local_path(uri).exists()
+    bucket, key = _s3(uri)
+    return _stat(str(uri), bucket, key) is not None or _stat(str(uri), bucket, _under(key, MANIFEST)) is not None
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    if not is_remote(uri):
+        return local_path(uri).read_bytes()
+    bucket, key = _s3(uri)
+
+    def get():
+        response = _client().get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    return _retrying(str(uri), get)
+
+
+def read_text(uri: str | Path) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Atomic: a reader sees the old content or all of the new, never part of it."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    bucket, key = _s3(uri)
+    _retrying(str(uri), lambda: _client().put_object(bucket, key, io.BytesIO(data), len(data)))
+
+
+def write_text(uri: str | Path, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def list_files(prefix_uri: str | Path) -> list[str]:
+    """Every file under the prefix (recursive), relative to it, sorted; [] when there is none."""
+    if not is_remote(prefix_uri):
+        root = local_path(prefix_uri)
+        if not root.is_dir():
+            return []
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    bucket, key = _s3(prefix_uri)
+    prefix = f"{key}/" if key else ""
+    names = _retrying(str(prefix_uri), lambda: [o.object_name for o in _client().list_objects(bucket, prefix=prefix, recursive=True)])
+    return sorted(name[len(prefix):] for name in names)
+
+
+def delete(uri: str | Path) -> None:
+    """Remove the file (object) at `uri` and everything under it; nothing there is fine."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    from minio.deleteobjects import DeleteObject
+
+    bucket, key = _s3(uri)
+    keys = ([key] if key else []) + [_under(key, name) for name in list_files(uri)]
+
+    def remove():
+        errors = list(_client().remove_objects(bucket, [DeleteObject(k) for k in keys]))
+        if errors:
+            raise StoreError(f"store: could not delete {len(errors)} object(s) under {uri}: {errors[0].code}")
+
+    if keys:
+        _retrying(str(uri), remove)
+
+
+# --- folders: manifests, parallel transfers --------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _folder_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _manifest_bytes(files: dict[str, dict]) -> bytes:
+    return json.dumps({"files": files}, indent=1, sort_keys=True).encode()
+
+
+def _parallel(fn: Callable[[str], T], names: list[str]) -> list[T]:
+    workers = min(s3_settings().parallel, len(names))
+    if workers <= 1:
+        return [fn(n) for n in names]
+    with ThreadPoolExecutor(workers, thread_name_prefix="sicog-store") as pool:
+        return list(pool.map(fn, names))
+
+
+def upload_dir(local_dir: str | Path, uri: str | Path) -> dict[str, dict]:
+    """Publish a local folder at `uri`: every file (in parallel, multipart when large), then the
+    manifest last. The previous manifest is removed first, so while files are replaced the folder
+    reads as unpublished rather than as a mix of old and new. Returns the manifest's files."""
+    root, uri = Path(local_dir), str(uri)
+    names = _folder_files(root)
+    if not is_remote(uri):
+        raise StoreError(f"store: upload_dir needs an s3:// URI, not {uri}")
+    check_access(uri)
+    bucket, key = _s3(uri)
+    _retrying(uri, lambda: _client().remove_object(bucket, _under(key, MANIFEST)))
+
+    def put(name: str) -> dict:
+        path = root / name
+        entry = {"sha256": _sha256(path), "size": path.stat().st_size}
+        _retrying(join(uri, name), lambda: _client().fput_object(bucket, _under(key, name), str(path), part_size=PART_SIZE, num_parallel_uploads=1))
+        return entry
+
+    files = dict(zip(names, _parallel(put, names)))
+    write_bytes(join(uri, MANIFEST), _manifest_bytes(files))
+    return files
+
+
+def _download(uri: str, bucket: str, key: str, dest: Path, sha256: str | None) -> None:
+    """Stream one object to `dest` (via a temporary file), hashing as it goes; verify against the manifest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def get():
+        digest = hashlib.sha256()
+        tmp = dest.with_name(f".{dest.name}.part")
+        response = _client().get_object(bucket, key)
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in response.stream(CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+        if sha256 is not None and digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"store: {uri} does not match its manifest's sha256 (changed while being read, or corrupt)")
+        os.replace(tmp, dest)
+
+    _retrying(uri, get)
+
+
+def read_manifest(uri: str | Path) -> dict[str, dict]:
+    """The files of a published folder: {relative path: {sha256, size}}."""
+    try:
+        return json.loads(read_bytes(join(uri, MANIFEST)))["files"]
+    except FileNotFoundError:
+        raise StoreError(f"store: {uri} is not a published folder (no {MANIFEST}: its writer has not finished)") from None
+
+
+def download_dir(uri: str | Path, local_dir: str | Path) -> dict[str, dict]:
+    """Fetch a published folder (in parallel, each file verified against the manifest)."""
+    uri, root = str(uri), Path(local_dir)
+    bucket, key = _s3(uri)
+    files = read_manifest(uri)
+    _parallel(lambda name: _download(join(uri, name), bucket, _under(key, name), root / name, files[name]["sha256"]), sorted(files))
+    (root / MANIFEST).write_bytes(_manifest_bytes(files))
+    return files
+
+
+def write_manifest(local_dir: str | Path) -> dict[str, dict]:
+    """Seal a local output folder: the manifest of its files, written last and atomically."""
+    root = Path(local_dir)
+    files = {name: {"sha256": _sha256(root / name), "size": (root / name).stat().st_size} for name in _folder_files(root)}
+    write_bytes(root / MANIFEST, _manifest_bytes(files))
+    return files
+
+
+@contextmanager
+def local_input(uri: str | Path) -> Iterator[Path]:
+    """A local file or folder with `uri`'s content: the path itself locally; on S3 a verified
+    download (a published folder, or a single object) removed on exit."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        if not path.exists():
+            raise FileNotFoundError(2, "no such file or folder", str(uri))
+        yield path
+        return
+    bucket, key = _s3(uri)
+    tmp = Path(tempfile.mkdtemp(prefix="sicog-in-"))
+    try:
+        if _stat(str(uri), bucket, _under(key, MANIFEST)) is not None:
+            download_dir(uri, tmp / "folder")
+            yield tmp / "folder"
+        elif key and _stat(str(uri), bucket, key) is not None:
+            dest = tmp / key.rsplit("/", 1)[-1]
+            _download(str(uri), bucket, key, dest, None)
+            yield dest
+        else:
+            raise FileNotFoundError(2, "no such object or published folder", str(uri))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def local_output(uri: str | Path) -> Iterator[Path]:
+    """A local folder to write a step's output into; on a clean exit it is sealed with a manifest
+    (locally, written in place) or published to S3 (staged in a temporary folder, then uploaded).
+    S3 access is checked on entry, so wrong credentials fail before the step does any work."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MANIFEST).unlink(missing_ok=True)  # unsealed while being rewritten
+        yield path
+        write_manifest(path)
+        return
+    check_access(uri)
+    tmp = Path(tempfile.mkdtemp(prefix="sicog-out-"))
+    try:
+        yield tmp
+        upload_dir(tmp, uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def published_artifact(path: str | Path, work_uri: str, name: str) -> Iterator[str | None]:
+    """Keep a pipeline step's output (a KFP artifact folder) at work_uri/steps/<name>, sealed with its
+    manifest, when the cycle's work_uri is in object storage: the durable copy of the run that
+    `sicog` commands and later cycles read. Access is checked on entry, before the step works. A
+    local work_uri already holds kfp.local's artifacts (under pipeline/), so nothing is copied."""
+    if not is_remote(work_uri):
+        yield None
+        return
+    uri = join(work_uri, "steps", name)
+    check_access(uri)
+    yield uri
+    upload_dir(path, uri)

@@ -1,0 +1,68 @@
+"""A real S3 API server on loopback for the tests: moto's app served from this process.
+
+Its state lives in moto's in-process backends, so like a real S3 server (whose objects are on disk)
+it keeps its buckets and objects across `stop()` and `start()` on the same port; `stop()` also cuts
+the connections in flight, as a crashed server would.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+
+class S3Server:
+    def __init__(self, port: int = 0):
+        self.port = port
+        self.fail_next = 0  # answer this many requests with 503 SlowDown (a server under load)
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "S3Server":
+        server = self
+
+        class Handler(MotoRequestHandler):
+            def setup(self):
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self):
+                with server._lock:
+                    server._connections.discard(self.connection)
+                super().finish()
+
+        moto_app = DomainDispatcherApplication(create_backend_app)
+
+        def app(environ, start_response):
+            with server._lock:
+                fail, server.fail_next = server.fail_next > 0, max(0, server.fail_next - 1)
+            if fail:
+                start_response("503 Service Unavailable", [("Content-Type", "application/xml")])
+                return [b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"]
+            return moto_app(environ, start_response)
+
+        self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=Handler)
+        self.port = self._server.server_port
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and reset every open connection (requests in flight fail)."""
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
