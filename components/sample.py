@@ -1,4 +1,6 @@
-"""Component: step 2, sample candidates for one task's unlabeled pool."""
+"""Components: step 2, sample one shard of a task's unlabeled pool; collect a task's shards."""
+
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -7,10 +9,22 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def sample(config: dict, task: str, model: Input[Model], world: Input[Dataset], candidates: Output[Dataset]):
-    """Input: the sampling model (perception for captions, reasoning for VQA, base for text).
-    Output: candidates.jsonl (ids, formats, per-candidate seeds) and failures with reasons."""
+def sample_shard(config: dict, task: str, shard: int, model: Input[Model], world: Input[Dataset], sampled: Output[Dataset], work_uri: str = ""):
+    """Input: the sampling model (perception for captions, reasoning for VQA, base for text) and shard i.
+    Output: the shard's chunks and manifest under work_uri/sampling/<task>/shard-<i> (in this artifact
+    when work_uri is empty), resumed chunk by chunk when the task is re-run; shard.json points at them."""
     from sicog import steps
 
-    stats = steps.sample(config, task, model.path, world.path, candidates.path)
+    stats = steps.sample(config, task, model.path, world.path, sampled.path, shard=shard, work=work_uri or None)
+    sampled.metadata.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+
+
+@dsl.component(base_image=IMAGE)
+def collect_candidates(config: dict, task: str, shards: Input[List[Dataset]], candidates: Output[Dataset], work_uri: str = ""):
+    """Input: every shard of one task (dsl.Collected over the fan-out).
+    Output: candidates.jsonl (ids, formats, per-candidate seeds) and failures with reasons."""
+    from sicog import steps, store
+
+    with store.published_artifact(candidates.path, work_uri, f"sample/{task}"):
+        stats = steps.collect_samples(config, task, [s.path for s in shards], candidates.path)
     candidates.metadata.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})

@@ -144,6 +144,15 @@ class LocalSampler:
                 if progress:
                     progress.advance(task_id, len(batch))
 
+    def generate_chunks(self, chunks: list[list[dict]], advance=None) -> Iterator[tuple[int, list[dict]]]:
+        """(chunk index, rows) chunk after chunk: the sharded writer publishes each one as it comes.
+        `advance(n)` is called as candidates finish (progress bars)."""
+        for k, chunk in enumerate(chunks):
+            rows = list(self.generate(chunk))
+            if advance:
+                advance(len(chunk))
+            yield k, rows
+
     def _generate_batch(self, batch: list[tuple[dict, str]], has_image: bool, greedy: bool) -> Iterator[dict]:
         images = []
         ok: list[tuple[dict, str]] = []

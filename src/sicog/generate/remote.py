@@ -1,0 +1,248 @@
+"""Remote candidate sampler: chat completions against TGI or any OpenAI-compatible engine.
+
+At scale SICOG step 2 dominates a cycle's cost (paper: ~13 h on 32 A100s for CoD captions with HF
+generate at batch size 1). A serving engine with continuous batching (TGI, vLLM, SGLang) is only fast
+when its batch is full, so this client keeps `concurrency` requests in flight at all times, across
+chunk boundaries, through `huggingface_hub`'s AsyncInferenceClient.
+
+Why one request per candidate: TGI ignores `n` on chat completions (and caps `best_of`), and every
+candidate needs its own `seed` (derived from cycle seed, record id and candidate index) so that a
+redone chunk asks for exactly the same samples. Whether the server honours the seed per request is
+the server's business: TGI does; `transformers serve` sets a process-wide torch seed, so under
+concurrency its samples are not reproducible (ids, indices and seeds still are).
+
+Images travel as data URIs (base64 of the file's bytes, after the same checks as the local sampler:
+missing, corrupt, outside the image root, over the pixel limit -> an error row, no request).
+
+Failures: 429, 5xx, timeouts and connection errors are retried with exponential backoff and full
+jitter (a `Retry-After` header is honoured); other 4xx are the request's fault and are not retried.
+After the last attempt the candidate becomes an error row (`"text": None, "error": reason`), never an
+empty candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import random
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from sicog.records import check_image, resolve_image
+
+BACKOFF_BASE_S = 0.5  # first retry waits up to 0.5 s, then 1, 2, 4 ... (full jitter)
+BACKOFF_CAP_S = 30.0
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def image_data_uri(image: str, root: str | Path) -> str:
+    """`data:<mime>;base64,...` of a record's image; ValueError (with the reason) for a bad image."""
+    path = resolve_image(image, root)
+    check_image(path)
+    with Image.open(path) as im:
+        mime = Image.MIME.get(im.format or "", "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def chat_messages(req: dict, image_root: str | Path) -> list[dict]:
+    """The request's user turn in OpenAI/TGI chat format: image part first (as in LLaVA data), then text."""
+    if "image" not in req:
+        return [{"role": "user", "content": req["prompt"]}]
+    url = image_data_uri(req["image"], image_root)
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": req["prompt"]}]}]
+
+
+def _retry_decision(exc: Exception) -> tuple[bool, str, float | None]:
+    """(retry?, reason, server-requested delay) for an exception raised by one request."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+
+    if isinstance(exc, InferenceTimeoutError | asyncio.TimeoutError | httpx2.TimeoutException):
+        return True, "timeout", None
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        body = exc.response.text[:300].replace("\n", " ")
+        retry_after = exc.response.headers.get("retry-after")
+        delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+        return status in RETRY_STATUS, f"HTTP {status}: {body}", delay
+    if isinstance(exc, httpx2.TransportError):
+        return True, f"connection error: {type(exc).__name__}: {exc}", None
+    raise exc  # a bug, not a server condition
+
+
+def _endpoint_client(endpoint: str, timeout_s: float):
+    """An AsyncInferenceClient for our own endpoint that works with HF_HUB_OFFLINE=1.
+
+    huggingface_hub's HTTP session refuses every request in offline mode, our own server included;
+    clusters set HF_HUB_OFFLINE to keep model loading off the Hub, not to stop sampling. The session
+    still comes from huggingface_hub's (configurable) factory, minus that one guard.
+    """
+    from huggingface_hub import AsyncInferenceClient
+    from huggingface_hub.utils import get_async_session
+    from huggingface_hub.utils._http import async_hf_request_event_hook
+
+    class EndpointClient(AsyncInferenceClient):
+        async def _get_async_client(self):
+            if self._async_client is None:
+                session = get_async_session()
+                session.event_hooks["request"] = [h for h in session.event_hooks["request"] if h is not async_hf_request_event_hook]
+                self._async_client = await self.exit_stack.enter_async_context(session)
+            return self._async_client
+
+    return EndpointClient(base_url=endpoint, timeout=timeout_s)
+
+
+class RemoteSampler:
+    """Per-candidate-seeded sampling through an OpenAI-compatible chat completions endpoint.
+
+    `output_tokens` counts completion tokens reported by the server, for throughput figures;
+    `attempts` counts HTTP requests sent (retries included).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        image_root: str | Path,
+        served_model: str = "",
+        concurrency: int = 128,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        timeout_s: float = 600.0,
+        max_attempts: int = 4,
+    ):
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"sample.endpoint must be an http(s) URL, got {endpoint!r}")
+        if concurrency < 1 or max_attempts < 1 or max_new_tokens < 1:
+            raise ValueError("concurrency, max_attempts and max_new_tokens must be >= 1")
+        self.endpoint = endpoint.rstrip("/")
+        self.image_root = Path(image_root)
+        self.served_model = served_model or None
+        self.model_name = served_model or self.endpoint
+        self.concurrency = concurrency
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.output_tokens = 0
+        self.attempts = 0
+
+    def _row(self, req: dict, text: str | None, model: str | None = None, error: str | None = None) -> dict:
+        row = {**req, "text": text, "model": model or self.model_name}
+        if error is not None:
+            row["error"] = error
+        return row
+
+    async def _one(self, client, req: dict, max_tokens: int | None = None, temperature: float | None = None) -> dict:
+        """One candidate: request with retries; a row with text, or with the last error's reason."""
+        try:
+            messages = chat_messages(req, self.image_root)
+        except ValueError as exc:
+            return self._row(req, None, error=str(exc))
+        reason = ""
+        for attempt in range(1, self.max_attempts + 1):
+            self.attempts += 1
+            try:
+                out = await client.chat_completion(
+                    messages,
+                    model=self.served_model,
+                    max_tokens=max_tokens or self.max_new_tokens,
+                    temperature=self.temperature if temperature is None else temperature,
+                    top_p=self.top_p,
+                    seed=req["seed"],
+                )
+            except Exception as exc:  # classified below; anything unexpected is re-raised there
+                retry, reason, delay = _retry_decision(exc)
+                if not retry or attempt == self.max_attempts:
+                    break
+                await asyncio.sleep(delay if delay is not None else random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
+                continue
+            if not out.choices or out.choices[0].message.content is None:
+                return self._row(req, None, error="server returned no message content")
+            if out.usage is not None:
+                self.output_tokens += out.usage.completion_tokens
+            return self._row(req, out.choices[0].message.content.strip(), model=self.served_model or out.model)
+        return self._row(req, None, error=f"after {attempt} attempt(s): {reason}")
+
+    def _client(self):
+        return _endpoint_client(self.endpoint, self.timeout_s)
+
+    async def _run(self, chunks: list[list[dict]], done: queue.Queue, stop: threading.Event, advance) -> None:
+        """`concurrency` workers take requests in chunk order; a chunk is handed over when its last row is in."""
+        pending = deque((k, req) for k, chunk in enumerate(chunks) for req in chunk)
+        rows: list[list[dict]] = [[] for _ in chunks]
+        for k, chunk in enumerate(chunks):
+            if not chunk:
+                done.put((k, []))
+
+        async def worker(client):
+            while pending and not stop.is_set():
+                k, req = pending.popleft()
+                rows[k].append(await self._one(client, req))
+                if advance is not None:
+                    advance(1)
+                if len(rows[k]) == len(chunks[k]):
+                    done.put((k, rows[k]))
+
+        async with self._client() as client:
+            await asyncio.gather(*(worker(client) for _ in range(min(self.concurrency, len(pending)) or 1)))
+
+    def generate_chunks(self, chunks: list[list[dict]], advance=None) -> Iterator[tuple[int, list[dict]]]:
+        """(chunk index, rows) for each chunk as soon as all of its candidates are in.
+
+        The event loop runs in a background thread so that the caller's writes (to local disk or S3)
+        never pause the requests in flight: the server's batch stays full across chunk boundaries.
+        Leaving the iteration early stops the workers after their current requests. `advance(n)` is
+        called (from the sampler's thread) as candidates finish, for progress bars.
+        """
+        done: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                asyncio.run(self._run(chunks, done, stop, advance))
+            except BaseException as exc:  # surfaced in the caller's thread
+                failure.append(exc)
+            finally:
+                done.put(None)
+
+        thread = threading.Thread(target=run, name="remote-sampler", daemon=True)
+        thread.start()
+        try:
+            while (item := done.get()) is not None:
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            stop.set()
+            thread.join()
+
+    def generate(self, requests: list[dict], advance=None) -> Iterator[dict]:
+        """Candidate rows (request + "text", "model"; "error" on failure), in no particular order."""
+        for _, rows in self.generate_chunks([requests], advance=advance):
+            yield from rows
+
+    def complete(self, requests: list[dict], max_tokens: int, temperature: float, advance=None) -> list[dict]:
+        """Rows for `requests`, in their order, with explicit decoding settings (the teacher annotator's entry point)."""
+
+        async def run():
+            sem = asyncio.Semaphore(self.concurrency)
+            async with self._client() as client:
+
+                async def one(req):
+                    async with sem:
+                        row = await self._one(client, req, max_tokens=max_tokens, temperature=temperature)
+                    if advance is not None:
+                        advance(1)
+                    return row
+
+                return await asyncio.gather(*(one(r) for r in requests))
+
+        return asyncio.run(run())
