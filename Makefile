@@ -29,7 +29,10 @@ evidence: setup
 
 bench: setup
 	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/scorer.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/remote_sampling.py
+	$(BIN)/python benchmarks/store.py
 
 compile: setup
 	$(BIN)/sicog pipeline compile --config configs/demo.yaml --out build/sicog-cycle.yaml

@@ -16,14 +16,16 @@ def evaluate(
     evaluation: Output[Dataset],
     scores: Output[Metrics],
     uncurated: Input[Model] = None,
+    work_uri: str = "",
 ):
     """Output: predictions per model and eval.json (VQA exact match, caption attribute recall, lineage)."""
-    from sicog import steps
+    from sicog import steps, store
 
     models = {"base": base.path, "cycle": cycle.path, "control": control.path}
     if uncurated is not None:
         models["uncurated"] = uncurated.path
-    results = steps.evaluate(config, models, world.path, evaluation.path)
+    with store.published_artifact(evaluation.path, work_uri, "evaluate"):
+        results = steps.evaluate(config, models, world.path, evaluation.path)
     for name, result in results.items():
         for key in ("vqa_accuracy", "caption_attribute_recall"):
             if result.get(key) is not None:

@@ -7,8 +7,9 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def init_model(config: dict, world: Input[Dataset], model: Output[Model]):
+def init_model(config: dict, world: Input[Dataset], model: Output[Model], work_uri: str = ""):
     """Input: the world (its text trains the tokenizer). Output: random-weight model + processor."""
-    from sicog import steps
+    from sicog import steps, store
 
-    steps.init_model(config, world.path, model.path)
+    with store.published_artifact(model.path, work_uri, "model"):
+        steps.init_model(config, world.path, model.path)

@@ -17,14 +17,17 @@ def report(
     cycle_report: Output[Dataset],
     report_html: Output[HTML],
     publish_uri: str = "",
+    work_uri: str = "",
 ):
-    """Output: metrics.json + report.html; also copied to `publish_uri` when given."""
+    """Output: metrics.json + report.html; also published to `publish_uri` (a folder or s3:// URI) when given."""
     import shutil
 
-    from sicog import steps
-    from sicog.store import local_path
+    from sicog import steps, store
 
-    steps.report(config, world.path, curated.path, evaluation.path, {"perception": perception.path, "reasoning": reasoning.path}, cycle_report.path)
+    with store.published_artifact(cycle_report.path, work_uri, "report"):
+        steps.report(config, world.path, curated.path, evaluation.path, {"perception": perception.path, "reasoning": reasoning.path}, cycle_report.path)
     shutil.copyfile(f"{cycle_report.path}/report.html", report_html.path)
-    if publish_uri:
-        shutil.copytree(cycle_report.path, local_path(publish_uri), dirs_exist_ok=True)
+    if store.is_remote(publish_uri):
+        store.upload_dir(cycle_report.path, publish_uri)
+    elif publish_uri:
+        shutil.copytree(cycle_report.path, store.local_path(publish_uri), dirs_exist_ok=True)

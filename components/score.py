@@ -13,12 +13,17 @@ def score(
     vqa_candidates: Input[Dataset],
     text_candidates: Input[Dataset],
     scored: Output[Dataset],
+    work_uri: str = "",
+    scorer: str = "",
 ):
     """Input: candidates of each task. Output: scored.jsonl (scores, best, kept) and rejected.jsonl
-    (reasons). One component, so the embedding model loads once per cycle."""
-    from sicog import steps
+    (reasons). One component, so the embedding model loads once per cycle. `scorer`: HOST:PORT of
+    the shared scorer service to embed with (empty: the config's curate.scorer, else in-process)."""
+    from sicog import steps, store
 
-    figures = steps.score(config, [caption_candidates.path, vqa_candidates.path, text_candidates.path], scored.path)
+    with store.published_artifact(scored.path, work_uri, "score"):
+        paths = [caption_candidates.path, vqa_candidates.path, text_candidates.path]
+        figures = steps.score(config, paths, scored.path, scorer=scorer or None)
     for task, f in figures.items():
         scored.metadata[f"{task}_kept"] = f["kept"]
         scored.metadata[f"{task}_instances"] = f["instances"]

@@ -7,10 +7,11 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def make_world(config: dict, world: Output[Dataset]):
+def make_world(config: dict, world: Output[Dataset], work_uri: str = ""):
     """Input: the cycle config. Output: the world folder (base, annotated, pools, held-out, truth)."""
-    from sicog import steps
+    from sicog import steps, store
 
-    manifest = steps.make_world(config, world.path)
+    with store.published_artifact(world.path, work_uri, "world"):
+        manifest = steps.make_world(config, world.path)
     for split, count in manifest.get("counts", {}).items():
         world.metadata[split] = count

@@ -20,11 +20,17 @@ def test_pipeline_compiles_with_every_step(tmp_path):
     executors = ir["deploymentSpec"]["executors"]
     assert all(e["container"]["image"].startswith("ghcr.io/") for e in executors.values())
     components = set(ir["components"])
-    for step in ("make-world", "init-model", "train", "sample", "score", "curate", "evaluate", "report"):
+    for step in ("make-world", "init-model", "train", "sample-shard", "collect-candidates", "score", "curate", "evaluate", "report"):
         assert f"comp-{step}" in components, step
     tasks = ir["root"]["dag"]["tasks"]
-    assert {f"sample{s}" for s in ("", "-2", "-3")} <= set(tasks)
-    assert all(tasks[t].get("cachingOptions", {}).get("enableCache") is not True for t in tasks if t.startswith("sample"))
+    assert {f"collect-candidates{s}" for s in ("", "-2", "-3")} <= set(tasks)
+    # Sampling fans out over shards (one ParallelFor per task); no sampling task is ever cached.
+    loops = [tasks[t] for t in tasks if "parameterIterator" in tasks[t]]
+    assert len(loops) == 3 and all(loop["parameterIterator"]["items"]["inputParameter"].endswith("sample_shards") for loop in loops)
+    every = {t: spec for comp in [ir["root"], *ir["components"].values()] for t, spec in comp.get("dag", {}).get("tasks", {}).items()}
+    sampling = [t for t in every if t.startswith(("sample-shard", "collect-candidates"))]
+    assert len(sampling) == 6 and all(every[t].get("cachingOptions", {}).get("enableCache") is not True for t in sampling)
+    assert ir["root"]["inputDefinitions"]["parameters"]["sample_shards"]["defaultValue"] == list(range(cfg.sample.shards))
     assert ir["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]["world"]["seed"] == cfg.world.seed
 
 
@@ -43,7 +49,8 @@ def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
     assert metrics["curation"]["vqa"]["instances"] == 12 and metrics["curation"]["caption"]["instances"] == 8
     assert metrics["curation"]["vqa"]["total"] <= 12
     assert metrics["curation"]["text"]["kept"] <= 3
-    for step in ("world", "model-init", "train:stage1/align", "train:base/instruct", "sample:caption", "score", "curate", "evaluate"):
+    for step in ("world", "model-init", "train:stage1/align", "train:base/instruct", "sample:caption:shard-00000",
+                 "sample:caption:shard-00001", "collect:caption", "score", "curate", "evaluate"):
         assert metrics["timings_s"][step] >= 0, step
     assert metrics["timings_s"]["train:base/instruct"] > 0 and metrics["timings_s"]["evaluate"] > 0
     # Stage budgets are documented per model, and the control gets the same stage-1.5 steps as the cycle.

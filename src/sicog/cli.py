@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from sicog import steps
+from sicog import steps, store
 from sicog.config import ConfigError, SicogConfig, load_config
 from sicog.store import StoreError
 
@@ -27,13 +27,17 @@ model_app = typer.Typer(no_args_is_help=True, help="Model factory.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP pipeline.")
 app.add_typer(model_app, name="model")
 app.add_typer(pipeline_app, name="pipeline")
+serve_app = typer.Typer(no_args_is_help=True, help="Long-running services.")
+app.add_typer(serve_app, name="serve")
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/demo.yaml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.sub=value (repeatable).")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder or file.")]
-WorldOpt = Annotated[Path, typer.Option("--world", help="World folder (image paths are relative to it).")]
-ModelOpt = Annotated[Path, typer.Option("--model", help="Model folder (save_pretrained layout).")]
+ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="HOST:PORT of a `sicog serve scorer` service to embed with (overrides curate.scorer).")]
+# Step inputs and outputs are store URIs: a local folder, file://... or s3://bucket/key (see sicog.store).
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder or file (local path or s3://bucket/key).")]
+WorldOpt = Annotated[str, typer.Option("--world", help="World folder (image paths are relative to it); local path or s3:// URI.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model folder (save_pretrained layout); local path or s3:// URI.")]
 
 
 def user_errors(fn):
@@ -78,24 +82,60 @@ def model_init(world: WorldOpt, out: OutOpt, config: ConfigOpt = None, set_: Set
     typer.echo(steps.init_model(_config(config, set_), str(world), str(out)))
 
 
+@model_app.command("assemble")
+@user_errors
+def model_assemble(
+    vision: Annotated[Path, typer.Option(help="CLIP (vision) checkpoint folder, e.g. CLIP-ViT-L/14-336.")],
+    llm: Annotated[Path, typer.Option(help="Causal LM checkpoint folder with its tokenizer, e.g. Qwen2-7B-Instruct.")],
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """A LLaVA model from a CLIP tower and an LM on disk, with a fresh projector (paper Sec. 4 set-up)."""
+    from sicog.models import assemble_model
+
+    cfg = _config(config, set_)
+    typer.echo(assemble_model(vision, llm, out, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code))
+
+
 @app.command()
 @user_errors
 def train(
-    stage: Annotated[str, typer.Option(help="warmup | align | pretrain | instruct")],
-    data: Annotated[str, typer.Option(help=f"one of: {', '.join(steps.TRAIN_DATA)}")],
+    stage: Annotated[str, typer.Option(help="warmup | align | pretrain | instruct | dpo")],
+    data: Annotated[str, typer.Option(help=f"one of: {', '.join(steps.TRAIN_DATA)} (dpo: names the task)")],
     model: ModelOpt,
     world: WorldOpt,
     out: OutOpt,
     curated: Annotated[Optional[Path], typer.Option(help="Curated folder (for data curated/uncurated).")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="Preference pairs folder from `sicog dpo-pairs` (stage dpo).")] = None,
     name: Annotated[str, typer.Option(help="Run name in logs and lineage.")] = "",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint under OUT/checkpoints, if any.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Train one stage (step 1 warm-up or step 4 stage 1 / 1.5 / 2)."""
-    if stage not in ("warmup", "align", "pretrain", "instruct"):
-        raise ValueError(f"unknown stage {stage!r}: choose warmup, align, pretrain or instruct")
-    log = steps.train(_config(config, set_), stage, data, str(model), str(world), str(out), name or f"{stage}/{data}", str(curated) if curated else None)
-    _print({k: log[k] for k in ("steps", "records", "train_seconds", "skipped") if k in log})
+    """Train one stage (step 1 warm-up or DPO, step 4 stage 1 / 1.5 / 2); the entry point torchrun runs on every rank."""
+    if stage not in ("warmup", "align", "pretrain", "instruct", "dpo"):
+        raise ValueError(f"unknown stage {stage!r}: choose warmup, align, pretrain, instruct or dpo")
+    log = steps.train(_config(config, set_), stage, data, str(model), str(world), str(out), name or f"{stage}/{data}",
+                      str(curated) if curated else None, str(pairs) if pairs else None, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print({k: log[k] for k in ("steps", "records", "train_seconds", "tokens_per_second", "world_size", "gradient_accumulation_steps", "skipped") if k in log})
+
+
+@app.command("dpo-pairs")
+@user_errors
+def dpo_pairs(
+    task: Annotated[str, typer.Option(help="perception (DD + CoD) or reasoning (DA + CoT) annotated records")],
+    model: ModelOpt,
+    world: WorldOpt,
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """DPO variant of step 1: chosen = annotated answer, rejected = MODEL's answer on a corrupted image."""
+    if task not in ("perception", "reasoning"):
+        raise ValueError(f"unknown task {task!r}: choose perception or reasoning")
+    _print(steps.dpo_pairs(_config(config, set_), task, str(model), str(world), str(out)))
 
 
 @app.command()
@@ -119,16 +159,67 @@ def warmup(
 @user_errors
 def sample(
     task: Annotated[str, typer.Option(help="caption | vqa | text")],
-    model: ModelOpt,
     world: WorldOpt,
+    out: OutOpt,
+    model: Annotated[str, typer.Option("--model", help="Model folder (local backend); local path or s3:// URI.")] = "",
+    shard: Annotated[Optional[int], typer.Option(help="Sample only this shard (0-based) of sample.shards; default: all, then collect.")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="Number of shards (sets sample.shards).")] = None,
+    work: Annotated[Optional[str], typer.Option(help="Where shard chunks live and resume from (store URI); default: OUT/work, or OUT with --shard.")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server (TGI, vLLM, ...) to sample from: sets sample.backend=remote.")] = None,
+    served_model: Annotated[Optional[str], typer.Option(help="Model name sent to the server (sets sample.served_model).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Step 2: sample candidates for a task's unlabeled pool into OUT/candidates.jsonl, shard by shard;
+    re-running the same command resumes finished chunks."""
+    if task not in steps.POOLS:
+        raise ValueError(f"unknown task {task!r}: choose caption, vqa or text")
+    extra = [f"sample.shards={shards}"] if shards is not None else []
+    extra += ["sample.backend=remote", f"sample.endpoint={endpoint}"] if endpoint else []
+    extra += [f"sample.served_model={served_model}"] if served_model else []
+    cfg = _config(config, (set_ or []) + extra)
+    if cfg.sample.backend == "local" and not model:
+        raise ValueError("--model is needed with the local backend (or pass --endpoint URL)")
+    if shard is not None and not 0 <= shard < cfg.sample.shards:
+        raise ValueError(f"--shard {shard} is outside 0..{cfg.sample.shards - 1} (sample.shards={cfg.sample.shards})")
+    _print(steps.sample(cfg, task, model, world, out, shard=shard, work=work))
+
+
+annotate_app = typer.Typer(no_args_is_help=True, help="Step-1 training data: CoD from a teacher, DA + CoT from LLaVA-CoT.")
+app.add_typer(annotate_app, name="annotate")
+
+
+@annotate_app.command("cod")
+@user_errors
+def annotate_cod(
+    in_: Annotated[Path, typer.Option("--in", help="Caption records (LLaVA JSONL/JSON: image + original caption).")],
+    out: OutOpt,
+    endpoint: Annotated[Optional[str], typer.Option(help="The teacher's OpenAI-compatible server (sets annotate.endpoint).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Teacher model name sent to the server (sets annotate.served_model).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Image root (default: the --in file's folder).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """CoD + DD captions from a teacher model into OUT/annotated.jsonl (failures in OUT/quarantine.jsonl)."""
+    if not in_.is_file():
+        raise FileNotFoundError(2, "no such file", str(in_))
+    extra = [f"annotate.endpoint={endpoint}"] if endpoint else []
+    extra += [f"annotate.served_model={model}"] if model else []
+    _print(steps.annotate_cod(_config(config, (set_ or []) + extra), str(in_), out, str(images) if images else None))
+
+
+@annotate_app.command("cot")
+@user_errors
+def annotate_cot(
+    in_: Annotated[Path, typer.Option("--in", help="LLaVA-CoT records (JSON array or JSONL) with tagged answers.")],
     out: OutOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Step 2: sample candidates for a task's unlabeled pool into OUT/candidates.jsonl."""
-    if task not in steps.POOLS:
-        raise ValueError(f"unknown task {task!r}: choose caption, vqa or text")
-    _print(steps.sample(_config(config, set_), task, str(model), str(world), str(out)))
+    """DA + structured CoT records from LLaVA-CoT data into OUT/annotated.jsonl (failures in OUT/quarantine.jsonl)."""
+    if not in_.is_file():
+        raise FileNotFoundError(2, "no such file", str(in_))
+    _print(steps.annotate_cot(_config(config, set_), str(in_), out))
 
 
 @app.command()
@@ -138,12 +229,13 @@ def score(
     out: Annotated[Path, typer.Option("--out", "-o", help="Scored JSONL to write; rejected rows go beside it.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    scorer: ScorerOpt = None,
 ):
     """Step 3: self-consistency scores, best candidate and keep decision per instance."""
     if not in_.is_file():
         raise FileNotFoundError(2, "no such file", str(in_))
     tmp = out.parent / f".{out.name}.d"
-    figures = steps.score(_config(config, set_), [str(in_)], str(tmp))
+    figures = steps.score(_config(config, set_), [str(in_)], str(tmp), scorer=scorer)
     (tmp / "scored.jsonl").replace(out)
     (tmp / "rejected.jsonl").replace(out.with_suffix(".rejected.jsonl"))
     _print(figures)
@@ -153,7 +245,7 @@ def score(
 @user_errors
 def curate(
     world: WorldOpt,
-    scored: Annotated[list[Path], typer.Option(help="Scored folder(s) from `sicog score` / the pipeline (repeatable).")],
+    scored: Annotated[list[str], typer.Option(help="Scored folder(s) from `sicog score` / the pipeline (repeatable; local or s3://).")],
     out: OutOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -165,14 +257,14 @@ def curate(
 @app.command("eval")
 @user_errors
 def eval_(
-    model: Annotated[list[Path], typer.Option("--model", help="Model folder; NAME=PATH to name it (repeatable).")],
+    model: Annotated[list[str], typer.Option("--model", help="Model folder or s3:// URI; NAME=PATH to name it (repeatable).")],
     world: WorldOpt,
     out: OutOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Held-out VQA accuracy and caption attribute recall of one or more models."""
-    models = dict(str(m).split("=", 1) if "=" in str(m) else (m.name, str(m)) for m in model)
+    models = dict(m.split("=", 1) if "=" in m else (m.rstrip("/").rsplit("/", 1)[-1], m) for m in model)
     results = steps.evaluate(_config(config, set_), models, str(world), str(out))
     _print({name: {k: v for k, v in r.items() if k != "lineage"} for name, r in results.items()})
 
@@ -203,13 +295,17 @@ def cycle(
     set_: SetOpt = None,
     ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the full kfp.local logs (always kept in OUT/cycle.log).")] = False,
+    scorer: ScorerOpt = None,
 ):
     """One whole SICOG cycle through kfp.local: OUT/metrics.json and OUT/report.html."""
     from sicog.pipelines.run import run_local
 
-    metrics = run_local(_config(config, set_), out, ablations=ablations, verbose=verbose)
+    cfg = _config(config, set_)
+    if scorer is not None:
+        cfg.curate.scorer = scorer
+    metrics = run_local(cfg, out, ablations=ablations, verbose=verbose)
     _summary(metrics)
-    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"report: {store.join(out, 'report.html')}")
 
 
 @app.command()
@@ -224,6 +320,7 @@ def evidence(
     from sicog.pipelines.run import run_local
     from sicog.report.evidence import write_evidence
 
+    out = store.local_path(out)  # the evidence table is written here, locally
     base = _config(config, set_)
     per_seed = []
     for i in range(seeds):
@@ -234,6 +331,31 @@ def evidence(
         per_seed.append(run_local(cfg, out / f"seed-{cfg.world.seed}", ablations=True))
     command = "sicog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     typer.echo(Path(write_evidence(out, per_seed, command)).read_text())
+
+
+@serve_app.command("scorer")
+@user_errors
+def serve_scorer(
+    port: Annotated[int, typer.Option(help="gRPC port; 0 asks the OS for a free one (printed).")] = 50051,
+    model: Annotated[str, typer.Option(help="sentence-transformers name or path; clients check it against their curate.embedder.")] = "all-MiniLM-L6-v2",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; 0: a free one (printed); -1: none.")] = 8000,
+    batch_size: Annotated[int, typer.Option(help="Texts per model forward pass (micro-batches are split into these).")] = 64,
+    threads: Annotated[int, typer.Option(help="RPC worker threads (one per concurrent call).")] = 16,
+    grace_s: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight calls may take to finish.")] = 30.0,
+    max_message_mb: Annotated[int, typer.Option(help="Largest request or response message, MiB.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long the batcher waits for more requests to batch together.")] = 3.0,
+    torch_threads: Annotated[int, typer.Option(help="CPU threads of the model; 0: torch's default (one per core).")] = 0,
+):
+    """The self-consistency scorer as a gRPC service (health, reflection, metrics; drains on SIGTERM)."""
+    from sicog.scorer.server import ServerOptions, run
+
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: choose cpu or cuda")
+    options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, threads=threads,
+                            grace_s=grace_s, max_message_bytes=max_message_mb * 2**20, max_wait_s=max_wait_ms / 1000)
+    run(options, model, device, batch_size, torch_threads)
 
 
 @pipeline_app.command("compile")

@@ -57,8 +57,12 @@ class StageConfig(_Section):
     """One training stage. The paper's values are in configs/paper-qwen2-7b.yaml; the demo scales them."""
 
     learning_rate: float = Field(2e-5, gt=0, description="Paper: 2e-4 for stage 1, 2e-5 otherwise (Table 13).")
-    max_steps: int = Field(100, ge=1, description="Optimizer steps (the demo's documented step budget).")
-    batch_size: int = Field(32, ge=1, description="Global batch (paper: 256 stage 1, 128 otherwise).")
+    max_steps: int | None = Field(100, ge=1, description="Optimizer steps (the demo's documented step budget); null: train `epochs` epochs.")
+    epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is null (paper: 1, Table 13).")
+    batch_size: int = Field(32, ge=1, description="Global batch (paper: 256 stage 1, 128 otherwise), kept whatever the world size.")
+    per_device_batch_size: int | None = Field(
+        None, ge=1, description="Records per device per micro-step; accumulation = batch_size / (this x ranks). Null: batch_size / ranks."
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Paper: 0.03.")
     weight_decay: float = Field(0.0, ge=0, description="Paper: 0.")
     lr_scheduler: str = Field("cosine", description="Paper: cosine.")
@@ -79,6 +83,15 @@ class TrainConfig(_Section):
     pretrain: StageConfig = _stage(1e-3, 200)
     group_by_length: bool = Field(False, description="Batch records of similar length (LLaVA option): ~15% less padding, but on the demo world it made batches single-task and stalled learning.")
     bf16: bool = Field(False, description="bf16 autocast (paper: bf16); on CPU only where the processor has bf16 units.")
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none", description="Paper: ZeRO-2. zero3 partitions weights too and saves a consolidated model.safetensors. none: plain Trainer/DDP (the CPU demo: measured faster on a tiny model)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on; the tiny demo model does not need it).")
+    nproc: int = Field(1, ge=1, description="Processes torchrun starts per local training task (one per GPU; gloo on CPU).")
+    save_steps: int = Field(0, ge=0, description="Checkpoint (safetensors + optimizer + RNG state) every N optimizer steps for --resume; 0: none.")
+    dpo: StageConfig = _stage(1e-5, 100)
+    dpo_beta: float = Field(0.1, gt=0, description="DPO beta (paper's DPO variant: 0.1).")
+    dpo_sft_weight: float = Field(1.0, ge=0, description="Weight of the SFT term on the chosen answer added to the DPO loss (paper: 1.0).")
     pretrain_mix: list[Literal["base", "annotated"]] = Field(
         default_factory=list,
         description="Labeled splits mixed into stage 1.5 beside the curated data (paper: curated only).",
@@ -99,6 +112,28 @@ class SampleConfig(_Section):
         default_factory=lambda: {"cot": 2, "da": 1}, description="Paper: 2 CoT + 1 DA per image-question."
     )
     text_candidates: int = Field(3, ge=1, description="Paper: 3 answers per text-only prompt.")
+    # Sharding and resume: a pool is split into shards by a hash of record id, a shard into chunks.
+    shards: int = Field(2, ge=1, description="Shards per task's pool (record -> sha256(id) mod shards); the pipeline runs one task per shard. Demo: 2 (each kfp.local task costs ~8 s of start-up).")
+    chunk_size: int = Field(64, ge=1, description="Source records per chunk: the unit that is published and skipped on resume (at most one chunk is redone after a kill).")
+    # Remote backend: TGI or any OpenAI-compatible engine (vLLM, SGLang, transformers serve).
+    backend: Literal["local", "remote"] = Field("local", description="local = in-process transformers; remote = chat completions against `endpoint`.")
+    endpoint: str = Field("", description="Remote: base URL of the server (e.g. http://tgi:8080/v1); the client appends /chat/completions.")
+    served_model: str = Field("", description="Remote: the `model` sent with each request (TGI ignores it; vLLM and transformers serve need the served name).")
+    concurrency: int = Field(128, ge=1, description="Remote: requests in flight; size it to the server's batch (TGI --max-concurrent-requests defaults to 128).")
+    timeout_s: float = Field(600.0, gt=0, description="Remote: seconds one request may take before it is retried.")
+    max_attempts: int = Field(4, ge=1, description="Remote: attempts per candidate on 429 / 5xx / timeouts / connection errors before a failure row is written.")
+
+
+class AnnotateConfig(_Section):
+    """Step-1 data from a teacher model (`sicog annotate cod`) behind an OpenAI-compatible endpoint."""
+
+    endpoint: str = Field("", description="Base URL of the teacher's server (e.g. http://teacher:8080/v1).")
+    served_model: str = Field("", description="The `model` sent with each request (TGI ignores it).")
+    temperature: float = Field(0.2, gt=0, description="Paper's teacher temperature: 0.2.")
+    max_new_tokens: int = Field(1200, ge=1, description="Reference scripts: 1200.")
+    concurrency: int = Field(32, ge=1, description="Requests in flight to the teacher.")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds one request may take before it is retried.")
+    max_attempts: int = Field(4, ge=1, description="Attempts on 429 / 5xx / timeouts before the record is quarantined.")
 
 
 class TaskCuration(_Section):
@@ -116,6 +151,10 @@ class CurateConfig(_Section):
 
     embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path (paper: NV-Embed-v2).")
     embed_batch_size: int = Field(128, ge=1)
+    scorer: str = Field(
+        "", description="HOST:PORT of a `sicog serve scorer` service that embeds for the score step (it must serve "
+        "`embedder`); empty: embed in-process. `--scorer` and the pipeline's `scorer` parameter set it per run.",
+    )
     caption: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.85))
     vqa: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.95))
     text: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=-1.0))
@@ -141,6 +180,7 @@ class SicogConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -10,14 +10,17 @@ References: arXiv 2503.12303, Sec. 3 (steps 1-4) and Table 13 (training stages).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import random
 import resource
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
+from sicog import store
 from sicog.config import SicogConfig, validate_config
 from sicog.records import read_jsonl, validate_records, write_json, write_jsonl
 from sicog.store import local_path
@@ -63,6 +66,37 @@ def _step(name: str, out: Path, inputs: list[Path | None]):
     write_json(out / "timings.json", timings)
 
 
+# The parameters of the steps below that name inputs (a URI, or a list or dict of URIs); `out` is the output.
+STEP_INPUTS = ("world", "model", "curated", "pairs", "candidates", "scored", "models", "curation", "evaluation", "warmups")
+
+
+def through_store(step):
+    """Let a step take any store URI (local, file://, s3://) while its body works on local paths:
+    `out` becomes store.local_output (written in place locally, else staged and published with its
+    manifest on success; entered first, so wrong credentials fail before any work), and every input
+    becomes store.local_input (the path itself locally, else a verified download)."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        with ExitStack() as stack:
+            fetch = lambda uri: str(stack.enter_context(store.local_input(uri))) if uri else uri  # noqa: E731
+            if "out" in bound.arguments:
+                bound.arguments["out"] = str(stack.enter_context(store.local_output(bound.arguments["out"])))
+            for name in STEP_INPUTS:
+                value = bound.arguments.get(name)
+                if isinstance(value, dict):
+                    bound.arguments[name] = {key: fetch(uri) for key, uri in value.items()}
+                elif isinstance(value, (list, tuple)):
+                    bound.arguments[name] = [fetch(uri) for uri in value]
+                elif value is not None:
+                    bound.arguments[name] = fetch(value)
+            return step(*bound.args, **bound.kwargs)
+
+    return run
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -72,6 +106,7 @@ def _progress():
 # --- the demo world and the tiny model ------------------------------------------------------------
 
 
+@through_store
 def make_world(config: SicogConfig | dict, out: str) -> dict:
     """Write the procedural world (images, splits, ground truth) under `out`."""
     from sicog.world import build_world
@@ -84,6 +119,7 @@ def make_world(config: SicogConfig | dict, out: str) -> dict:
     return manifest
 
 
+@through_store
 def init_model(config: SicogConfig | dict, world: str, out: str) -> str:
     """A fresh tiny LLaVA whose tokenizer is trained on the world's text."""
     from sicog.models import init_model as build
@@ -131,25 +167,70 @@ def training_records(cfg: SicogConfig, data: str, world_dir: Path, curated_dir: 
     return records, quarantine
 
 
-def train(config: SicogConfig | dict, stage: str, data: str, model: str, world: str, out: str, name: str, curated: str | None = None) -> dict:
-    """Train one stage (warmup | align | pretrain | instruct) of `model` on `data`; save to `out`."""
-    from sicog.train.trainer import train_stage
+@through_store
+def train(config: SicogConfig | dict, stage: str, data: str, model: str, world: str, out: str, name: str,
+          curated: str | None = None, pairs: str | None = None, resume: bool = False) -> dict:
+    """Train one stage (warmup | align | pretrain | instruct | dpo) of `model` on `data`; save to `out`.
+
+    This is the body of every training process: `sicog train` runs it, alone or as one of
+    torchrun's ranks (rank 0 writes the step's files). `dpo` trains on `pairs` (from dpo_pairs);
+    `data` then only names the task in the lineage. `resume`: continue from out's last checkpoint.
+    """
+    from sicog.train.trainer import is_main_process, train_stage
 
     cfg = as_config(config)
     stage_cfg = getattr(cfg.train, stage)
     model_dir, world_dir, out_dir = local_path(model), local_path(world), local_path(out)
     curated_dir = local_path(curated) if curated else None
-    records, quarantine = training_records(cfg, data, world_dir, curated_dir)
-    with _step(f"train:{name}", out_dir, [model_dir, curated_dir]) as figures, _progress() as progress:
-        log = train_stage(model_dir, records, world_dir, out_dir, stage_cfg, cfg.train.max_length, cfg.seed, name,
-                          progress=progress, group_by_length=cfg.train.group_by_length, bf16=cfg.train.bf16)
+    if stage == "dpo":
+        from sicog.train.dpo import train_dpo as run_stage
+
+        if not pairs:
+            raise ValueError("stage dpo needs preference pairs (sicog dpo-pairs)")
+        records, quarantine, inputs = list(read_jsonl(local_path(pairs) / "pairs.jsonl")), [], [model_dir, local_path(pairs)]
+    else:
+        run_stage = train_stage
+        records, quarantine = training_records(cfg, data, world_dir, curated_dir)
+        inputs = [model_dir, curated_dir]
+    main = is_main_process()
+    with (_step(f"train:{name}", out_dir, inputs) if main else nullcontext({})) as figures, (_progress() if main else nullcontext()) as progress:
+        log = run_stage(model_dir, records, world_dir, out_dir, stage_cfg, cfg.train, cfg.seed, name, progress=progress, resume=resume)
+        if main:
+            if quarantine:
+                write_jsonl(out_dir / "quarantine.jsonl", quarantine)
+            lineage = _read_json(model_dir / "lineage.json", [])
+            lineage.append({"name": name, "stage": stage, "data": data, **{k: log[k] for k in ("steps", "loss_history", "train_seconds", "records", "skipped") if k in log}})
+            write_json(out_dir / "lineage.json", lineage)
+            figures.update({"records": len(records), "quarantined": len(quarantine), "steps": log.get("steps"), "tokens_per_second": log.get("tokens_per_second")})
+    return log
+
+
+@through_store
+def train_torchrun(config: SicogConfig | dict, stage: str, data: str, model: str, world: str, out: str, name: str,
+                   curated: str | None = None, pairs: str | None = None) -> dict:
+    """`train` through `torchrun --nproc_per_node train.nproc` on this machine (what the pipeline's
+    local train component runs); a rerun into the same `out` resumes from its last checkpoint."""
+    from sicog.train.launch import torchrun_train
+
+    cfg = as_config(config)
+    return torchrun_train(cfg, stage=stage, data=data, model=model, world=world, out=out, name=name, curated=curated, pairs=pairs)
+
+
+@through_store
+def dpo_pairs(config: SicogConfig | dict, data: str, model: str, world: str, out: str) -> dict:
+    """Preference pairs for the DPO variant of step 1: chosen = the annotated answer, rejected = `model`'s
+    answer on a corrupted copy of the image; writes out/pairs.jsonl and out/images/."""
+    from sicog.annotate.dpo import make_pairs
+
+    cfg = as_config(config)
+    model_dir, world_dir, out_dir = local_path(model), local_path(world), local_path(out)
+    records, quarantine = training_records(cfg, data, world_dir, None)
+    with _step(f"dpo-pairs:{data}", out_dir, [model_dir]) as figures, _progress() as progress:
+        stats = make_pairs(records, model_dir, world_dir, out_dir, cfg.seed, cfg.sample.max_new_tokens, cfg.sample.batch_size, progress=progress)
         if quarantine:
             write_jsonl(out_dir / "quarantine.jsonl", quarantine)
-        lineage = _read_json(model_dir / "lineage.json", [])
-        lineage.append({"name": name, "stage": stage, "data": data, **{k: log[k] for k in ("steps", "loss_history", "train_seconds", "records", "skipped") if k in log}})
-        write_json(out_dir / "lineage.json", lineage)
-        figures.update({"records": len(records), "quarantined": len(quarantine), "steps": log.get("steps")})
-    return log
+        figures.update(stats, quarantined=len(quarantine))
+    return stats
 
 
 # --- step 2: candidate generation -----------------------------------------------------------------
@@ -157,33 +238,122 @@ def train(config: SicogConfig | dict, stage: str, data: str, model: str, world: 
 POOLS = {"caption": "pool_images", "vqa": "pool_vqa", "text": "pool_text"}
 
 
-def sample(config: SicogConfig | dict, task: str, model: str, world: str, out: str) -> dict:
+@through_store
+def sample(config: SicogConfig | dict, task: str, model: str | None, world: str, out: str, shard: int | None = None, work: str | None = None) -> dict:
     """Sample candidates for the task's unlabeled pool (perception model for captions, reasoning
-    model for VQA, base model for text-only) into `out/candidates.jsonl`."""
-    from sicog.generate.sample import sample_candidates
+    model for VQA, base model for text-only), or from `sample.endpoint` (backend remote, `model` unused),
+    resuming finished chunks.
+
+    shard None: every shard of `sample.shards` in turn, then collected into `out/candidates.jsonl`.
+    shard i: only that shard (the pipeline's fan-out); its chunks go to `sampling/<task>/shard-<i>` under
+    `work` (any store URI; default `out`) and `out/shard.json` says where; `collect_samples` gathers them.
+    """
+    from sicog.generate.sample import sample_candidates, sample_shard
+    from sicog.generate.shards import shard_dir
 
     cfg = as_config(config)
-    model_dir, world_dir, out_dir = local_path(model), local_path(world), local_path(out)
+    model_dir, world_dir, out_dir = local_path(model) if model else None, local_path(world), local_path(out)
     records, quarantine = validate_records(world_dir / f"{POOLS[task]}.jsonl", world_dir, need_answer=False)
-    with _step(f"sample:{task}", out_dir, [model_dir]) as figures, _progress() as progress:
-        stats = sample_candidates(records, task, model_dir, out_dir / "candidates.jsonl", cfg.sample, cfg.seed, world_dir, progress=progress)
-        write_jsonl(out_dir / "quarantine.jsonl", ({"split": POOLS[task], **row} for row in quarantine))
+    quarantine = [{"split": POOLS[task], **row} for row in quarantine]
+    shard = None if shard is None else int(shard)  # KFP hands loop items over as numbers, maybe 0.0
+    name = f"sample:{task}" if shard is None else f"sample:{task}:shard-{shard:05d}"
+    with _step(name, out_dir, [model_dir]) as figures, _progress() as progress:
+        if shard is None:
+            stats = sample_candidates(records, task, model_dir, out_dir / "candidates.jsonl", cfg.sample, cfg.seed, world_dir,
+                                      progress=progress, work_uri=work or str(out_dir / "work"))
+        else:
+            uri = shard_dir(work or str(out_dir), task, shard)
+            todo = progress.add_task(f"sampling {task} shard {shard}", total=None)
+            stats = sample_shard(records, task, model_dir, uri, shard, cfg.sample, cfg.seed, world_dir,
+                                 advance=lambda n: progress.advance(todo, n))
+            write_json(out_dir / "shard.json", {"task": task, "shard": shard, "uri": uri, **stats})
+            quarantine = quarantine if shard == 0 else []  # the pool's quarantine is reported once, by shard 0
+        write_jsonl(out_dir / "quarantine.jsonl", quarantine)
         figures.update(stats, quarantined=len(quarantine))
     return stats
+
+
+def collect_samples(config: SicogConfig | dict, task: str, shards: list[str], out: str) -> dict:
+    """Gather the shards of one task (folders holding shard.json from `sample(shard=i)`) into
+    `out/candidates.jsonl` + failures, sorted by (id, index); fails if a shard is missing or unfinished."""
+    from sicog.generate.sample import collect_candidates
+
+    cfg = as_config(config)
+    dirs, out_dir = [local_path(s) for s in shards], local_path(out)
+    pointers = sorted((json.loads((d / "shard.json").read_text()) for d in dirs), key=lambda p: p["shard"])
+    if [p["shard"] for p in pointers] != list(range(cfg.sample.shards)) or any(p["task"] != task for p in pointers):
+        raise ValueError(f"collect {task}: got shards {[p['shard'] for p in pointers]}, config says sample.shards={cfg.sample.shards}")
+    with _step(f"collect:{task}", out_dir, dirs) as figures:
+        stats = collect_candidates([p["uri"] for p in pointers], out_dir / "candidates.jsonl")
+        quarantine = [row for d in dirs for row in read_jsonl(d / "quarantine.jsonl")]
+        write_jsonl(out_dir / "quarantine.jsonl", quarantine)
+        figures.update(stats)  # failures and quarantined were counted by the shard steps' own timings
+    return stats
+
+
+# --- step 1 data: teacher annotation and LLaVA-CoT conversion --------------------------------------
+
+
+@through_store
+def annotate_cod(config: SicogConfig | dict, captions: str, out: str, images: str | None = None) -> dict:
+    """CoD + DD records from caption records (image + original caption) through the teacher at
+    `annotate.endpoint`; writes `out/annotated.jsonl` and `out/quarantine.jsonl`.
+    Image paths are relative to `images` (default: the captions file's folder)."""
+    from sicog.annotate.cod import annotate_cod as annotate
+    from sicog.generate.remote import RemoteSampler
+
+    cfg = as_config(config)
+    a = cfg.annotate
+    path, out_dir = local_path(captions), local_path(out)
+    root = local_path(images) if images else path.parent
+    if not a.endpoint:
+        raise ValueError("annotate.endpoint is not set (pass --endpoint URL)")
+    records, bad = validate_records(path, root)
+    quarantine = list(bad)
+    quarantine += [{"id": r["id"], "reason": "no image", "raw": json.dumps(r)[:500]} for r in records if not r.get("image")]
+    records = [r for r in records if r.get("image")]
+    teacher = RemoteSampler(a.endpoint, root, served_model=a.served_model, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
+                            temperature=a.temperature, timeout_s=a.timeout_s, max_attempts=a.max_attempts)
+    with _step("annotate:cod", out_dir, []) as figures, _progress() as progress:
+        todo = progress.add_task("annotating (CoD)", total=None)
+        annotated, failed = annotate(records, teacher, seed=cfg.seed, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                     advance=lambda n: progress.advance(todo, n))
+        write_jsonl(out_dir / "annotated.jsonl", annotated)
+        write_jsonl(out_dir / "quarantine.jsonl", quarantine + failed)
+        figures.update(records=len(records) + len(quarantine), annotated=len(annotated) // 2, quarantined=len(quarantine) + len(failed),
+                       requests=teacher.attempts)
+    return figures
+
+
+@through_store
+def annotate_cot(config: SicogConfig | dict, llava_cot: str, out: str) -> dict:
+    """DA + CoT records from LLaVA-CoT tagged records; writes `out/annotated.jsonl` and `out/quarantine.jsonl`."""
+    from sicog.annotate.cot import annotate_cot as convert, read_llava_cot
+
+    as_config(config)
+    path, out_dir = local_path(llava_cot), local_path(out)
+    with _step("annotate:cot", out_dir, []) as figures:
+        rows, malformed = read_llava_cot(path)
+        annotated, quarantine = convert(rows)
+        write_jsonl(out_dir / "annotated.jsonl", annotated)
+        write_jsonl(out_dir / "quarantine.jsonl", malformed + quarantine)
+        figures.update(records=len(rows) + len(malformed), annotated=len(annotated) // 2, quarantined=len(malformed) + len(quarantine))
+    return figures
 
 
 # --- step 3: self-consistency ---------------------------------------------------------------------
 
 
-def score(config: SicogConfig | dict, candidates: list[str], out: str) -> dict:
+@through_store
+def score(config: SicogConfig | dict, candidates: list[str], out: str, scorer: str | None = None) -> dict:
     """Score each instance's candidates by self-consistency and decide `kept` by its task's threshold.
 
     `candidates`: candidates JSONL files (or folders holding `candidates.jsonl`); tasks may be mixed
     and each is scored with its own section of `curate`, with one embedder for all. Writes
     `out/scored.jsonl` (one row per instance: id, scores in candidate index order, best, kept) and
     `out/rejected.jsonl` (every instance not kept, with its scores and reason).
+    `scorer`: HOST:PORT of a scorer service to embed with (None: `curate.scorer`; empty: in-process).
     """
-    from sicog.curate.embedder import Embedder
     from sicog.curate.select import score_instances, select_instances
 
     cfg = as_config(config)
@@ -200,7 +370,7 @@ def score(config: SicogConfig | dict, candidates: list[str], out: str) -> dict:
         for task, rows in sorted(by_task.items()):
             task_cfg = getattr(cfg.curate, task)
             if embedder is None and task_cfg.similarity != "exact":
-                embedder = Embedder(cfg.curate.embedder, batch_size=cfg.curate.embed_batch_size)
+                embedder = _scoring_embedder(cfg, cfg.curate.scorer if scorer is None else scorer)
             scored, unscorable = score_instances(rows, task_cfg.similarity, embedder, task_cfg.short_answer_words)
             kept, rejected = select_instances(scored, task, task_cfg.threshold, cfg.curate.text_top_k if task == "text" else None)
             scored_all += scored
@@ -212,9 +382,29 @@ def score(config: SicogConfig | dict, candidates: list[str], out: str) -> dict:
     return figures
 
 
+def _scoring_embedder(cfg: SicogConfig, address: str):
+    """The in-process Embedder, or a client of the scorer service at `address`.
+
+    The service is used for embeddings only (its Embed RPC), not for its group scores: the client
+    has Embedder.encode's contract, so score_instances runs unchanged (hybrid routing, malformed
+    candidates, the scores themselves) on the very vectors the in-process path would compute.
+    """
+    if not address:
+        from sicog.curate.embedder import Embedder
+
+        return Embedder(cfg.curate.embedder, batch_size=cfg.curate.embed_batch_size)
+    from sicog.scorer.client import ScorerClient
+
+    client = ScorerClient(address)
+    if client.model_id != cfg.curate.embedder:  # thresholds are only meaningful for the embedder they were set for
+        raise ValueError(f"scorer {address} serves {client.model_id!r}, but curate.embedder is {cfg.curate.embedder!r}")
+    return client
+
+
 # --- step 3 (cont.): curated data, uncurated ablation, curation quality ---------------------------
 
 
+@through_store
 def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) -> dict:
     """Turn kept instances into LLaVA training records and measure curation against ground truth.
 
@@ -266,6 +456,7 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
 # --- evaluation -----------------------------------------------------------------------------------
 
 
+@through_store
 def evaluate(config: SicogConfig | dict, models: dict[str, str], world: str, out: str) -> dict:
     """Held-out VQA exact match (direct-answer prompt) and caption attribute recall (DD prompt) of
     each named model; writes `out/<name>/predictions.jsonl` and `out/eval.json`."""
@@ -291,6 +482,7 @@ def _budget(lineage: list[dict]) -> str:
     return " + ".join(f"{e['stage']} {e['steps']} ({e['data']})" for e in lineage)
 
 
+@through_store
 def report(config: SicogConfig | dict, world: str, curation: str, evaluation: str, warmups: dict[str, str], out: str) -> dict:
     """Assemble metrics.json and report.html of one cycle into `out`."""
     from sicog.report import write_report
