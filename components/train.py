@@ -16,26 +16,16 @@ def train(
     world: Input[Dataset],
     trained: Output[Model],
     curated: Input[Dataset] = None,
-    pairs: Input[Dataset] = None,
     work_uri: str = "",
 ):
-    """Input: a model and the data named by `data` (see sicog.steps.TRAIN_DATA; stage dpo: `pairs`).
+    """Input: a model and the data named by `data` (see sicog.steps.TRAIN_DATA; with train.step1=dpo the
+    warm-up makes its DPO pairs first and trains DPO + SFT).
     Output: the trained model with its lineage (every stage it went through, with loss history).
     Runs the `sicog train` entry point under torchrun (train.nproc ranks), as a PyTorchJob would."""
     from sicog import steps, store
 
     with store.published_artifact(trained.path, work_uri, f"train/{name}"):
         log = steps.train_torchrun(config, stage, data, model.path, world.path, trained.path, name,
-                                   curated.path if curated else None, pairs.path if pairs else None)
+                                   curated.path if curated else None)
     trained.metadata.update({"stage": stage, "data": data, "steps": log["steps"], "final_loss": log["loss_history"][-1][1] if log["loss_history"] else None})
 
-
-@dsl.component(base_image=IMAGE)
-def dpo_pairs(config: dict, task: str, model: Input[Model], world: Input[Dataset], pairs: Output[Dataset], work_uri: str = ""):
-    """DPO variant of step 1. Input: the model that answers corrupted images, the annotated split of
-    `task` (perception | reasoning). Output: preference pairs (chosen = annotation, rejected = model)."""
-    from sicog import steps, store
-
-    with store.published_artifact(pairs.path, work_uri, f"dpo-pairs/{task}"):
-        stats = steps.dpo_pairs(config, task, model.path, world.path, pairs.path)
-    pairs.metadata.update({"pairs": stats["pairs"], "methods": stats["methods"]})

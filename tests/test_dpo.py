@@ -138,3 +138,23 @@ def test_dpo_stage_trains_and_saves(world, tmp_path):
     b, a = dict(before.named_parameters()), dict(after.named_parameters())
     assert any(not torch.equal(b[k], a[k]) for k in b)
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "training_args.bin").exists()
+
+
+def test_step1_dpo_switch_makes_pairs_then_trains_dpo(world, tmp_path):
+    """train.step1=dpo turns the pipeline's warm-up task into the paper's DPO variant, same entry point."""
+    from sicog import steps
+    from sicog.config import validate_config
+
+    root, records, model_dir = world
+    annotated = [{**r, "meta": {"task": "caption", "format": "dd"}} for r in records]
+    (root / "annotated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in annotated))
+    tiny_stage = {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4}
+    cfg = validate_config({"train": {"step1": "dpo", "max_length": 256, "dpo": tiny_stage}, "sample": {"max_new_tokens": 8}})
+    log = steps.train_torchrun(cfg, "warmup", "perception", str(model_dir), str(root), str(tmp_path / "out"), "perception/warmup")
+    assert log["steps"] == 2
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "dpo-pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == len(records)
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    assert lineage[-1]["stage"] == "dpo" and lineage[-1]["data"] == "perception"
+    assert "dpo-pairs:perception" in json.loads((tmp_path / "out" / "timings.json").read_text())
+    load_model(tmp_path / "out")

@@ -148,10 +148,10 @@ def warmup(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Step 1: warm-up fine-tuning of the perception or reasoning model."""
+    """Step 1: warm-up of the perception or reasoning model (SFT, or DPO with train.step1=dpo), through torchrun."""
     if task not in ("perception", "reasoning"):
         raise ValueError(f"unknown warm-up task {task!r}: choose perception or reasoning")
-    log = steps.train(_config(config, set_), "warmup", task, str(model), str(world), str(out), f"{task}/warmup")
+    log = steps.train_torchrun(_config(config, set_), "warmup", task, str(model), str(world), str(out), f"{task}/warmup")
     _print({k: log[k] for k in ("steps", "records", "train_seconds", "skipped") if k in log})
 
 

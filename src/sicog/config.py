@@ -89,6 +89,9 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on; the tiny demo model does not need it).")
     nproc: int = Field(1, ge=1, description="Processes torchrun starts per local training task (one per GPU; gloo on CPU).")
     save_steps: int = Field(0, ge=0, description="Checkpoint (safetensors + optimizer + RNG state) every N optimizer steps for --resume; 0: none.")
+    step1: Literal["sft", "dpo"] = Field(
+        "sft", description="Step-1 warm-up: sft (paper's main method) or dpo (paper's variant: pairs against answers on corrupted images, DPO + SFT)."
+    )
     dpo: StageConfig = _stage(1e-5, 100)
     dpo_beta: float = Field(0.1, gt=0, description="DPO beta (paper's DPO variant: 0.1).")
     dpo_sft_weight: float = Field(1.0, ge=0, description="Weight of the SFT term on the chosen answer added to the DPO loss (paper: 1.0).")

@@ -209,10 +209,18 @@ def train(config: SicogConfig | dict, stage: str, data: str, model: str, world: 
 def train_torchrun(config: SicogConfig | dict, stage: str, data: str, model: str, world: str, out: str, name: str,
                    curated: str | None = None, pairs: str | None = None) -> dict:
     """`train` through `torchrun --nproc_per_node train.nproc` on this machine (what the pipeline's
-    local train component runs); a rerun into the same `out` resumes from its last checkpoint."""
+    local train component runs); a rerun into the same `out` resumes from its last checkpoint.
+    With `train.step1: dpo`, the warm-up stage is the DPO variant (pairs first, then stage dpo)."""
     from sicog.train.launch import torchrun_train
 
     cfg = as_config(config)
+    if stage == "warmup" and cfg.train.step1 == "dpo":
+        # The paper's DPO variant of step 1: pairs (chosen = the annotation, rejected = this model's
+        # answer on a corrupted image) are made once, kept beside the model as provenance, then every
+        # rank trains DPO + SFT on them.
+        pairs = str(Path(out) / "dpo-pairs")
+        dpo_pairs(cfg, data, model, world, pairs)
+        stage = "dpo"
     return torchrun_train(cfg, stage=stage, data=data, model=model, world=world, out=out, name=name, curated=curated, pairs=pairs)
 
 
