@@ -55,6 +55,14 @@ class S3Server:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
+    def client(self) -> "Minio":
+        """A plain client without retries: what another reader of the bucket sees, request by request."""
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(retries=urllib3.Retry(total=0, raise_on_status=False), timeout=urllib3.Timeout(connect=2, read=10))
+        return Minio(self.endpoint.removeprefix("http://"), "sicog-test", "sicog-test-secret", secure=False, region="us-east-1", http_client=http)
+
     def stop(self) -> None:
         """Stop listening and reset every open connection (requests in flight fail)."""
         self._server.shutdown()

@@ -6,12 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import moto.settings
 import pytest
-from s3server import S3Server
 from typer.testing import CliRunner
 
 from sicog import store
@@ -22,21 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/micro.yaml"
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = S3Server().start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def bucket(server, monkeypatch):
-    for key, value in {"SICOG_S3_ENDPOINT": server.endpoint, "AWS_ACCESS_KEY_ID": "sicog-test",
-                       "AWS_SECRET_ACCESS_KEY": "sicog-test-secret", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    name = f"cycle-{uuid.uuid4().hex[:10]}"
-    store._client().make_bucket(name)
-    return name
 
 
 def test_single_steps_through_the_bucket(bucket):

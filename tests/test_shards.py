@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -132,18 +131,6 @@ def test_collected_candidates_do_not_depend_on_the_shard_count(tmp_path):
 # --- S3 -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def bucket(monkeypatch):
-    from s3server import S3Server
-
-    srv = S3Server().start()
-    for key, value in {"SICOG_S3_ENDPOINT": srv.endpoint, "AWS_ACCESS_KEY_ID": "sicog-test",
-                       "AWS_SECRET_ACCESS_KEY": "sicog-test-secret", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    name = f"shards-{uuid.uuid4().hex[:10]}"
-    store._client().make_bucket(name)
-    yield name
-    srv.stop()
 
 
 def test_shards_resume_from_s3(bucket):

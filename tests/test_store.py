@@ -7,42 +7,14 @@ import json
 import os
 import threading
 import time
-import uuid
 
 import moto.settings
 import pytest
-import urllib3
-from minio import Minio
-from s3server import S3Server
 
 from sicog import store
 from sicog.store import MANIFEST, StoreError
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = S3Server().start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def bucket(server, monkeypatch):
-    """A fresh bucket, with the environment a pod gets from its Secret."""
-    monkeypatch.setenv("SICOG_S3_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "sicog-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sicog-test-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("SICOG_S3_RETRY_SECONDS", "20")
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    _raw(server).make_bucket(name)
-    return name
-
-
-def _raw(server) -> Minio:
-    """A plain client without retries: what another reader of the bucket sees, request by request."""
-    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, raise_on_status=False), timeout=urllib3.Timeout(connect=2, read=10))
-    return Minio(server.endpoint.removeprefix("http://"), "sicog-test", "sicog-test-secret", secure=False, region="us-east-1", http_client=http)
 
 
 def _folder(root, sizes: dict[str, int]) -> dict[str, bytes]:
@@ -164,20 +136,20 @@ def test_missing_bucket_is_one_line(bucket):
         store.check_access("s3://sicog-missing-bucket/run")
 
 
-def test_retries_5xx(bucket, server, monkeypatch):
-    server.fail_next = 6  # more than one request's own quick retries
+def test_retries_5xx(bucket, s3_server, monkeypatch):
+    s3_server.fail_next = 6  # more than one request's own quick retries
     store.write_text(f"s3://{bucket}/a.txt", "a")
     assert store.read_text(f"s3://{bucket}/a.txt") == "a"
     monkeypatch.setenv("SICOG_S3_RETRY_SECONDS", "0.5")
-    server.fail_next = 10_000
+    s3_server.fail_next = 10_000
     try:
         with pytest.raises(StoreError, match="SlowDown.*gave up after retrying"):
             store.write_text(f"s3://{bucket}/b.txt", "b")
     finally:
-        server.fail_next = 0
+        s3_server.fail_next = 0
 
 
-def test_server_stopped_mid_upload_and_restarted(bucket, server, tmp_path, monkeypatch):
+def test_server_stopped_mid_upload_and_restarted(bucket, s3_server, tmp_path, monkeypatch):
     """The upload retries through the outage and completes; a reader polling the bucket all along
     never sees a partial object, nor a manifest whose files are missing or different."""
     monkeypatch.setenv("SICOG_S3_PARALLEL", "2")
@@ -195,7 +167,7 @@ def test_server_stopped_mid_upload_and_restarted(bucket, server, tmp_path, monke
             result["error"] = exc
 
     def watch():
-        raw = _raw(server)
+        raw = s3_server.client()
         while not done.is_set():
             try:
                 for obj in raw.list_objects(bucket, prefix=prefix, recursive=True):
@@ -219,10 +191,10 @@ def test_server_stopped_mid_upload_and_restarted(bucket, server, tmp_path, monke
     deadline = time.monotonic() + 30
     while len(store.list_files(uri)) < 3 and time.monotonic() < deadline and uploader.is_alive():
         time.sleep(0.02)
-    server.stop()
+    s3_server.stop()
     stopped_mid_upload = uploader.is_alive()
     time.sleep(2.0)  # the uploader meets refused connections and backs off
-    server.start()
+    s3_server.start()
     uploader.join(60)
     deadline = time.monotonic() + 10
     while MANIFEST not in seen and time.monotonic() < deadline:  # the watcher's last pass sees the finished folder
