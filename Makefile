@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/remote_sampling.py
 	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/training.py
 
 compile: setup
 	$(BIN)/sicog pipeline compile --config configs/demo.yaml --out build/sicog-cycle.yaml
