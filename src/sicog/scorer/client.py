@@ -4,8 +4,10 @@ sampler shards and the curation step can call a shared scorer without the model 
 `ScorerClient.encode` has the `Embedder.encode` contract (texts -> L2-normalised float32 rows), so
 `sicog.curate.select.score_instances` takes a client wherever it takes an embedder: the scores are
 then computed by the very same code from the very same vectors. UNAVAILABLE (server loading,
-draining or not up yet; a replica going away) is retried with exponential backoff and jitter;
-every RPC of the service is idempotent, so a retry is always safe. Other errors are not retried.
+draining or not up yet; a replica going away) is retried with exponential backoff and jitter, and
+so is CANCELLED: this client never cancels its own calls, so a CANCELLED comes from a server that
+stopped before it accepted the call. Every RPC of the service is idempotent, so a retry is always
+safe. Other errors are not retried.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import grpc
 import numpy as np
 
 from sicog.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+
+# Codes a call is retried on (see the module docstring).
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 GroupsArg = Mapping[str, Sequence[str]] | Sequence[tuple[str, Sequence[str]]]
 
@@ -53,7 +58,7 @@ class ScorerClient:
         request_texts: int = 256,
     ) -> None:
         """`address`: HOST:PORT. `timeout_s` is each call's deadline; `retries` extra attempts on
-        UNAVAILABLE, the n-th after ~backoff_s * 2**n seconds (at most max_backoff_s).
+        UNAVAILABLE or CANCELLED, the n-th after ~backoff_s * 2**n seconds (at most max_backoff_s).
         `request_texts`: most texts per Embed request of `encode` (small requests keep each call
         well inside its deadline on a CPU server and let the server interleave other clients)."""
         self.address = address
@@ -70,7 +75,7 @@ class ScorerClient:
             try:
                 return getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
                     raise ScorerError(self.address, exc) from None
                 time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0))
 

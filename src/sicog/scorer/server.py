@@ -39,6 +39,7 @@ class ServerOptions:
     metrics_port: int | None = 8000  # Prometheus /metrics; 0: any free port; None: none
     threads: int = 16  # RPC worker threads; each waiting call holds one, the model runs in the batcher thread
     grace_s: float = 30.0  # how long in-flight calls may run after SIGTERM (keep under the pod's terminationGracePeriodSeconds)
+    linger_s: float = 0.5  # after the last in-flight call, keep refusing new ones (UNAVAILABLE) this long before gRPC stops
     max_message_bytes: int = 64 * 2**20  # larger requests fail with RESOURCE_EXHAUSTED
     max_wait_s: float = 0.003  # how long the batcher waits for more requests once it has one
     limits: Limits = field(default_factory=Limits)
@@ -111,6 +112,9 @@ class ScorerServer:
             end = time.monotonic() + (self.options.grace_s if grace_s is None else grace_s)
             while self.metrics.unfinished() and time.monotonic() < end:
                 time.sleep(0.01)
+            # A caller that has just got its answer may already be sending its next call: refuse those
+            # cleanly for a moment, so that gRPC's stop finds no call in transit to cancel.
+            time.sleep(max(0.0, min(self.options.linger_s, end - time.monotonic())))
             self._server.stop(max(0.0, end - time.monotonic())).wait()
             if self.servicer.core is not None:
                 self.servicer.core.close()
