@@ -58,7 +58,7 @@ class MicroBatcher:
         self,
         encode: Callable[[list[str]], np.ndarray],
         max_seq_length: int,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = 65536,
         max_wait_s: float = 0.003,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
