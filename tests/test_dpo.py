@@ -158,3 +158,17 @@ def test_step1_dpo_switch_makes_pairs_then_trains_dpo(world, tmp_path):
     assert lineage[-1]["stage"] == "dpo" and lineage[-1]["data"] == "perception"
     assert "dpo-pairs:perception" in json.loads((tmp_path / "out" / "timings.json").read_text())
     load_model(tmp_path / "out")
+
+
+def test_dpo_runs_on_two_ranks(world, tmp_path):
+    """The DPO stage under torchrun with 2 CPU ranks (gloo): same entry point, global batch kept."""
+    from sicog import steps
+    from sicog.config import validate_config
+
+    root, records, model_dir = world
+    make_pairs(records, model_dir, root, tmp_path / "pairs", seed=0, max_new_tokens=8, batch_size=4)
+    stage = {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}
+    cfg = validate_config({"train": {"nproc": 2, "max_length": 256, "dpo": stage}})
+    log = steps.train_torchrun(cfg, "dpo", "perception", str(model_dir), str(root), str(tmp_path / "out"), "dpo", pairs=str(tmp_path / "pairs"))
+    assert log["steps"] == 2 and log["gradient_accumulation_steps"] == 2
+    load_model(tmp_path / "out")
