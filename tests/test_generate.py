@@ -11,15 +11,14 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from sicog.config import ModelConfig, SampleConfig
+from sicog.config import SampleConfig
 from sicog.generate.local import GumbelNoise, LocalSampler
 from sicog.generate.plan import plan_requests
 from sicog.generate.sample import failures_path, sample_candidates
 from sicog.generate.seeds import candidate_seed
-from sicog.models import init_model, load_model
 from sicog.prompts import CAPTION_COD, CAPTION_DD, cot_question, da_question
+from tiny import IMAGE_SIZE, tiny_sampler_model
 
-IMAGE_SIZE = 32
 CANDIDATE_KEYS = {"id", "task", "format", "index", "seed", "prompt", "image", "text", "model"}
 
 
@@ -28,16 +27,7 @@ def world(tmp_path_factory):
     """A tiny random LLaVA and a few images: (model_dir, image_root)."""
     tmp = tmp_path_factory.mktemp("gen")
     texts = [CAPTION_DD, CAPTION_COD, "What colour is the circle?", "A red circle above a blue square."] * 10
-    cfg = ModelConfig(vision_hidden=32, lm_hidden=32, intermediate=64, heads=2, kv_heads=1, vocab_size=300)
-    model_dir = init_model(tmp / "tiny-model", texts, cfg, IMAGE_SIZE, seed=0)
-    # Random init (std 0.02) gives near-uniform logits whose greedy argmax is "\n" for every input;
-    # scaled weights make outputs depend on the input, so the determinism tests can fail.
-    model, _ = load_model(model_dir)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.mul_(10)
-    model.save_pretrained(model_dir)
+    model_dir = tiny_sampler_model(tmp / "tiny-model", texts)
     root = tmp / "images"
     root.mkdir()
     rng = np.random.default_rng(0)

@@ -13,24 +13,22 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
-import torch
 from huggingface_hub import set_async_client_factory
 from huggingface_hub.utils._http import default_async_client_factory
 from openapi_schema_validator import OAS30Validator
 from PIL import Image
 
 from sicog.annotate.cod import annotate_cod
-from sicog.config import ModelConfig, SampleConfig
+from sicog.config import SampleConfig
 from sicog.generate.plan import plan_requests
 from sicog.generate.remote import RemoteSampler
 from sicog.generate.sample import sample_candidates
 from sicog.generate.seeds import candidate_seed
 from sicog.generate.serving import TransformersServer, sampling_copy
-from sicog.models import init_model, load_model
 from sicog.prompts import CAPTION_COD, CAPTION_DD
+from tiny import IMAGE_SIZE, tiny_sampler_model
 
 SCHEMAS = Path(__file__).parent / "schemas" / "tgi-openapi.json"
-IMAGE_SIZE = 32
 
 
 # --- TGI's schema ---------------------------------------------------------------------------------
@@ -75,14 +73,7 @@ def served(tmp_path_factory):
     and an image folder: (server, image_root)."""
     tmp = tmp_path_factory.mktemp("serve")
     texts = [CAPTION_DD, CAPTION_COD, "What colour is the circle?", "A red circle above a blue square.", "Step 1: x"] * 10
-    cfg = ModelConfig(vision_hidden=32, lm_hidden=32, intermediate=64, heads=2, kv_heads=1, vocab_size=300)
-    model_dir = init_model(tmp / "tiny", texts, cfg, IMAGE_SIZE, seed=0)
-    model, _ = load_model(model_dir)
-    with torch.no_grad():  # input-dependent outputs (random init gives near-uniform logits)
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.mul_(10)
-    model.save_pretrained(model_dir)
+    model_dir = tiny_sampler_model(tmp / "tiny", texts)
     root = tmp / "images"
     root.mkdir()
     rng = np.random.default_rng(0)

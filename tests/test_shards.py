@@ -13,17 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sicog import store
-from sicog.config import ModelConfig, SampleConfig
+from sicog.config import SampleConfig
 from sicog.generate.sample import collect_candidates, sample_shard
 from sicog.generate.shards import MANIFEST, read_shard, run_shard, shard_dir, shard_of, shard_records
-from sicog.models import init_model, load_model
 from sicog.prompts import CAPTION_DD
+from tiny import IMAGE_SIZE, tiny_sampler_model
 
-IMAGE_SIZE = 32
 
 
 def _text_records(n: int) -> list[dict]:
@@ -154,14 +152,7 @@ def world(tmp_path_factory):
     """A tiny random LLaVA and a text pool: (model_dir, world_dir)."""
     tmp = tmp_path_factory.mktemp("killworld")
     texts = [CAPTION_DD, "Name colour number 1.", "red green blue"] * 10
-    cfg = ModelConfig(vision_hidden=32, lm_hidden=32, intermediate=64, heads=2, kv_heads=1, vocab_size=300)
-    model_dir = init_model(tmp / "tiny", texts, cfg, IMAGE_SIZE, seed=0)
-    model, _ = load_model(model_dir)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.mul_(10)
-    model.save_pretrained(model_dir)
+    model_dir = tiny_sampler_model(tmp / "tiny", texts)
     world_dir = tmp / "world"
     (world_dir / "images").mkdir(parents=True)
     Image.fromarray(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(world_dir / "images" / "0.png")

@@ -122,6 +122,11 @@ def train(
         _print({k: log[k] for k in ("steps", "records", "train_seconds", "tokens_per_second", "world_size", "gradient_accumulation_steps", "skipped") if k in log})
 
 
+def _check_step1_task(task: str) -> None:
+    if task not in ("perception", "reasoning"):
+        raise ValueError(f"unknown step-1 task {task!r}: choose perception or reasoning")
+
+
 @app.command("dpo-pairs")
 @user_errors
 def dpo_pairs(
@@ -133,8 +138,7 @@ def dpo_pairs(
     set_: SetOpt = None,
 ):
     """DPO variant of step 1: chosen = annotated answer, rejected = MODEL's answer on a corrupted image."""
-    if task not in ("perception", "reasoning"):
-        raise ValueError(f"unknown task {task!r}: choose perception or reasoning")
+    _check_step1_task(task)
     _print(steps.dpo_pairs(_config(config, set_), task, str(model), str(world), str(out)))
 
 
@@ -149,8 +153,7 @@ def warmup(
     set_: SetOpt = None,
 ):
     """Step 1: warm-up of the perception or reasoning model (SFT, or DPO with train.step1=dpo), through torchrun."""
-    if task not in ("perception", "reasoning"):
-        raise ValueError(f"unknown warm-up task {task!r}: choose perception or reasoning")
+    _check_step1_task(task)
     log = steps.train_torchrun(_config(config, set_), "warmup", task, str(model), str(world), str(out), f"{task}/warmup")
     _print({k: log[k] for k in ("steps", "records", "train_seconds", "skipped") if k in log})
 
