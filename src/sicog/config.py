@@ -51,6 +51,10 @@ class ModelConfig(_Section):
     intermediate: int = Field(256, description="LM MLP width.")
     vocab_size: int = Field(1024, description="Tokenizer vocabulary trained offline on the world's text.")
     trust_remote_code: bool = Field(False, description="Never load remote code unless asked to.")
+    start: str = Field(
+        "", description="Store URI of a trained model (save_pretrained folder) the cycle starts from instead of a fresh tiny "
+        "one; a cycle in a series sets it to the last successful cycle's model (see sicog.lineage).",
+    )
 
 
 class StageConfig(_Section):
@@ -174,6 +178,42 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class Toleration(_Section):
+    """A Kubernetes toleration (e.g. the taint a GPU node pool carries)."""
+
+    key: str = Field(..., min_length=1)
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = "NoSchedule"
+
+
+class ClusterConfig(_Section):
+    """How the compiled pipeline runs on Kubernetes (Kubeflow Pipelines + Training Operator).
+
+    Read when the pipeline is compiled and by the train tasks; a local run (`sicog cycle`, kfp.local)
+    ignores it. Secrets are never values here: `s3_secret` names an existing Secret.
+    """
+
+    trainer: Literal["torchrun", "pytorchjob"] = Field(
+        "torchrun", description="Train tasks: torchrun inside the task's own pod (train.nproc GPUs), or one kubeflow.org/v1 PyTorchJob per stage."
+    )
+    namespace: str = Field("", description="Namespace of the PyTorchJobs; empty: the pipeline pod's own namespace.")
+    trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image of the PyTorchJob pods (images/trainer/Dockerfile).")
+    nodes: int = Field(1, ge=1, description="PyTorchJob pods (1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100).")
+    accelerator: str = Field("", description="Extended resource of a GPU (e.g. nvidia.com/gpu); empty: a CPU-only cluster, no GPU requests.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of GPU tasks and PyTorchJob pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of GPU tasks and PyTorchJob pods (GPU node pools are usually tainted).")
+    cpu: str = Field("8", description="CPU request of each PyTorchJob pod (and of GPU tasks).")
+    memory: str = Field("64Gi", description="Memory request of each PyTorchJob pod (and of GPU tasks).")
+    shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm of training pods (NCCL and data loader workers need more than the 64 MiB default).")
+    s3_secret: str = Field("", description="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, exposed as env to every task and training pod.")
+    s3_endpoint: str = Field("", description="SICOG_S3_ENDPOINT of every task and training pod (host:port of MinIO or another S3 API); empty: AWS S3.")
+    service_account: str = Field("sicog-pipeline", description="Service account of pipeline runs (the Helm chart grants it PyTorchJob create/watch/delete).")
+    job_timeout_s: float = Field(7 * 86400.0, gt=0, description="Overall limit on one PyTorchJob, from creation to Succeeded; past it the job is deleted and the task fails.")
+    poll_s: float = Field(30.0, gt=0, description="Seconds between status reads of a running PyTorchJob.")
+    retries: int = Field(2, ge=0, description="Retries of transient steps (sampling, collection, scoring, training; training resumes from its last checkpoint).")
+
+
 class SicogConfig(_Section):
     """A whole SICOG cycle."""
 
@@ -186,11 +226,15 @@ class SicogConfig(_Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "SicogConfig":
         if self.sample.text_candidates < 2 and self.world.n_pool_text:
             raise ValueError("sample.text_candidates: self-consistency needs at least 2 candidates")
+        if self.train.step1 == "dpo" and self.cluster.trainer == "pytorchjob":
+            # The pairs need the warm-up model's answers before any rank trains: not split across a job yet.
+            raise ValueError("train.step1: dpo runs with cluster.trainer torchrun only (its pairs are made before training)")
         return self
 
 
