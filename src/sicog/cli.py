@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import shlex
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(pipeline_app, name="pipeline")
 serve_app = typer.Typer(no_args_is_help=True, help="Long-running services.")
 app.add_typer(serve_app, name="serve")
+store_app = typer.Typer(no_args_is_help=True, help="Copy published folders to and from the store (manifest-verified).")
+app.add_typer(store_app, name="store")
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/demo.yaml).")]
@@ -359,6 +362,36 @@ def serve_scorer(
     options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, threads=threads,
                             grace_s=grace_s, max_message_bytes=max_message_mb * 2**20, max_wait_s=max_wait_ms / 1000)
     run(options, model, device, batch_size, torch_threads)
+
+
+@store_app.command("get")
+@user_errors
+def store_get(uri: Annotated[str, typer.Argument(help="Published folder: s3://bucket/key (or a local path).")],
+              dest: Annotated[Path, typer.Argument(help="Local folder to fill.")]):
+    """Download a published folder, every file checked against its manifest (e.g. a model for TGI)."""
+    from sicog import store
+
+    if store.is_remote(uri):
+        store.download_dir(uri, dest)
+    else:
+        shutil.copytree(store.local_path(uri), dest, dirs_exist_ok=True)
+    typer.echo(dest)
+
+
+@store_app.command("put")
+@user_errors
+def store_put(src: Annotated[Path, typer.Argument(help="Local folder.")],
+              uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/key (or a local path).")]):
+    """Publish a local folder (files first, manifest last), e.g. an assembled base model."""
+    from sicog import store
+
+    if not src.is_dir():
+        raise FileNotFoundError(str(src))
+    if store.is_remote(uri):
+        store.upload_dir(src, uri)
+    else:
+        shutil.copytree(src, store.local_path(uri), dirs_exist_ok=True)
+    typer.echo(uri)
 
 
 @pipeline_app.command("compile")
