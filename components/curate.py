@@ -12,7 +12,8 @@ def curate(config: dict, world: Input[Dataset], scored: Input[Dataset], curated:
     rejected.jsonl and curation.json (quality per task)."""
     from sicog import steps, store
 
-    with store.published_artifact(curated.path, work_uri, "curate"):
+    with store.published_artifact(curated.path, work_uri, "curate") as published:
         quality = steps.curate(config, world.path, [scored.path], curated.path)
     for task, q in quality.items():
         curated.metadata[f"{task}_kept"] = q.get("kept")
+    curated.metadata["store_uri"] = published or curated.path  # where PyTorchJobs and later cycles read it

@@ -25,7 +25,7 @@ def test_demo_config_loads_and_overrides_apply():
         ("world.sede=3", "config error: world.sede: unknown key"),
         ("world.seed=abc", "config error: world.seed:"),
         ("curate.vqa.similarity=cosine", "config error: curate.vqa.similarity:"),
-        ("train.align.max_steps=0", "config error: train.align.max_steps:"),
+        ("train.align.max_steps=-1", "config error: train.align.max_steps:"),
         ("noequals", "is not key=value"),
     ],
 )

@@ -235,6 +235,9 @@ def test_a100_values_select_a100_nodes_and_match_the_paper_config(rendered):
     assert a100["scorer"]["model"] == load_config(ROOT / "configs" / "paper-qwen2-7b.yaml").curate.embedder
     scorer = container(one(rendered["a100"], "Deployment", "sicog-scorer"), "scorer")
     assert scorer["image"] == paper.trainer_image and "--device=cuda" in scorer["args"]
+    # NV-Embed-v2 runs its own model code: allowed on both sides, as the config asks.
+    assert "--trust-remote-code" in scorer["args"] and load_config(ROOT / "configs" / "paper-qwen2-7b.yaml").curate.trust_remote_code
+    assert "--trust-remote-code" not in container(one(rendered["default"], "Deployment", "sicog-scorer"), "scorer")["args"]
     assert scorer["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"name": "HF_HUB_OFFLINE", "value": "0"} in scorer["env"]  # NV-Embed-v2 is not packaged in the image
     assert "nodeSelector" not in one(rendered["default"], "Deployment", "sicog-sampler")["spec"]["template"]["spec"]

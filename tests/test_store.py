@@ -207,3 +207,26 @@ def test_server_stopped_mid_upload_and_restarted(bucket, s3_server, tmp_path, mo
     assert MANIFEST in seen
     with store.local_input(uri) as inp:
         assert {n: hashlib.sha256((inp / n).read_bytes()).hexdigest() for n in data} == digests
+
+
+def test_cli_put_then_get_a_folder(bucket, tmp_path):
+    """`sicog store put|get`: how a base model reaches the store and how the chart's init container
+    fetches a model for TGI; a tampered file is refused."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text('{"a": 1}')
+    (src / "sub" / "weights.bin").write_bytes(os.urandom(4096))
+    uri = f"s3://{bucket}/models/base"
+    sicog = lambda *args: subprocess.run([sys.executable, "-m", "sicog.cli", "store", *args], capture_output=True, text=True, timeout=120)  # noqa: E731
+    assert sicog("put", str(src), uri).returncode == 0
+    got = sicog("get", uri, str(tmp_path / "fetched"))
+    assert got.returncode == 0, got.stderr
+    for name in ("config.json", "sub/weights.bin"):
+        assert (tmp_path / "fetched" / name).read_bytes() == (src / name).read_bytes()
+    store.write_bytes(f"{uri}/sub/weights.bin", b"tampered")
+    refused = sicog("get", uri, str(tmp_path / "again"))
+    assert refused.returncode == 2 and "sha256" in refused.stderr and "Traceback" not in refused.stderr
+    assert sicog("get", f"s3://{bucket}/models/none", str(tmp_path / "none")).returncode == 2

@@ -230,7 +230,7 @@ def test_paper_config_loads_and_keeps_global_batches_on_32_ranks():
     for stage in (t.pretrain, t.instruct, t.warmup):
         assert (stage.learning_rate, stage.batch_size, stage.trainable) == (2e-5, 128, "all")
     for stage in (t.align, t.pretrain, t.instruct, t.warmup, t.dpo):
-        assert stage.max_steps is None and stage.epochs == 1 and stage.warmup_ratio == 0.03 and stage.weight_decay == 0
+        assert stage.max_steps == 0 and stage.epochs == 1 and stage.warmup_ratio == 0.03 and stage.weight_decay == 0
         assert stage.lr_scheduler == "cosine"
         per_device, accumulation = batch_plan(stage.batch_size, stage.per_device_batch_size, 32)
         assert per_device * accumulation * 32 == stage.batch_size

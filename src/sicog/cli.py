@@ -32,10 +32,13 @@ serve_app = typer.Typer(no_args_is_help=True, help="Long-running services.")
 app.add_typer(serve_app, name="serve")
 store_app = typer.Typer(no_args_is_help=True, help="Copy published folders to and from the store (manifest-verified).")
 app.add_typer(store_app, name="store")
+job_app = typer.Typer(no_args_is_help=True, help="One training stage as a Kubeflow PyTorchJob: render it for review, or run it.")
+app.add_typer(job_app, name="job")
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/demo.yaml).")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config file or store URI (see configs/demo.yaml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.sub=value (repeatable).")]
+SeriesOpt = Annotated[str, typer.Option(help="Store folder of a series of cycles: start from its last successful cycle's model and record this one there.")]
 ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="HOST:PORT of a `sicog serve scorer` service to embed with (overrides curate.scorer).")]
 # Step inputs and outputs are store URIs: a local folder, file://... or s3://bucket/key (see sicog.store).
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder or file (local path or s3://bucket/key).")]
@@ -63,7 +66,11 @@ def user_errors(fn):
     return wrapper
 
 
-def _config(config: Optional[Path], overrides: Optional[list[str]]) -> SicogConfig:
+def _config(config: Optional[str], overrides: Optional[list[str]]) -> SicogConfig:
+    """`--config` is a file, or a store URI: a PyTorchJob's pods read the run's config from the store."""
+    if config is not None and store.is_remote(config):
+        with store.local_input(config) as path:
+            return load_config(path, overrides or [])
     return load_config(config, overrides or [])
 
 
@@ -109,8 +116,8 @@ def train(
     model: ModelOpt,
     world: WorldOpt,
     out: OutOpt,
-    curated: Annotated[Optional[Path], typer.Option(help="Curated folder (for data curated/uncurated).")] = None,
-    pairs: Annotated[Optional[Path], typer.Option(help="Preference pairs folder from `sicog dpo-pairs` (stage dpo).")] = None,
+    curated: Annotated[Optional[str], typer.Option(help="Curated folder (for data curated/uncurated); local path or s3:// URI.")] = None,
+    pairs: Annotated[Optional[str], typer.Option(help="Preference pairs folder from `sicog dpo-pairs` (stage dpo); local path or s3:// URI.")] = None,
     name: Annotated[str, typer.Option(help="Run name in logs and lineage.")] = "",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint under OUT/checkpoints, if any.")] = False,
     config: ConfigOpt = None,
@@ -120,7 +127,7 @@ def train(
     if stage not in ("warmup", "align", "pretrain", "instruct", "dpo"):
         raise ValueError(f"unknown stage {stage!r}: choose warmup, align, pretrain, instruct or dpo")
     log = steps.train(_config(config, set_), stage, data, str(model), str(world), str(out), name or f"{stage}/{data}",
-                      str(curated) if curated else None, str(pairs) if pairs else None, resume=resume)
+                      curated or None, pairs or None, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         _print({k: log[k] for k in ("steps", "records", "train_seconds", "tokens_per_second", "world_size", "gradient_accumulation_steps", "skipped") if k in log})
 
@@ -302,6 +309,7 @@ def cycle(
     ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the full kfp.local logs (always kept in OUT/cycle.log).")] = False,
     scorer: ScorerOpt = None,
+    series: SeriesOpt = "",
 ):
     """One whole SICOG cycle through kfp.local: OUT/metrics.json and OUT/report.html."""
     from sicog.pipelines.run import run_local
@@ -309,7 +317,7 @@ def cycle(
     cfg = _config(config, set_)
     if scorer is not None:
         cfg.curate.scorer = scorer
-    metrics = run_local(cfg, out, ablations=ablations, verbose=verbose)
+    metrics = run_local(cfg, out, ablations=ablations, verbose=verbose, series=series)
     _summary(metrics)
     typer.echo(f"report: {store.join(out, 'report.html')}")
 
@@ -353,6 +361,7 @@ def serve_scorer(
     max_message_mb: Annotated[int, typer.Option(help="Largest request or response message, MiB.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long the batcher waits for more requests to batch together.")] = 3.0,
     torch_threads: Annotated[int, typer.Option(help="CPU threads of the model; 0: torch's default (one per core).")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repository's own code (NV-Embed-v2 needs it).")] = False,
 ):
     """The self-consistency scorer as a gRPC service (health, reflection, metrics; drains on SIGTERM)."""
     from sicog.scorer.server import ServerOptions, run
@@ -361,7 +370,7 @@ def serve_scorer(
         raise ValueError(f"unknown device {device!r}: choose cpu or cuda")
     options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, threads=threads,
                             grace_s=grace_s, max_message_bytes=max_message_mb * 2**20, max_wait_s=max_wait_ms / 1000)
-    run(options, model, device, batch_size, torch_threads)
+    run(options, model, device, batch_size, torch_threads, trust_remote_code)
 
 
 @store_app.command("get")
@@ -401,6 +410,115 @@ def pipeline_compile(out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None)
     from sicog.pipelines.run import compile_pipeline
 
     typer.echo(compile_pipeline(out, _config(config, set_)))
+
+
+HostOpt = Annotated[Optional[str], typer.Option(help="Kubeflow Pipelines API, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT, else in-cluster).")]
+NamespaceOpt = Annotated[Optional[str], typer.Option(help="Kubeflow profile namespace (multi-user installs).")]
+ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment the runs are grouped under.")]
+
+
+@pipeline_app.command("submit")
+@user_errors
+def pipeline_submit(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    host: HostOpt = None,
+    series: SeriesOpt = "",
+    work_uri: Annotated[str, typer.Option(help="The run's store folder (s3://...); default: a new folder of --series.")] = "",
+    scorer: ScorerOpt = None,
+    ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
+    experiment: ExperimentOpt = "sicog",
+    run_name: Annotated[Optional[str], typer.Option(help="Display name of the run.")] = None,
+    namespace: NamespaceOpt = None,
+):
+    """Start one cycle on Kubeflow Pipelines (compiled for the config's `cluster` section)."""
+    from sicog.pipelines.run import submit
+
+    run_id = submit(_config(config, set_), host=host, series=series, work_uri=work_uri, scorer=scorer or "", ablations=ablations,
+                    experiment=experiment, run_name=run_name, namespace=namespace)
+    typer.echo(f"run {run_id}")
+
+
+@pipeline_app.command("schedule")
+@user_errors
+def pipeline_schedule(
+    cron: Annotated[str, typer.Option(help="Six-field cron, seconds first (KFP): '0 0 3 * * 1' = Mondays 03:00.")],
+    series: Annotated[str, typer.Option(help="Store folder of the series (s3://...): each run starts from its last successful cycle.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    host: HostOpt = None,
+    name: Annotated[str, typer.Option(help="Name of the recurring run.")] = "sicog-weekly-cycle",
+    scorer: ScorerOpt = None,
+    ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
+    experiment: ExperimentOpt = "sicog",
+    namespace: NamespaceOpt = None,
+):
+    """Run a cycle on a schedule; every run continues the series from its last successful cycle."""
+    from sicog.pipelines.run import schedule
+
+    recurring_id = schedule(_config(config, set_), host=host, cron=cron, series=series, name=name, scorer=scorer or "",
+                            ablations=ablations, experiment=experiment, namespace=namespace)
+    typer.echo(f"recurring run {recurring_id}")
+
+
+StageOpt = Annotated[str, typer.Option(help="align | pretrain | instruct | warmup")]
+DataOpt = Annotated[str, typer.Option(help=f"one of: {', '.join(steps.TRAIN_DATA)}")]
+JobNameOpt = Annotated[str, typer.Option(help="The stage's run name (lineage, logs; the job is named from it).")]
+JobModelOpt = Annotated[str, typer.Option("--model", help="Model folder in the store (s3://...).")]
+JobWorldOpt = Annotated[str, typer.Option("--world", help="World folder in the store (s3://...).")]
+JobOutOpt = Annotated[str, typer.Option("--out", "-o", help="Where the job publishes the trained model (s3://...).")]
+JobCuratedOpt = Annotated[Optional[str], typer.Option(help="Curated folder in the store (data curated/uncurated).")]
+ConfigUriOpt = Annotated[Optional[str], typer.Option(help="Where the job's pods read the config (s3://...); default: OUT.config.yaml.")]
+
+
+def _job_args(stage: str, data: str, name: str, model: str, world: str, out: str, curated: Optional[str], config_uri: Optional[str]) -> dict:
+    """build_pytorchjob's stage arguments, checked: every URI must be one the job's pods can reach."""
+    if stage not in ("align", "pretrain", "instruct", "warmup"):
+        raise ValueError(f"unknown stage {stage!r}: choose align, pretrain, instruct or warmup (dpo runs with torchrun only)")
+    if data not in steps.TRAIN_DATA:
+        raise ValueError(f"unknown training data {data!r}; choose from {', '.join(steps.TRAIN_DATA)}")
+    for label, uri in (("--model", model), ("--world", world), ("--out", out), ("--curated", curated), ("--config-uri", config_uri)):
+        if uri is not None and not store.is_remote(uri):
+            raise ValueError(f"{label} {uri}: a PyTorchJob's pods read and write the store only; give an s3:// URI")
+    return dict(stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated,
+                config_uri=config_uri or f"{out.rstrip('/')}.config.yaml")
+
+
+@job_app.command("render")
+@user_errors
+def job_render(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
+               curated: JobCuratedOpt = None, config_uri: ConfigUriOpt = None,
+               trainjob: Annotated[bool, typer.Option("--trainjob", help="A Kubeflow Trainer v2 TrainJob instead (experimental).")] = False,
+               config: ConfigOpt = None, set_: SetOpt = None):
+    """Print the stage's PyTorchJob (or TrainJob) as YAML for review or GitOps (its pods read the config at --config-uri)."""
+    import yaml
+
+    from sicog.cluster.pytorchjob import build_pytorchjob, build_trainjob, manifest
+
+    cfg = _config(config, set_)
+    args = _job_args(stage, data, name, model, world, out, curated, config_uri)
+    typer.echo(yaml.safe_dump(build_trainjob(cfg, **args) if trainjob else manifest(build_pytorchjob(cfg, **args)), sort_keys=False), nl=False)
+
+
+@job_app.command("run")
+@user_errors
+def job_run(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
+            curated: JobCuratedOpt = None, config_uri: ConfigUriOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
+    """Upload the config to --config-uri, create the stage's PyTorchJob and wait for it (Ctrl-C / SIGTERM delete it)."""
+    import yaml
+
+    from sicog.cluster.launcher import JobError, job_namespace, run_pytorchjob
+    from sicog.cluster.pytorchjob import build_pytorchjob
+
+    cfg = _config(config, set_)
+    args = _job_args(stage, data, name, model, world, out, curated, config_uri)
+    store.write_text(args["config_uri"], yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    try:
+        run_pytorchjob(build_pytorchjob(cfg, **args), job_namespace(cfg.cluster.namespace), cfg.cluster.job_timeout_s, cfg.cluster.poll_s)
+    except JobError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(out)
 
 
 def main() -> None:

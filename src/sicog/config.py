@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -61,7 +61,7 @@ class StageConfig(_Section):
     """One training stage. The paper's values are in configs/paper-qwen2-7b.yaml; the demo scales them."""
 
     learning_rate: float = Field(2e-5, gt=0, description="Paper: 2e-4 for stage 1, 2e-5 otherwise (Table 13).")
-    max_steps: int | None = Field(100, ge=1, description="Optimizer steps (the demo's documented step budget); null: train `epochs` epochs.")
+    max_steps: int = Field(100, ge=0, description="Optimizer steps (the demo's documented step budget); 0 or null: train `epochs` epochs.")
     epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is null (paper: 1, Table 13).")
     batch_size: int = Field(32, ge=1, description="Global batch (paper: 256 stage 1, 128 otherwise), kept whatever the world size.")
     per_device_batch_size: int | None = Field(
@@ -71,6 +71,12 @@ class StageConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Paper: 0.")
     lr_scheduler: str = Field("cosine", description="Paper: cosine.")
     trainable: Literal["projector", "all"] = Field("all", description="Stage 1 trains the projector only.")
+
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _no_step_budget(cls, value: Any) -> Any:
+        # null reads best in YAML; 0 is what a KFP parameter (no nulls) can carry.
+        return 0 if value is None else value
 
 
 def _stage(lr: float, steps: int, trainable: str = "all") -> Any:
@@ -158,6 +164,7 @@ class CurateConfig(_Section):
 
     embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path (paper: NV-Embed-v2).")
     embed_batch_size: int = Field(128, ge=1)
+    trust_remote_code: bool = Field(False, description="Let the embedder run its repository's code (the paper's NV-Embed-v2 needs it); off unless asked.")
     scorer: str = Field(
         "", description="HOST:PORT of a `sicog serve scorer` service that embeds for the score step (it must serve "
         "`embedder`); empty: embed in-process. `--scorer` and the pipeline's `scorer` parameter set it per run.",
@@ -198,13 +205,13 @@ class ClusterConfig(_Section):
         "torchrun", description="Train tasks: torchrun inside the task's own pod (train.nproc GPUs), or one kubeflow.org/v1 PyTorchJob per stage."
     )
     namespace: str = Field("", description="Namespace of the PyTorchJobs; empty: the pipeline pod's own namespace.")
-    trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image of the PyTorchJob pods (images/trainer/Dockerfile).")
+    trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image (images/trainer/Dockerfile) of the PyTorchJob pods and of the pipeline's GPU tasks.")
     nodes: int = Field(1, ge=1, description="PyTorchJob pods (1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100).")
     accelerator: str = Field("", description="Extended resource of a GPU (e.g. nvidia.com/gpu); empty: a CPU-only cluster, no GPU requests.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of GPU tasks and PyTorchJob pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of GPU tasks and PyTorchJob pods (GPU node pools are usually tainted).")
-    cpu: str = Field("8", description="CPU request of each PyTorchJob pod (and of GPU tasks).")
-    memory: str = Field("64Gi", description="Memory request of each PyTorchJob pod (and of GPU tasks).")
+    cpu: str = Field("8", description="CPU request of each PyTorchJob pod.")
+    memory: str = Field("64Gi", description="Memory request of each PyTorchJob pod.")
     shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm of training pods (NCCL and data loader workers need more than the 64 MiB default).")
     s3_secret: str = Field("", description="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, exposed as env to every task and training pod.")
     s3_endpoint: str = Field("", description="SICOG_S3_ENDPOINT of every task and training pod (host:port of MinIO or another S3 API); empty: AWS S3.")
@@ -281,6 +288,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config error: {p} must hold a mapping")
     data = apply_overrides(data, overrides or [])
     return validate_config(data)
+
+
+def parameter_dict(config: SicogConfig) -> dict:
+    """The config as the pipeline's dict parameter. KFP parameters cannot hold null, so a null that
+    is also its field's default is left out: each component validates the dict and gets it back."""
+
+    def strip(model: BaseModel, data: dict) -> dict:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if value is None and field.default is None:
+                data.pop(name, None)
+            elif isinstance(value, BaseModel):
+                strip(value, data[name])
+        return data
+
+    return strip(config, config.model_dump(mode="json"))
 
 
 def validate_config(data: dict) -> SicogConfig:

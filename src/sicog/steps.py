@@ -11,10 +11,14 @@ References: arXiv 2503.12303, Sec. 3 (steps 1-4) and Table 13 (training stages).
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
+import os
 import random
 import resource
+import shutil
+import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -70,11 +74,40 @@ def _step(name: str, out: Path, inputs: list[Path | None]):
 STEP_INPUTS = ("world", "model", "curated", "pairs", "candidates", "scored", "models", "curation", "evaluation", "warmups")
 
 
+@contextmanager
+def rank_output(uri: str):
+    """store.local_output, also for a step run as one of torchrun's ranks (RANK is set): only global
+    rank 0 seals or publishes `uri`; the other ranks write into the same folder and leave it alone.
+
+    For an s3:// output, every rank of a node (a PyTorchJob pod) stages in one folder named from the
+    URI, as they share `out` on a local run; rank 0 (on the master node) publishes it on success and
+    removes it. A folder left by a failed attempt stays, so a restarted container in the same pod
+    (its /tmp is an emptyDir) resumes from the checkpoints in it."""
+    rank = os.environ.get("RANK")
+    if rank is None or (rank == "0" and not store.is_remote(uri)):
+        with store.local_output(uri) as path:
+            yield path
+        return
+    if not store.is_remote(uri):
+        path = local_path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    store.check_access(uri)
+    staging = Path(tempfile.gettempdir()) / f"sicog-stage-{hashlib.sha256(str(uri).encode()).hexdigest()[:16]}"
+    staging.mkdir(parents=True, exist_ok=True)
+    yield staging
+    if rank == "0":
+        store.upload_dir(staging, uri)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def through_store(step):
     """Let a step take any store URI (local, file://, s3://) while its body works on local paths:
     `out` becomes store.local_output (written in place locally, else staged and published with its
-    manifest on success; entered first, so wrong credentials fail before any work), and every input
-    becomes store.local_input (the path itself locally, else a verified download)."""
+    manifest on success; entered first, so wrong credentials fail before any work; under torchrun
+    only rank 0 publishes, see rank_output), and every input becomes store.local_input (the path
+    itself locally, else a verified download)."""
     signature = inspect.signature(step)
 
     @functools.wraps(step)
@@ -83,7 +116,7 @@ def through_store(step):
         with ExitStack() as stack:
             fetch = lambda uri: str(stack.enter_context(store.local_input(uri))) if uri else uri  # noqa: E731
             if "out" in bound.arguments:
-                bound.arguments["out"] = str(stack.enter_context(store.local_output(bound.arguments["out"])))
+                bound.arguments["out"] = str(stack.enter_context(rank_output(bound.arguments["out"])))
             for name in STEP_INPUTS:
                 value = bound.arguments.get(name)
                 if isinstance(value, dict):
@@ -121,15 +154,22 @@ def make_world(config: SicogConfig | dict, out: str) -> dict:
 
 @through_store
 def init_model(config: SicogConfig | dict, world: str, out: str) -> str:
-    """A fresh tiny LLaVA whose tokenizer is trained on the world's text."""
+    """The cycle's starting model: a copy of `model.start` (a trained model in the store: the last
+    cycle's, or an assembled base model), else a fresh tiny LLaVA whose tokenizer is trained on the
+    world's text."""
     from sicog.models import init_model as build
     from sicog.world import world_texts
 
     cfg = as_config(config)
     world_dir, out_dir = local_path(world), local_path(out)
     with _step("model-init", out_dir, [world_dir]):
-        build(out_dir, world_texts(world_dir), cfg.model, image_size=cfg.world.image_size, seed=cfg.seed)
-        write_json(out_dir / "lineage.json", [])
+        if cfg.model.start:
+            with store.local_input(cfg.model.start) as start:
+                # Not its manifest or its step timings: this cycle's timings start here.
+                shutil.copytree(start, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(store.MANIFEST, "timings.json", "step.json"))
+        else:
+            build(out_dir, world_texts(world_dir), cfg.model, image_size=cfg.world.image_size, seed=cfg.seed)
+            write_json(out_dir / "lineage.json", [])
     return str(out_dir)
 
 
@@ -222,6 +262,53 @@ def train_torchrun(config: SicogConfig | dict, stage: str, data: str, model: str
         dpo_pairs(cfg, data, model, world, pairs)
         stage = "dpo"
     return torchrun_train(cfg, stage=stage, data=data, model=model, world=world, out=out, name=name, curated=curated, pairs=pairs)
+
+
+def train_pytorchjob(config: SicogConfig | dict, stage: str, data: str, model_uri: str, world_uri: str, out: str, name: str,
+                     curated_uri: str | None = None, work_uri: str = "") -> dict:
+    """`train` as a Kubeflow PyTorchJob (cluster.trainer: pytorchjob) of cluster.nodes x train.nproc ranks.
+
+    The job's pods see only the store: the inputs must be s3:// URIs, the config goes to
+    work_uri/jobs/<name>/config.yaml and the job publishes the model at work_uri/steps/train/<name>
+    (where store.published_artifact keeps a local train task's output). Then the model is downloaded
+    into `out` (the task's artifact folder); returns the stage's train log, as train_torchrun does.
+    """
+    import yaml
+
+    from sicog.cluster.launcher import job_namespace, run_pytorchjob
+    from sicog.cluster.pytorchjob import build_pytorchjob
+
+    cfg = as_config(config)
+    if not store.is_remote(work_uri):
+        raise ValueError(f"cluster.trainer pytorchjob needs the run's work_uri in object storage (s3://), not {work_uri or 'none'}: "
+                         "the job's pods cannot see the pipeline pod's files")
+    for label, uri in (("model", model_uri), ("world", world_uri), ("curated", curated_uri)):
+        if uri is not None and not store.is_remote(uri):
+            raise ValueError(f"cluster.trainer pytorchjob: the {label} input is not in object storage ({uri or 'no store URI'}): the job's pods cannot read it")
+    config_uri, job_out = store.join(work_uri, "jobs", name, "config.yaml"), store.join(work_uri, "steps", "train", name)
+    store.write_text(config_uri, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    job = build_pytorchjob(cfg, stage=stage, data=data, name=name, model=model_uri, world=world_uri, out=job_out,
+                           config_uri=config_uri, curated=curated_uri)
+    run_pytorchjob(job, job_namespace(cfg.cluster.namespace), cfg.cluster.job_timeout_s, cfg.cluster.poll_s)
+    store.download_dir(job_out, out)
+    return json.loads((Path(out) / "train_log.json").read_text())
+
+
+def train_task(config: SicogConfig | dict, stage: str, data: str, name: str, model: str, world: str, out: str,
+               curated: str | None = None, work_uri: str = "", uris: dict[str, str] | None = None) -> tuple[dict, str]:
+    """The pipeline's train task: a PyTorchJob with cluster.trainer pytorchjob (reading the inputs at
+    their store URIs, `uris`: {"model", "world", "curated"}), else torchrun in the task's own pod, its
+    output kept at work_uri/steps/train/<name> when work_uri is in object storage.
+    Returns (train log, store URI of the trained model)."""
+    cfg = as_config(config)
+    if cfg.cluster.trainer == "pytorchjob":
+        uris = uris or {}
+        log = train_pytorchjob(cfg, stage, data, uris.get("model", ""), uris.get("world", ""), out, name,
+                               uris.get("curated", "") if curated else None, work_uri)
+        return log, store.join(work_uri, "steps", "train", name)
+    with store.published_artifact(out, work_uri, f"train/{name}") as published:
+        log = train_torchrun(cfg, stage, data, model, world, out, name, curated)
+    return log, published or out
 
 
 @through_store
@@ -400,7 +487,7 @@ def _scoring_embedder(cfg: SicogConfig, address: str):
     if not address:
         from sicog.curate.embedder import Embedder
 
-        return Embedder(cfg.curate.embedder, batch_size=cfg.curate.embed_batch_size)
+        return Embedder(cfg.curate.embedder, batch_size=cfg.curate.embed_batch_size, trust_remote_code=cfg.curate.trust_remote_code)
     from sicog.scorer.client import ScorerClient
 
     client = ScorerClient(address)

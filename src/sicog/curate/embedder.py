@@ -44,15 +44,17 @@ class Embedder:
         batch_size: int = 128,
         max_seq_length: int | None = None,
         show_progress: bool = False,
+        trust_remote_code: bool = False,
     ) -> None:
         """`model`: a sentence-transformers name or local path; `max_seq_length` truncates inputs
-        (paper: 1024 tokens for captions, 512 for reasoning; None keeps the model's own)."""
+        (paper: 1024 tokens for captions, 512 for reasoning; None keeps the model's own).
+        `trust_remote_code`: run the model repository's own code (NV-Embed-v2 needs it); off by default."""
         from sentence_transformers import SentenceTransformer  # torch is heavy: import on use
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._model_id = model
-        self._model = SentenceTransformer(resolve_model(model), device=device)
+        self._model = SentenceTransformer(resolve_model(model), device=device, trust_remote_code=trust_remote_code)
         if max_seq_length is not None:
             self._model.max_seq_length = max_seq_length
         self.batch_size = batch_size

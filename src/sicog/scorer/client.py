@@ -64,8 +64,12 @@ class ScorerClient:
         self.address = address
         self.request_texts = request_texts
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
+        # The chart's scorer Service is headless: the DNS name resolves to every ready pod, and
+        # round_robin spreads calls over them (gRPC's default, pick_first, would use one pod only).
+        target = address if "://" in address else f"dns:///{address}"
         self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+            target, options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
+                             ("grpc.lb_policy_name", "round_robin")]
         )
         self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
         self._info: scorer_pb2.InfoResponse | None = None

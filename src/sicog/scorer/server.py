@@ -134,7 +134,7 @@ class ScorerServer:
         return self._stopped.wait(timeout)
 
 
-def run(options: ServerOptions, model: str, device: str, batch_size: int, torch_threads: int = 0) -> dict:
+def run(options: ServerOptions, model: str, device: str, batch_size: int, torch_threads: int = 0, trust_remote_code: bool = False) -> dict:
     """The `sicog serve scorer` process: serve until SIGTERM/SIGINT, drain, return the call counts.
 
     Prints one `listening` line with the bound ports (port 0 asks the OS) before loading the model.
@@ -158,7 +158,7 @@ def run(options: ServerOptions, model: str, device: str, batch_size: int, torch_
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        server.load(lambda: Embedder(model, device=device, batch_size=batch_size))
+        server.load(lambda: Embedder(model, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code))
     except (OSError, ValueError, RuntimeError) as exc:
         server.shutdown(0)
         raise ValueError(f"cannot load embedder {model!r}: {exc}") from None

@@ -102,7 +102,7 @@ def training_arguments(args_class, out_dir: Path, stage: StageConfig, train: Tra
     return args_class(
         output_dir=str(out_dir / CHECKPOINTS),
         learning_rate=stage.learning_rate,
-        max_steps=steps if steps is not None else -1,
+        max_steps=steps or -1,  # -1: Trainer runs num_train_epochs
         num_train_epochs=stage.epochs,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
@@ -324,7 +324,7 @@ def train_stage(
 ) -> dict:
     """Train one stage from `model_dir` on `records`; save to `out_dir`; return the train log.
 
-    `stage.max_steps` governs (fewer records than max_steps batches means more epochs); null
+    `stage.max_steps` governs (fewer records than max_steps batches means more epochs); 0 (null)
     means `stage.epochs` epochs. Records that cannot be used are skipped and counted in the log's
     `skipped`. `train`: run-wide settings (max length, length grouping, bf16, DeepSpeed,
     checkpointing; default TrainConfig()). `progress`: a running rich Progress to add this stage's

@@ -1,0 +1,226 @@
+"""Run a PyTorchJob to its end: create it, follow it, and never leave one behind by accident.
+
+The pipeline's train task (or `sicog job run` on a workstation) creates the job with the
+kubeflow-training SDK's TrainingClient (in-cluster credentials in a pod, else KUBECONFIG), then polls
+it until Succeeded or Failed, printing each new condition and each change of the Master replica
+("pytorchjob NAME: Running (master active 1)"). The wait has a real overall deadline (the SDK's
+wait_for_job_conditions counts polls, not time): past it the job is deleted and the task fails. A
+Failed job fails the task with the job's reason and message, after the tail of the master's log.
+A cancelled KFP run terminates its task's pod: SIGTERM (and SIGINT: Ctrl-C of `sicog job run`)
+delete the job before the process exits non-zero. A job whose launcher was killed outright still
+ends at its activeDeadlineSeconds (= cluster.job_timeout_s). A retried task finds the job its
+earlier attempt created (the name is a function of the output URI) and follows it instead of
+starting over; a Failed one is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+LOG_TAIL_LINES = 100  # torchrun's own failure report takes ~10 lines per rank after the ranks' errors
+REQUEST_TIMEOUT_S = 60  # one API call; the overall deadline still applies
+
+
+class JobError(RuntimeError):
+    """The job failed, timed out, vanished, or could not be created: one line, for the task's log."""
+
+
+class _Cancelled(BaseException):
+    """Raised by the signal handler; a BaseException so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def job_namespace(configured: str = "") -> str:
+    """cluster.namespace, else the namespace of the pod this runs in, else "default"."""
+    if configured:
+        return configured
+    if SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    return "default"
+
+
+def _say(name: str, text: str) -> None:
+    print(f"pytorchjob {name}: {text}", flush=True)
+
+
+def _api_status(exc: BaseException) -> int | None:
+    """HTTP status of the API error behind an SDK error (the SDK wraps ApiException in RuntimeError)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return getattr(cause, "status", None)
+
+
+def _api_message(exc: BaseException) -> str:
+    """One line for an SDK error: the API's own message where there is one."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    body = getattr(cause, "body", None)
+    if body:
+        try:
+            return f"{cause.status} {json.loads(body).get('message', '')}".strip()
+        except (ValueError, AttributeError):
+            pass
+    if getattr(cause, "status", None):
+        return f"{cause.status} {cause.reason}"
+    return " ".join(str(exc).split())[:300]
+
+
+def _true_conditions(job) -> list:
+    conditions = (job.status.conditions or []) if job.status else []
+    return [c for c in conditions if c.status == "True"]
+
+
+def _master(job) -> str:
+    """"master active 1", "master succeeded 1", ... or "master pending" before the operator counts it."""
+    statuses = (job.status.replica_statuses or {}) if job.status else {}
+    master = statuses.get("Master")
+    counts = [f"{key} {getattr(master, key)}" for key in ("active", "succeeded", "failed") if master is not None and getattr(master, key)]
+    return "master " + (", ".join(counts) if counts else "pending")
+
+
+def _delete(client, name: str, namespace: str) -> None:
+    """Delete the job (its pods go with it); one already gone is fine."""
+    try:
+        client.delete_job(name, namespace)
+    except RuntimeError as exc:
+        if _api_status(exc) != 404:
+            print(f"pytorchjob {name}: could not delete it ({_api_message(exc)}); delete it by hand", file=sys.stderr, flush=True)
+
+
+def _log_tail(client, name: str, namespace: str) -> None:
+    """Print the last lines of the master pod's log (best effort: the pod may be gone, or not readable)."""
+    try:
+        for pod in client.get_job_pods(name, namespace, is_master=True, timeout=REQUEST_TIMEOUT_S):
+            text = client.core_api.read_namespaced_pod_log(pod.metadata.name, namespace, container="pytorch",
+                                                           tail_lines=LOG_TAIL_LINES, _request_timeout=REQUEST_TIMEOUT_S)
+            print(f"pytorchjob {name}: last lines of {pod.metadata.name}'s log:\n{text.rstrip()}", file=sys.stderr, flush=True)
+    except Exception as exc:  # noqa: BLE001 - the job's own error follows; a missing log must not hide it
+        print(f"pytorchjob {name}: could not read the master's log ({_api_message(exc)})", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _deleted_on_signal(client, name: str, namespace: str):
+    """While inside: SIGTERM / SIGINT delete the job, then exit with 128 + the signal's number."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+        yield
+        return
+
+    def cancel(signum, frame):
+        raise _Cancelled(signum)
+
+    previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Cancelled as exc:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the deletion
+        _say(name, f"{signal.Signals(exc.signum).name}: deleting the job")
+        _delete(client, name, namespace)
+        raise SystemExit(128 + exc.signum) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _create(client, job, name: str, namespace: str) -> None:
+    """Create the job; if a job of this name exists (an earlier attempt of the same task), follow it,
+    unless it has Failed: then it is deleted and created again."""
+    from kubeflow.training.constants import constants
+
+    for attempt in range(2):
+        try:
+            client.create_job(job, namespace=namespace)
+            _say(name, f"created in namespace {namespace}")
+            return
+        except RuntimeError as exc:
+            if _api_status(exc) != 409 or attempt:
+                raise JobError(f"pytorchjob {name}: could not create it in namespace {namespace}: {_api_message(exc)}") from None
+        existing = client.get_job(name, namespace, timeout=REQUEST_TIMEOUT_S)
+        if not any(c.type == constants.JOB_CONDITION_FAILED for c in _true_conditions(existing)):
+            _say(name, "exists already (an earlier attempt of this task): following it")
+            return
+        _say(name, "an earlier attempt's job has failed: deleting it and starting again")
+        _delete(client, name, namespace)
+        for _ in range(60):  # the API removes it once the operator's finalizers (if any) are done
+            try:
+                client.get_job(name, namespace, timeout=REQUEST_TIMEOUT_S)
+            except RuntimeError as gone:
+                if _api_status(gone) == 404:
+                    break
+            time.sleep(1)
+
+
+def _wait(client, name: str, namespace: str, timeout_s: float, poll_s: float):
+    from kubeflow.training.constants import constants
+
+    deadline = time.monotonic() + timeout_s
+    seen: set[tuple] = set()
+    state, master, last_error = "none", "master pending", None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _delete(client, name, namespace)
+            raise JobError(f"pytorchjob {name}: not finished within the {timeout_s:g} s timeout (last condition: {state}); deleted it")
+        try:
+            job = client.get_job(name, namespace, timeout=max(1, math.ceil(min(REQUEST_TIMEOUT_S, remaining))))
+        except (RuntimeError, TimeoutError) as exc:
+            if _api_status(exc) == 404:
+                raise JobError(f"pytorchjob {name} was deleted before it finished (last condition: {state})") from None
+            message = _api_message(exc)
+            if message != last_error:  # an API server blip must not fail a week of training: retry until the deadline
+                _say(name, f"cannot read its status ({message}); retrying")
+                last_error = message
+            job = None
+        if job is not None:
+            last_error = None
+            now_master = _master(job)
+            conditions = _true_conditions(job)
+            fresh = [c for c in conditions if (c.type, str(c.last_transition_time)) not in seen]
+            for c in fresh:
+                seen.add((c.type, str(c.last_transition_time)))
+                state = c.type
+                _say(name, f"{c.type} ({now_master})")
+            if not fresh and now_master != master:
+                _say(name, f"{state} ({now_master})")
+            master = now_master
+            failed = [c for c in conditions if c.type == constants.JOB_CONDITION_FAILED]
+            if failed:
+                _log_tail(client, name, namespace)
+                reason, message = failed[-1].reason or "Failed", " ".join((failed[-1].message or "").split())
+                raise JobError(f"pytorchjob {name} failed: {reason}: {message}")
+            if any(c.type == constants.JOB_CONDITION_SUCCEEDED for c in conditions):
+                return job
+        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def training_client(namespace: str):
+    """The SDK's client: $KUBECONFIG's context when set, else in-cluster credentials inside a pod, else ~/.kube/config.
+    (KUBECONFIG is read here, not by the kubernetes client, which reads it once, when imported.)"""
+    from kubeflow.training import TrainingClient
+    from kubernetes.config import ConfigException
+
+    try:
+        return TrainingClient(config_file=os.environ.get("KUBECONFIG") or None, namespace=namespace)
+    except ConfigException as exc:
+        raise JobError(f"no access to a Kubernetes cluster: {' '.join(str(exc).split())}") from None
+
+
+def run_pytorchjob(job, namespace: str, timeout_s: float, poll_s: float, client=None):
+    """Create `job` in `namespace` and wait (at most timeout_s, polling every poll_s) until it Succeeded;
+    returns the finished job. Raises JobError when it fails, times out (deleted) or disappears;
+    SIGTERM / SIGINT while waiting delete it and exit with 128 + the signal number."""
+    name = job.metadata.name
+    client = client or training_client(namespace)
+    with _deleted_on_signal(client, name, namespace):
+        _create(client, job, name, namespace)
+        return _wait(client, name, namespace, timeout_s, poll_s)

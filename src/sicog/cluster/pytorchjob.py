@@ -1,0 +1,180 @@
+"""One SICOG training stage as a Kubeflow PyTorchJob (`kubeflow.org/v1`): the cluster twin of sicog.train.launch.
+
+Locally the train component runs `torchrun --standalone --nproc_per_node N -m sicog.cli train ...`;
+on a cluster it submits this job, whose pods run the same `sicog train` entry point under `torchrun`:
+one Master and `cluster.nodes - 1` Workers of `train.nproc` ranks each (paper scale: 4 x 8 A100).
+torchrun reads the node count, ranks per node, node rank and master address from the PET_* variables
+the Training Operator sets in every pod, so the command names no topology. The pods share no files
+with the pipeline: config, inputs and output are store URIs, S3 credentials come from an existing
+Secret, and only global rank 0 publishes the output (see sicog.steps.rank_output).
+
+The job is made of the kubeflow-training SDK's typed models (whose pod template is the kubernetes
+client's V1PodTemplateSpec), so a misspelt field fails here rather than on the cluster; tests
+validate it against the operator's CRD schema too. `build_trainjob` writes the same stage for
+Kubeflow Trainer v2 (experimental: a plain manifest, no SDK model is used for it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+from kubeflow.training import models
+from kubernetes import client as k8s
+
+from sicog.config import SicogConfig
+
+CONTAINER = "pytorch"  # the Training Operator finds the training container of a PyTorchJob by this name
+PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's default master port (it sets MASTER_PORT / PET_MASTER_PORT from it)
+USER = 10001  # numeric non-root user of the trainer image (images/trainer/Dockerfile)
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # the keys of cluster.s3_secret, as in pipelines/placement.py
+FINISHED_TTL_S = 86400  # a finished job (and its pods' logs) stays a day for inspection, then the operator removes it
+
+
+def _slug(text: str, limit: int) -> str:
+    """Lower-case letters, digits and dashes, at most `limit` long, starting and ending alphanumeric."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())[:limit].strip("-") or "x"
+
+
+def job_name(name: str, out: str) -> str:
+    """`sicog-<stage name>-<8 hex of sha256(out)>`: a DNS-1035 label, unique per output (so per run), and
+    stable across retries of one task, which then find the job an earlier attempt created. At most 44
+    characters: the operator names Services `<job>-worker-<i>`, which must stay within 63."""
+    return f"sicog-{_slug(name, 29)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+
+
+def train_command(*, config_uri: str, stage: str, data: str, name: str, model: str, world: str, out: str,
+                  curated: str | None = None) -> list[str]:
+    """The pods' command: `torchrun -m sicog.cli train ... --resume` (topology from PET_* variables)."""
+    argv = ["torchrun", "-m", "sicog.cli", "train", "--config", config_uri, "--stage", stage, "--data", data,
+            "--model", model, "--world", world]
+    if curated:
+        argv += ["--curated", curated]
+    return argv + ["--out", out, "--name", name, "--resume"]
+
+
+def _env(cfg: SicogConfig) -> list[k8s.V1EnvVar]:
+    env = [k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1"), k8s.V1EnvVar(name="TOKENIZERS_PARALLELISM", value="false")]
+    if cfg.cluster.s3_endpoint:
+        env.append(k8s.V1EnvVar(name="SICOG_S3_ENDPOINT", value=cfg.cluster.s3_endpoint))
+    if cfg.cluster.s3_secret:
+        env += [k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=cfg.cluster.s3_secret, key=key)))
+                for key in S3_SECRET_KEYS]
+    return env
+
+
+def _resources(cfg: SicogConfig) -> k8s.V1ResourceRequirements:
+    """CPU and memory requests; with an accelerator, train.nproc of them per pod (requests = limits, as
+    extended resources require)."""
+    requests, limits = {"cpu": cfg.cluster.cpu, "memory": cfg.cluster.memory}, {}
+    if cfg.cluster.accelerator:
+        requests[cfg.cluster.accelerator] = limits[cfg.cluster.accelerator] = str(cfg.train.nproc)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits or None)
+
+
+def _volumes(cfg: SicogConfig) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """/dev/shm in memory (NCCL and data loader workers outgrow the runtime's 64 MiB), and a writable
+    /tmp: the staging folder of inputs and output (and the checkpoints a restarted container resumes from)."""
+    volumes = [k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=cfg.cluster.shm_size)),
+               k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    mounts = [k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"), k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    return volumes, mounts
+
+
+def _tolerations(cfg: SicogConfig) -> list[k8s.V1Toleration] | None:
+    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value or None, effect=t.effect or None)
+            for t in cfg.cluster.tolerations] or None
+
+
+def _labels(stage: str, name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "sicog", "app.kubernetes.io/component": "trainer",
+            "sicog.io/stage": stage, "sicog.io/name": _slug(name, 63)}
+
+
+def build_pytorchjob(cfg: SicogConfig, *, stage: str, data: str, name: str, model: str, world: str, out: str,
+                     config_uri: str, curated: str | None = None) -> models.KubeflowOrgV1PyTorchJob:
+    """The PyTorchJob that trains `stage` of `model` on `data` into `out` (all store URIs)."""
+    command = train_command(config_uri=config_uri, stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated)
+    volumes, mounts = _volumes(cfg)
+    labels = _labels(stage, name)
+    container = k8s.V1Container(
+        name=CONTAINER,
+        image=cfg.cluster.trainer_image,
+        command=command,
+        env=_env(cfg),
+        ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=PORT)],
+        resources=_resources(cfg),
+        volume_mounts=mounts,
+        security_context=k8s.V1SecurityContext(allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])),
+    )
+    template = k8s.V1PodTemplateSpec(
+        # No Istio sidecar: it would hold the pod Running after training exits, so the job never finishes.
+        metadata=k8s.V1ObjectMeta(labels=labels, annotations={"sidecar.istio.io/inject": "false"}),
+        spec=k8s.V1PodSpec(
+            containers=[container],
+            volumes=volumes,
+            node_selector=dict(cfg.cluster.node_selector) or None,
+            tolerations=_tolerations(cfg),
+            automount_service_account_token=False,  # training needs the store, not the Kubernetes API
+            security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=USER, run_as_group=USER, fs_group=USER,
+                                                      seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        ),
+    )
+    replicas = {"Master": models.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=template)}
+    if cfg.cluster.nodes > 1:
+        replicas["Worker"] = models.KubeflowOrgV1ReplicaSpec(replicas=cfg.cluster.nodes - 1, restart_policy="OnFailure", template=template)
+    return models.KubeflowOrgV1PyTorchJob(
+        api_version="kubeflow.org/v1",
+        kind="PyTorchJob",
+        metadata=k8s.V1ObjectMeta(name=job_name(name, out), namespace=cfg.cluster.namespace or None, labels=labels),
+        spec=models.KubeflowOrgV1PyTorchJobSpec(
+            nproc_per_node=str(cfg.train.nproc),
+            pytorch_replica_specs=replicas,
+            run_policy=models.KubeflowOrgV1RunPolicy(
+                clean_pod_policy="Running",  # finished pods stay (their logs explain a failure) until the job goes
+                backoff_limit=cfg.cluster.retries,  # container restarts before the job is Failed; each resumes from its checkpoint
+                active_deadline_seconds=math.ceil(cfg.cluster.job_timeout_s),  # the operator enforces the launcher's limit too
+                ttl_seconds_after_finished=FINISHED_TTL_S,
+            ),
+        ),
+    )
+
+
+def manifest(job) -> dict:
+    """A typed job (or any kubernetes / kubeflow model) as the plain dict kubectl and the API take."""
+    return k8s.ApiClient().sanitize_for_serialization(job)
+
+
+def world_size(job: models.KubeflowOrgV1PyTorchJob) -> int:
+    """Ranks of the job: pods x nprocPerNode."""
+    return int(job.spec.nproc_per_node) * sum(spec.replicas for spec in job.spec.pytorch_replica_specs.values())
+
+
+def build_trainjob(cfg: SicogConfig, *, stage: str, data: str, name: str, model: str, world: str, out: str,
+                   config_uri: str, curated: str | None = None) -> dict:
+    """Experimental: the same stage as a Kubeflow Trainer v2 TrainJob (`trainer.kubeflow.org/v1alpha1`)
+    on the `torch-distributed` ClusterTrainingRuntime, which sets the same PET_* variables; node
+    selector, tolerations and volumes go in through podSpecOverrides of the runtime's `node` job.
+    The pod security context comes from the runtime (a TrainJob cannot set it)."""
+    command = train_command(config_uri=config_uri, stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated)
+    volumes, mounts = _volumes(cfg)
+    override = {"targetJobs": [{"name": "node"}], "volumes": volumes, "containers": [{"name": "node", "volumeMounts": mounts}]}
+    if cfg.cluster.node_selector:
+        override["nodeSelector"] = dict(cfg.cluster.node_selector)
+    if cfg.cluster.tolerations:
+        override["tolerations"] = _tolerations(cfg)
+    metadata = {"name": job_name(name, out), "labels": _labels(stage, name)}
+    if cfg.cluster.namespace:
+        metadata["namespace"] = cfg.cluster.namespace
+    return manifest({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": metadata,
+        "spec": {
+            "runtimeRef": {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"},
+            "trainer": {"image": cfg.cluster.trainer_image, "command": command, "numNodes": cfg.cluster.nodes,
+                        "numProcPerNode": cfg.train.nproc, "resourcesPerNode": _resources(cfg), "env": _env(cfg)},
+            "podSpecOverrides": [override],
+        },
+    })

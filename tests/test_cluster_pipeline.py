@@ -1,0 +1,150 @@
+"""The pipeline compiled for a cluster, and recurring cycles: placement in the KFP IR, what
+`sicog pipeline submit|schedule` sends to the Kubeflow Pipelines API (a local stand-in that records
+requests), and how a run of a series finds its starting point (sicog.lineage)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kfpapi import KfpApi
+from sicog import lineage, store
+from sicog.config import load_config, parameter_dict
+from sicog.pipelines.run import compile_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs/paper-qwen2-7b.yaml"
+
+
+def _compiled(tmp_path, overrides=()):
+    cfg = load_config(PAPER, list(overrides))
+    ir, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "cycle.yaml", cfg).read_text())
+    tasks = {t: spec for comp in [ir["root"], *ir["components"].values()] for t, spec in comp.get("dag", {}).get("tasks", {}).items()}
+    return cfg, ir, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], tasks
+
+
+def _resources(ir, executor):
+    return ir["deploymentSpec"]["executors"][executor]["container"].get("resources", {})
+
+
+def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
+    cfg, ir, k8s, tasks = _compiled(tmp_path)
+    # Every task: the client label the chart's NetworkPolicies admit, and the store's credentials from the Secret.
+    for name, executor in k8s.items():
+        assert executor["podMetadata"]["labels"] == {"sicog.io/client": "true"}, name
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "sicog-s3"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for name, spec in ir["deploymentSpec"]["executors"].items():
+        assert {"name": "SICOG_S3_ENDPOINT", "value": "http://minio.minio.svc:9000"} in spec["container"]["env"], name
+    # GPU tasks: in-process sampling and evaluation, on the A100 pool, with a RAM-backed /dev/shm.
+    gpu_executors = [e for e in ir["deploymentSpec"]["executors"] if e.startswith(("exec-sample-shard", "exec-evaluate"))]
+    assert len(gpu_executors) == 5
+    for executor in gpu_executors:
+        assert _resources(ir, executor)["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert _resources(ir, executor)["accelerator"]["resourceCount"] == "1"
+        assert ir["deploymentSpec"]["executors"][executor]["container"]["image"] == cfg.cluster.trainer_image  # CUDA torch
+        assert k8s[executor]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+        assert k8s[executor]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert k8s[executor]["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "256Gi"}]
+    # trainer=pytorchjob: the train tasks only launch and watch their jobs (the GPUs are the jobs').
+    train_executors = [e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-train")]
+    assert len(train_executors) == 10 and not any("accelerator" in _resources(ir, e) for e in train_executors)
+    assert all(ir["deploymentSpec"]["executors"][e]["container"]["image"].startswith("ghcr.io/sicog-project/sicog:") for e in train_executors)
+    assert not any("nodeSelector" in k8s[e] for e in train_executors)
+    # Retries on transient steps, caching on pure steps only.
+    for name, spec in tasks.items():
+        retried = spec.get("retryPolicy", {}).get("maxRetryCount", 0)
+        cached = spec.get("cachingOptions", {}).get("enableCache", False)
+        if name.startswith(("train", "sample-shard", "collect-candidates", "score")):
+            assert retried == cfg.cluster.retries and spec["retryPolicy"]["backoffDuration"] == "60s", name
+        if name.startswith(("start-cycle", "sample-shard", "collect-candidates", "report")):
+            assert not cached, name  # they read the store's current state or publish the run
+        if name.startswith(("make-world", "init-model", "train", "score", "curate", "evaluate")):
+            assert cached, name
+
+
+def test_torchrun_trainer_puts_the_gpus_on_the_train_tasks(tmp_path):
+    # Remote sampling: TGI holds the sampling GPUs; train tasks run torchrun on train.nproc GPUs in their own pod.
+    _, ir, k8s, _ = _compiled(tmp_path, ["cluster.trainer=torchrun", "sample.backend=remote", "sample.endpoint=http://sicog-sampler:8080/v1"])
+    for executor in (e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-train")):
+        assert _resources(ir, executor)["accelerator"]["resourceCount"] == "8"
+        assert k8s[executor]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert not any("accelerator" in _resources(ir, e) for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-sample-shard"))
+
+
+@pytest.fixture()
+def kfp_api(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the kfp client keeps a context file under HOME
+    api = KfpApi()
+    yield api
+    api.close()
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "sicog.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_submit_starts_one_run_of_the_compiled_pipeline(kfp_api, tmp_path):
+    proc = _cli("pipeline", "submit", "--config", str(PAPER), "--host", kfp_api.url, "--series", "s3://sicog/series",
+                "--run-name", "cycle-now", env={**os.environ, "HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("run run-1")
+    (run,) = kfp_api.posted("/apis/v2beta1/runs")
+    assert run["display_name"] == "cycle-now" and run["service_account"] == "sicog-pipeline"
+    params = run["runtime_config"]["parameters"]
+    assert params["series_uri"] == "s3://sicog/series" and params["work_uri"] == ""
+    assert params["config"] == parameter_dict(load_config(PAPER))
+    # The submitted spec is the compiled pipeline with its Kubernetes placement.
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "sicog-cycle"
+    assert "exec-train" in run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_schedule_creates_a_weekly_recurring_run(kfp_api, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    proc = _cli("pipeline", "schedule", "--config", str(PAPER), "--host", kfp_api.url, "--series", "s3://sicog/series",
+                "--cron", "0 0 3 * * 1", "--name", "weekly", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (recurring,) = kfp_api.posted("/apis/v2beta1/recurringruns")
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
+    assert recurring["max_concurrency"] == 1 and recurring["no_catchup"] is True  # cycles run one after another
+    assert recurring["runtime_config"]["parameters"]["series_uri"] == "s3://sicog/series"
+    assert recurring["experiment_id"] == "exp-1" and kfp_api.posted("/apis/v2beta1/experiments")[0]["display_name"] == "sicog"
+
+    # User errors: one line, exit 2, nothing sent.
+    before = len(kfp_api.requests)
+    for args, message in (
+        (["--cron", "0 3 * * 1", "--series", "s3://sicog/series"], "did you mean '0 0 3 * * 1'?"),
+        (["--cron", "0 0 3 * * 1", "--series", "/local/series"], "--series must be in object storage"),
+    ):
+        proc = _cli("pipeline", "schedule", "--config", str(PAPER), "--host", kfp_api.url, *args, env=env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert message in " ".join(proc.stderr.split()), proc.stderr
+    assert len(kfp_api.requests) == before
+
+
+def _seal(series, name, cycle, finished_at, status="succeeded"):
+    record = {"cycle": cycle, "status": status, "finished_at": finished_at, "models": {"cycle": f"{series}/cycles/{name}/steps/train/cycle/instruct"}}
+    store.write_text(store.join(series, "cycles", name, "lineage.json"), json.dumps(record))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_series_run_starts_from_the_last_successful_cycle(where, tmp_path, request):
+    series = str(tmp_path / "series") if where == "local" else f"s3://{request.getfixturevalue('bucket')}/series"
+    config = parameter_dict(load_config(ROOT / "tests/micro.yaml"))
+    # An empty series: the first cycle, a fresh model, a new folder under the series.
+    first, work = lineage.start_cycle(config, series, "", "0123456789abcdef")
+    assert first["cycle"] == 1 and first["model"]["start"] == "" and work.startswith(f"{series}/cycles/") and work.endswith("-01234567")
+    _seal(series, "20261101T030000Z-aaaa", 1, 100.0)
+    _seal(series, "20261108T030000Z-bbbb", 2, 200.0)
+    _seal(series, "20261115T030000Z-cccc", 3, 300.0, status="running")  # not sealed as succeeded: never a start
+    store.write_text(store.join(series, "cycles", "20261122T030000Z-dddd", "steps", "world", "x.json"), "{}")  # unfinished
+    nxt, work = lineage.start_cycle(config, series, "", "feedbeef")
+    assert nxt["cycle"] == 3 and nxt["model"]["start"] == f"{series}/cycles/20261108T030000Z-bbbb/steps/train/cycle/instruct"
+    # An explicit work_uri is kept; outside a series nothing changes.
+    assert lineage.start_cycle(config, series, "s3://b/run", "x")[1] == "s3://b/run"
+    assert lineage.start_cycle(config, "", "", "x") == (config, "")

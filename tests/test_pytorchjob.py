@@ -1,0 +1,313 @@
+"""The PyTorchJob launcher: the paper-scale stage-1.5 job against the kubeflow-training SDK models and the
+Training Operator's CRD schema; tiny jobs run to their end (success, failure, timeout, SIGTERM) against
+a fake Kubernetes API with a tiny operator (tests/kubeapi.py) and a real S3 API server (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from kubeflow.training.api_client import ApiClient
+from kubeflow.training.utils.utils import FakeResponse
+from PIL import Image
+from typer.testing import CliRunner
+
+from sicog import steps, store
+from sicog.cli import app
+from sicog.cluster.launcher import JobError
+from sicog.cluster.pytorchjob import build_pytorchjob, job_name, manifest, world_size
+from sicog.config import load_config, validate_config
+from sicog.models import init_model
+from sicog.train.batch import batch_plan
+
+from kubeapi import FakeKube, crd_schema
+from test_train import COLOURS, TINY, _rec
+
+PAPER = Path(__file__).parents[1] / "configs" / "paper-qwen2-7b.yaml"
+RUN = "s3://sicog/runs/r1"
+STAGE_15 = dict(stage="pretrain", data="curated", name="cycle/pretrain", model=f"{RUN}/steps/train/stage1/align",
+                world=f"{RUN}/steps/world", curated=f"{RUN}/steps/curate", out=f"{RUN}/steps/train/cycle/pretrain",
+                config_uri=f"{RUN}/jobs/cycle/pretrain/config.yaml")
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+
+
+def _pruned(value, schema: dict, path: str = "") -> list[str]:
+    """Fields of `value` that the schema does not declare: the API server would silently drop them
+    (kubectl's --validate=strict refuses them). jsonschema alone lets them through."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict) and "properties" in schema:
+        found = []
+        for key, item in value.items():
+            if key in schema["properties"]:
+                found += _pruned(item, schema["properties"][key], f"{path}.{key}")
+            elif not schema.get("additionalProperties"):
+                found.append(f"{path}.{key}")
+        return found
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return [p for key, item in value.items() for p in _pruned(item, schema["additionalProperties"], f"{path}.{key}")]
+    if isinstance(value, list) and "items" in schema:
+        return [p for i, item in enumerate(value) for p in _pruned(item, schema["items"], f"{path}[{i}]")]
+    return []
+
+
+# --- the job at the paper's scale ------------------------------------------------------------------
+
+
+def test_paper_stage15_job_validates_against_the_sdk_and_the_crd_and_keeps_the_batch():
+    cfg = load_config(PAPER)
+    job = build_pytorchjob(cfg, **STAGE_15)
+    body = manifest(job)
+
+    again = ApiClient().deserialize(FakeResponse(body), "KubeflowOrgV1PyTorchJob")  # how the SDK reads a job back
+    assert type(again).__name__ == "KubeflowOrgV1PyTorchJob" and manifest(again) == body
+    schema = crd_schema()
+    jsonschema.Draft7Validator(schema).validate(body)
+    assert _pruned(body, schema) == []
+    assert body["apiVersion"] == "kubeflow.org/v1" and body["kind"] == "PyTorchJob"
+    assert re.fullmatch(r"sicog-cycle-pretrain-[0-9a-f]{8}", body["metadata"]["name"])
+
+    spec = body["spec"]
+    assert {kind: r["replicas"] for kind, r in spec["pytorchReplicaSpecs"].items()} == {"Master": 1, "Worker": 3}
+    assert spec["nprocPerNode"] == "8"
+    assert spec["runPolicy"]["activeDeadlineSeconds"] == cfg.cluster.job_timeout_s == 7 * 86400
+    for replica in spec["pytorchReplicaSpecs"].values():
+        assert replica["restartPolicy"] == "OnFailure"
+        pod = replica["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["name"] == "pytorch" and container["image"] == cfg.cluster.trainer_image
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert container["resources"]["requests"]["cpu"] == "64" and container["resources"]["requests"]["memory"] == "900Gi"
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "256Gi"}
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+        env = {e["name"]: e for e in container["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "sicog-s3", "key": key}}}
+        assert env["SICOG_S3_ENDPOINT"]["value"] == "http://minio.minio.svc:9000" and env["HF_HUB_OFFLINE"]["value"] == "1"
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        # The local twin's entry point; the topology comes from the operator's PET_* variables, not the command.
+        assert container["command"] == [
+            "torchrun", "-m", "sicog.cli", "train", "--config", STAGE_15["config_uri"], "--stage", "pretrain", "--data", "curated",
+            "--model", STAGE_15["model"], "--world", STAGE_15["world"], "--curated", STAGE_15["curated"], "--out", STAGE_15["out"],
+            "--name", "cycle/pretrain", "--resume"]
+
+    # Table 13, stage 1.5: global batch 128 = 32 ranks x 4 per device x accumulation 1.
+    ranks = world_size(job)
+    stage = cfg.train.pretrain
+    assert ranks == 32
+    assert batch_plan(stage.batch_size, stage.per_device_batch_size, ranks) == (4, 1)
+    assert ranks * 4 * 1 == stage.batch_size == 128
+
+
+def test_job_names_are_dns_labels_unique_per_output_and_stable_per_task():
+    long = job_name("Perception/Warm-up of a rather LONG run name_with odd.chars", "s3://b/r1/x")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", long) and len(long) <= 44
+    assert job_name("cycle/pretrain", "s3://b/r1/x") == job_name("cycle/pretrain", "s3://b/r1/x")
+    assert job_name("cycle/pretrain", "s3://b/r1/x") != job_name("cycle/pretrain", "s3://b/r2/x")
+    demo = manifest(build_pytorchjob(load_config(Path(__file__).parents[1] / "configs" / "demo.yaml"), **STAGE_15))
+    (master,) = demo["spec"]["pytorchReplicaSpecs"].values()  # one node: no Worker replica
+    pod = master["template"]["spec"]
+    assert set(pod["containers"][0]["resources"]["requests"]) == {"cpu", "memory"} and "limits" not in pod["containers"][0]["resources"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    jsonschema.Draft7Validator(crd_schema()).validate(demo)
+
+
+def test_cli_renders_the_pytorchjob_and_the_trainjob():
+    args = ["--config", str(PAPER), "--stage", "pretrain", "--data", "curated", "--name", "cycle/pretrain", "--model", STAGE_15["model"],
+            "--world", STAGE_15["world"], "--curated", STAGE_15["curated"], "--out", STAGE_15["out"], "--config-uri", STAGE_15["config_uri"]]
+    runner = CliRunner()
+    rendered = runner.invoke(app, ["job", "render", *args])
+    assert rendered.exit_code == 0, rendered.output
+    assert yaml.safe_load(rendered.stdout) == manifest(build_pytorchjob(load_config(PAPER), **STAGE_15))
+    result = runner.invoke(app, ["job", "render", "--trainjob", *args])
+    assert result.exit_code == 0, result.output
+    trainjob = yaml.safe_load(result.stdout)
+    assert (trainjob["apiVersion"], trainjob["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert trainjob["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = trainjob["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
+    assert trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert trainer["command"][:4] == ["torchrun", "-m", "sicog.cli", "train"]
+    assert trainjob["spec"]["podSpecOverrides"][0]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    local = runner.invoke(app, ["job", "render", *args[:-2], "--config-uri", "configs/demo.yaml"])
+    assert local.exit_code == 2 and "give an s3:// URI" in local.output
+
+
+# --- only global rank 0 publishes --------------------------------------------------------------------
+
+
+def test_under_torchrun_only_rank_zero_publishes_the_shared_staging_folder(bucket, monkeypatch):
+    @steps.through_store
+    def step(config, out):
+        (Path(out) / f"rank-{os.environ['RANK']}.txt").write_text("written")
+
+    uri = f"s3://{bucket}/ranked"
+    monkeypatch.setenv("RANK", "1")
+    step({}, uri)
+    assert not store.exists(uri)  # rank 1 published nothing
+    monkeypatch.setenv("RANK", "0")
+    step({}, uri)
+    assert sorted(store.read_manifest(uri)) == ["rank-0.txt", "rank-1.txt"]  # the node's ranks share one staging folder
+    assert not (Path(tempfile.gettempdir()) / f"sicog-stage-{hashlib.sha256(uri.encode()).hexdigest()[:16]}").exists()
+
+
+def test_pytorchjob_needs_the_run_in_object_storage(bucket):
+    with pytest.raises(ValueError, match=r"needs the run's work_uri in object storage \(s3://\), not none"):
+        steps.train_pytorchjob({}, "pretrain", "curated", "s3://b/m", "s3://b/w", "out", "x", "s3://b/c", "")
+    with pytest.raises(ValueError, match=r"the world input is not in object storage \(/data/world\)"):
+        steps.train_pytorchjob({}, "pretrain", "curated", "s3://b/m", "/data/world", "out", "x", None, f"s3://{bucket}/run")
+
+
+# --- jobs run to their end against the fake API server -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A world (colour questions on solid images), the same records as 'curated' data, and a tiny model."""
+    root = tmp_path_factory.mktemp("world")
+    (root / "img").mkdir()
+    records = []
+    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 3):
+        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
+    (root / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curated = tmp_path_factory.mktemp("curated")
+    (curated / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    texts = [t["value"] for r in records for t in r["conversations"]]
+    model = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
+    return {"world": root, "curated": curated, "model": Path(model)}
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    api = FakeKube(secrets={"sicog-s3": {"AWS_ACCESS_KEY_ID": "sicog-test", "AWS_SECRET_ACCESS_KEY": "sicog-test-secret"}}).start()
+    config = api.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+    yield api, config
+    api.stop()
+
+
+@pytest.fixture
+def run(kube, tiny, bucket, s3_server, monkeypatch):
+    """The run's folder in the bucket with the tiny inputs published there, and KUBECONFIG for the fake API."""
+    api, config = kube
+    api.hold = False
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    work = f"s3://{bucket}/run"
+    uris = {}
+    for key, step in (("world", "world"), ("model", "model"), ("curated", "curate")):
+        uris[key] = store.join(work, "steps", step)
+        store.upload_dir(tiny[key], uris[key])
+    cfg = validate_config({
+        "seed": 3,
+        "train": {"max_length": 256, "nproc": 2, "pretrain": {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}},
+        "cluster": {"trainer": "pytorchjob", "namespace": "sicog", "s3_secret": "sicog-s3", "s3_endpoint": s3_server.endpoint,
+                    "poll_s": 0.2, "job_timeout_s": 300},
+    })
+    return {"api": api, "kubeconfig": config, "work": work, "cfg": cfg, **uris}
+
+
+def _train(run, out: Path, name: str = "cycle/pretrain", **uris) -> dict:
+    uris = {key: uris.get(key, run[key]) for key in ("model", "world", "curated")}
+    return steps.train_pytorchjob(run["cfg"], "pretrain", "curated", uris["model"], uris["world"], str(out), name, uris["curated"], run["work"])
+
+
+def test_tiny_stage_runs_as_a_pytorchjob_and_lands_in_the_store(run, tmp_path, capsys):
+    api, work = run["api"], run["work"]
+    # What the pipeline's train component calls: the artifacts' local paths (unused here) and their store URIs.
+    uris = {key: run[key] for key in ("model", "world", "curated")}
+    log, uri = steps.train_task(run["cfg"], "pretrain", "curated", "cycle/pretrain", "unused/model", "unused/world",
+                                str(tmp_path / "trained"), "unused/curated", work, uris)
+
+    assert (log["steps"], log["world_size"], log["gradient_accumulation_steps"]) == (2, 2, 2)  # 2 ranks x 1 x 2 = batch 4
+    trained = tmp_path / "trained"
+    assert (trained / "model.safetensors").is_file() and json.loads((trained / "train_log.json").read_text()) == log
+    last = json.loads((trained / "lineage.json").read_text())[-1]
+    assert (last["name"], last["stage"], last["data"], last["steps"]) == ("cycle/pretrain", "pretrain", "curated", 2)
+    published = store.join(work, "steps", "train", "cycle/pretrain")  # where store.published_artifact would have put it
+    assert uri == published
+    assert {"model.safetensors", "train_log.json", "lineage.json", "step.json"} <= set(store.read_manifest(published))
+    assert validate_config(yaml.safe_load(store.read_text(store.join(work, "jobs", "cycle/pretrain", "config.yaml")))) == run["cfg"]
+
+    name = job_name("cycle/pretrain", published)
+    job = api.created[-1]
+    assert job["metadata"]["name"] == name and job["metadata"]["namespace"] == "sicog"
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--curated") + 1] == run["curated"] and command[command.index("--out") + 1] == published
+    assert api.envs[name]["AWS_ACCESS_KEY_ID"] == "sicog-test"  # from the Secret: the fake operator passes on no AWS_* of its own
+    assert list((api.workdir / name / "tmp").glob("sicog-stage-*")) == []  # rank 0 published the pod's staging folder, then removed it
+    lines = capsys.readouterr().out.splitlines()
+    assert f"pytorchjob {name}: Running (master active 1)" in lines
+    assert f"pytorchjob {name}: Succeeded (master succeeded 1)" in lines
+
+    # A retried task finds its earlier attempt's job (same output, same name) and follows it: no second job.
+    created = len(api.created)
+    assert _train(run, tmp_path / "again") == log
+    assert len(api.created) == created
+    assert f"pytorchjob {name}: exists already (an earlier attempt of this task): following it" in capsys.readouterr().out
+
+
+def test_failed_job_fails_the_task_with_its_reason_and_the_master_log(run, tmp_path, capsys):
+    missing = store.join(run["work"], "steps", "no-such-model")
+    with pytest.raises(JobError, match=r"^pytorchjob sicog-bad-pretrain-[0-9a-f]{8} failed: PyTorchJobFailed: .* 1 Master replica\(s\) failed"):
+        _train(run, tmp_path / "trained", name="bad/pretrain", model=missing)
+    err = capsys.readouterr().err
+    assert "last lines of sicog-bad-pretrain-" in err and "no such file" in err  # the entry point's own one-line error
+    name = job_name("bad/pretrain", store.join(run["work"], "steps", "train", "bad/pretrain"))
+    assert [p.name for p in (run["api"].workdir / name / "tmp").glob("sicog-stage-*")] == [  # kept for a restarted container to resume from
+        f"sicog-stage-{hashlib.sha256(store.join(run['work'], 'steps', 'train', 'bad/pretrain').encode()).hexdigest()[:16]}"]
+
+
+def test_job_past_its_timeout_is_deleted(run, tmp_path):
+    api = run["api"]
+    api.hold = True  # the job runs until deleted
+    run["cfg"].cluster.job_timeout_s = 3
+    started = time.monotonic()
+    with pytest.raises(JobError, match=r"not finished within the 3 s timeout \(last condition: Running\); deleted it"):
+        _train(run, tmp_path / "trained", name="slow/pretrain")
+    assert time.monotonic() - started < 15
+    name = job_name("slow/pretrain", store.join(run["work"], "steps", "train", "slow/pretrain"))
+    assert name in api.deleted and api.wait_gone(name)
+
+
+def test_sigterm_deletes_the_job_and_exits_non_zero(run, tmp_path):
+    api = run["api"]
+    api.hold = True
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(run["cfg"].model_dump(mode="json")))
+    out = store.join(run["work"], "steps", "train", "cancel/pretrain")
+    argv = [sys.executable, "-m", "sicog.cli", "job", "run", "--config", str(config), "--stage", "pretrain", "--data", "curated",
+            "--name", "cancel/pretrain", "--model", run["model"], "--world", run["world"], "--curated", run["curated"], "--out", out]
+    proc = subprocess.Popen(argv, env={**ENV, **os.environ, "KUBECONFIG": str(run["kubeconfig"])}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    name = job_name("cancel/pretrain", out)
+    deadline = time.monotonic() + 60
+    while f"pytorchjob {name}: Running (master active 1)\n" not in lines:
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    reader.join(timeout=10)
+    assert f"pytorchjob {name}: SIGTERM: deleting the job\n" in lines
+    assert name in api.deleted and api.wait_gone(name)  # the job and its (held) master process are gone
+    assert store.exists(f"{out}.config.yaml")  # `sicog job run` put the config where the pods read it
