@@ -10,10 +10,10 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from sicog.config import ClusterConfig
+from sicog.store import SECRET_ENV
 
 # The Helm chart's NetworkPolicies let only pods with this label reach the scorer and the sampler.
 CLIENT_LABEL = ("sicog.io/client", "true")
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def place(task: PipelineTask, cluster: ClusterConfig | None, *, cache: bool, gpus: int = 0, transient: bool = False) -> PipelineTask:
@@ -26,7 +26,7 @@ def place(task: PipelineTask, cluster: ClusterConfig | None, *, cache: bool, gpu
         return task
     kubernetes.add_pod_label(task, *CLIENT_LABEL)
     if cluster.s3_secret:
-        kubernetes.use_secret_as_env(task, secret_name=cluster.s3_secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+        kubernetes.use_secret_as_env(task, secret_name=cluster.s3_secret, secret_key_to_env={k: k for k in SECRET_ENV})
     if cluster.s3_endpoint:
         task.set_env_variable("SICOG_S3_ENDPOINT", cluster.s3_endpoint)
     if transient and cluster.retries:

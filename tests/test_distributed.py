@@ -11,17 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
-from sicog.models import init_model, load_model
+from sicog.models import load_model
 from sicog.train.batch import BatchError, batch_plan
 
-from test_train import COLOURS, TINY, _rec
+from tiny import colour_world, tiny_model
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
@@ -30,16 +28,9 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_N
 def world(tmp_path_factory):
     """A world folder with base.jsonl (colour questions + a text-only record) and a tiny model."""
     root = tmp_path_factory.mktemp("world")
-    (root / "img").mkdir()
-    records = []
-    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 5):
-        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(root / "img" / f"{i}.png")
-        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
-    records.append(_rec("t0", None, "Say hello.", "Hello there."))
+    records = colour_world(root, 5, text_only=True)
     (root / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    texts = [t["value"] for r in records for t in r["conversations"]]
-    model_dir = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
-    return root, model_dir
+    return root, tiny_model(tmp_path_factory.mktemp("model"), records)
 
 
 def _config(tmp_path, name="cfg.yaml", **train) -> Path:

@@ -11,10 +11,11 @@ from PIL import Image
 
 from sicog.annotate.dpo import CORRUPTIONS, METHODS, corrupt, make_pairs
 from sicog.config import StageConfig, TrainConfig
-from sicog.models import init_model, load_model
+from sicog.models import load_model
 from sicog.train.dpo import train_dpo
 
-from test_train import COLOURS, TINY, _rec
+from tiny import colour_world, tiny_model
+from tiny import record as _rec
 
 
 def _photo(seed=0, size=(48, 32)):
@@ -92,16 +93,8 @@ def test_mask_covers_30_percent_half_plane_with_mean_colour():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    (root / "img").mkdir()
-    records = []
-    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 2):
-        pixels = np.full((32, 32, 3), rgb, dtype=np.uint8)
-        pixels[: 8 + 2 * i, :8] = 255  # not uniform: corruptions change it
-        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
-        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
-    texts = [t["value"] for r in records for t in r["conversations"]]
-    model_dir = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
-    return root, records, model_dir
+    records = colour_world(root, 2, marked=True)
+    return root, records, tiny_model(tmp_path_factory.mktemp("model"), records)
 
 
 def test_pairs_are_deterministic_per_seed(world, tmp_path):

@@ -18,7 +18,6 @@ import pytest
 from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = ROOT / "Dockerfile"

@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 import yaml
 from kubeflow.training.api_client import ApiClient
 from kubeflow.training.utils.utils import FakeResponse
-from PIL import Image
 from typer.testing import CliRunner
 
 from sicog import steps, store
@@ -30,11 +28,10 @@ from sicog.cli import app
 from sicog.cluster.launcher import JobError
 from sicog.cluster.pytorchjob import build_pytorchjob, job_name, manifest, world_size
 from sicog.config import load_config, validate_config
-from sicog.models import init_model
 from sicog.train.batch import batch_plan
 
 from kubeapi import FakeKube, crd_schema
-from test_train import COLOURS, TINY, _rec
+from tiny import colour_world, tiny_model
 
 PAPER = Path(__file__).parents[1] / "configs" / "paper-qwen2-7b.yaml"
 RUN = "s3://sicog/runs/r1"
@@ -183,17 +180,11 @@ def test_pytorchjob_needs_the_run_in_object_storage(bucket):
 def tiny(tmp_path_factory):
     """A world (colour questions on solid images), the same records as 'curated' data, and a tiny model."""
     root = tmp_path_factory.mktemp("world")
-    (root / "img").mkdir()
-    records = []
-    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 3):
-        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(root / "img" / f"{i}.png")
-        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
+    records = colour_world(root, 3)
     (root / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     curated = tmp_path_factory.mktemp("curated")
     (curated / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    texts = [t["value"] for r in records for t in r["conversations"]]
-    model = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
-    return {"world": root, "curated": curated, "model": Path(model)}
+    return {"world": root, "curated": curated, "model": tiny_model(tmp_path_factory.mktemp("model"), records)}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import moto.settings
-import pytest
 from typer.testing import CliRunner
 
 from sicog import store

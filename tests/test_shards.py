@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from PIL import Image
 from sicog import store
 from sicog.config import SampleConfig
 from sicog.generate.sample import collect_candidates, sample_shard
-from sicog.generate.shards import MANIFEST, read_shard, run_shard, shard_dir, shard_of, shard_records
+from sicog.generate.shards import MANIFEST, read_shard, shard_dir, shard_of, shard_records
 from sicog.prompts import CAPTION_DD
 from tiny import IMAGE_SIZE, tiny_sampler_model
 

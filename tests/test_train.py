@@ -7,41 +7,24 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from sicog.config import ModelConfig, StageConfig
-from sicog.models import init_model, load_model
+from sicog.config import StageConfig
+from sicog.models import load_model
 from sicog.train.data import IGNORE_INDEX, Collator, encode_record, encode_records
 from sicog.train.trainer import train_stage
 
+from tiny import colour_world, tiny_model
+from tiny import record as _rec
+
 # One thread: on tensors this tiny, syncing a second thread costs more than it saves, and a busy
 # machine (a parallel test run) makes multi-threaded tiny steps 10-100x slower.
-
-TINY = ModelConfig(vision_hidden=32, vision_layers=2, lm_hidden=32, lm_layers=1, heads=2, kv_heads=1, intermediate=64, vocab_size=400)
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
-
-
-def _rec(rid, image, question, answer):
-    rec = {"id": rid, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
-    if image is not None:
-        rec["image"] = image
-        rec["conversations"][0]["value"] = "<image>\n" + question
-    return rec
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Solid-colour images, a colour question per image, and a tiny model trained on their text."""
     root = tmp_path_factory.mktemp("data")
-    (root / "img").mkdir()
-    records = []
-    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 4):
-        Image.fromarray(np.full((32, 32, 3), rgb, dtype=np.uint8)).save(root / "img" / f"{i}.png")
-        records.append(_rec(f"r{i}", f"img/{i}.png", "What colour is the image?", f"The image is {name}."))
-    records.append(_rec("t0", None, "Say hello.", "Hello there."))
-    texts = [t["value"] for r in records for t in r["conversations"]]
-    model_dir = init_model(tmp_path_factory.mktemp("model"), texts, TINY, image_size=32, seed=0)
-    return root, records, model_dir
+    records = colour_world(root, 4, text_only=True)
+    return root, records, tiny_model(tmp_path_factory.mktemp("model"), records)
 
 
 def test_labels_are_exactly_the_assistant_turns(world):

@@ -43,6 +43,8 @@ from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 MANIFEST = "_manifest.json"
+# The credentials a Kubernetes Secret gives every pod that reads or writes the store (same key and env names).
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 PART_SIZE = 16 * 1024 * 1024  # multipart part size: fewer round trips than minio's 5 MiB minimum, bounded memory
 CHUNK = 1024 * 1024
 T = TypeVar("T")

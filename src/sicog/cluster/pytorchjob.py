@@ -24,11 +24,11 @@ from kubeflow.training import models
 from kubernetes import client as k8s
 
 from sicog.config import SicogConfig
+from sicog.store import SECRET_ENV
 
 CONTAINER = "pytorch"  # the Training Operator finds the training container of a PyTorchJob by this name
 PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's default master port (it sets MASTER_PORT / PET_MASTER_PORT from it)
 USER = 10001  # numeric non-root user of the trainer image (images/trainer/Dockerfile)
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # the keys of cluster.s3_secret, as in pipelines/placement.py
 FINISHED_TTL_S = 86400  # a finished job (and its pods' logs) stays a day for inspection, then the operator removes it
 
 
@@ -60,7 +60,7 @@ def _env(cfg: SicogConfig) -> list[k8s.V1EnvVar]:
         env.append(k8s.V1EnvVar(name="SICOG_S3_ENDPOINT", value=cfg.cluster.s3_endpoint))
     if cfg.cluster.s3_secret:
         env += [k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=cfg.cluster.s3_secret, key=key)))
-                for key in S3_SECRET_KEYS]
+                for key in SECRET_ENV]
     return env
 
 
