@@ -148,3 +148,25 @@ def test_a_series_run_starts_from_the_last_successful_cycle(where, tmp_path, req
     # An explicit work_uri is kept; outside a series nothing changes.
     assert lineage.start_cycle(config, series, "s3://b/run", "x")[1] == "s3://b/run"
     assert lineage.start_cycle(config, "", "", "x") == (config, "")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_starting_model_is_model_start_when_set(where, tmp_path, request):
+    from sicog import steps
+
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "model.safetensors").write_bytes(b"weights")
+    (previous / "lineage.json").write_text('[{"stage": "instruct"}]')
+    start = str(previous)
+    if where == "s3":
+        start = f"s3://{request.getfixturevalue('bucket')}/cycles/c1/steps/train/cycle/instruct"
+        store.upload_dir(previous, start)
+    config = load_config(ROOT / "tests/micro.yaml", [f"model.start={start}"])
+    (tmp_path / "world").mkdir()  # a fresh model's tokenizer would train on it; a started one ignores it
+    steps.init_model(config, str(tmp_path / "world"), str(tmp_path / "out"))
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").read_bytes() == b"weights" and json.loads((out / "lineage.json").read_text()) == [{"stage": "instruct"}]
+    assert "model-init" in json.loads((out / "timings.json").read_text())
+    # The step seals its own output: the manifest is this step's (it lists step.json), not the copied one.
+    assert "step.json" in json.loads((out / store.MANIFEST).read_text())["files"]

@@ -505,16 +505,11 @@ def job_render(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModel
 def job_run(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
             curated: JobCuratedOpt = None, config_uri: ConfigUriOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
     """Upload the config to --config-uri, create the stage's PyTorchJob and wait for it (Ctrl-C / SIGTERM delete it)."""
-    import yaml
-
-    from sicog.cluster.launcher import JobError, job_namespace, run_pytorchjob
-    from sicog.cluster.pytorchjob import build_pytorchjob
+    from sicog.cluster.launcher import JobError, run_stage
 
     cfg = _config(config, set_)
-    args = _job_args(stage, data, name, model, world, out, curated, config_uri)
-    store.write_text(args["config_uri"], yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     try:
-        run_pytorchjob(build_pytorchjob(cfg, **args), job_namespace(cfg.cluster.namespace), cfg.cluster.job_timeout_s, cfg.cluster.poll_s)
+        run_stage(cfg, **_job_args(stage, data, name, model, world, out, curated, config_uri))
     except JobError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -28,13 +28,14 @@ CYCLES = "cycles"
 
 
 def latest_cycle(series_uri: str) -> dict | None:
-    """The lineage of the newest successful cycle in the series (by finish time), or None."""
+    """The lineage of the newest successful cycle in the series (by finish time), or None. Reads one
+    listing of the cycle folders and their lineage files, never the cycles' contents."""
     cycles_uri = store.join(series_uri, CYCLES)
     found = []
-    for name in store.list_files(cycles_uri):
-        folder, _, leaf = name.rpartition("/")
-        if leaf == LINEAGE and "/" not in folder:
-            record = json.loads(store.read_text(store.join(cycles_uri, name)))
+    for folder in store.list_folders(cycles_uri):
+        uri = store.join(cycles_uri, folder, LINEAGE)
+        if store.exists(uri):
+            record = json.loads(store.read_text(uri))
             if record.get("status") == "succeeded":
                 found.append(record)
     return max(found, key=lambda r: r["finished_at"], default=None)

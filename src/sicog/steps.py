@@ -163,10 +163,11 @@ def init_model(config: SicogConfig | dict, world: str, out: str) -> str:
     cfg = as_config(config)
     world_dir, out_dir = local_path(world), local_path(out)
     with _step("model-init", out_dir, [world_dir]):
-        if cfg.model.start:
-            with store.local_input(cfg.model.start) as start:
-                # Not its manifest or its step timings: this cycle's timings start here.
-                shutil.copytree(start, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(store.MANIFEST, "timings.json", "step.json"))
+        if cfg.model.start and store.is_remote(cfg.model.start):
+            store.download_dir(cfg.model.start, out_dir)  # straight into place: a 7B model is not staged twice
+            (out_dir / store.MANIFEST).unlink()  # this step's output gets its own; its timings start here (_step)
+        elif cfg.model.start:
+            shutil.copytree(store.local_path(cfg.model.start), out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(store.MANIFEST))
         else:
             build(out_dir, world_texts(world_dir), cfg.model, image_size=cfg.world.image_size, seed=cfg.seed)
             write_json(out_dir / "lineage.json", [])
@@ -273,10 +274,7 @@ def train_pytorchjob(config: SicogConfig | dict, stage: str, data: str, model_ur
     (where store.published_artifact keeps a local train task's output). Then the model is downloaded
     into `out` (the task's artifact folder); returns the stage's train log, as train_torchrun does.
     """
-    import yaml
-
-    from sicog.cluster.launcher import job_namespace, run_pytorchjob
-    from sicog.cluster.pytorchjob import build_pytorchjob
+    from sicog.cluster.launcher import run_stage
 
     cfg = as_config(config)
     if not store.is_remote(work_uri):
@@ -286,10 +284,7 @@ def train_pytorchjob(config: SicogConfig | dict, stage: str, data: str, model_ur
         if uri is not None and not store.is_remote(uri):
             raise ValueError(f"cluster.trainer pytorchjob: the {label} input is not in object storage ({uri or 'no store URI'}): the job's pods cannot read it")
     config_uri, job_out = store.join(work_uri, "jobs", name, "config.yaml"), store.join(work_uri, "steps", "train", name)
-    store.write_text(config_uri, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    job = build_pytorchjob(cfg, stage=stage, data=data, name=name, model=model_uri, world=world_uri, out=job_out,
-                           config_uri=config_uri, curated=curated_uri)
-    run_pytorchjob(job, job_namespace(cfg.cluster.namespace), cfg.cluster.job_timeout_s, cfg.cluster.poll_s)
+    run_stage(cfg, config_uri=config_uri, stage=stage, data=data, name=name, model=model_uri, world=world_uri, out=job_out, curated=curated_uri)
     store.download_dir(job_out, out)
     return json.loads((Path(out) / "train_log.json").read_text())
 

@@ -227,6 +227,17 @@ def _stat(uri: str, bucket: str, key: str):
 # --- single objects -------------------------------------------------------------------------------
 
 
+def list_folders(prefix_uri: str | Path) -> list[str]:
+    """The names of the folders right under the prefix (not their contents), sorted; [] when none."""
+    if not is_remote(prefix_uri):
+        root = local_path(prefix_uri)
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    bucket, key = _s3(prefix_uri)
+    prefix = f"{key}/" if key else ""
+    names = _retrying(str(prefix_uri), lambda: [o.object_name for o in _client().list_objects(bucket, prefix=prefix, recursive=False) if o.is_dir])
+    return sorted(name[len(prefix):].rstrip("/") for name in names)
+
+
 def exists(uri: str | Path) -> bool:
     """A file (object), or a folder (locally: any folder; on S3: a published one, with its manifest)."""
     if not is_remote(uri):

@@ -215,6 +215,19 @@ def training_client(namespace: str):
         raise JobError(f"no access to a Kubernetes cluster: {' '.join(str(exc).split())}") from None
 
 
+def run_stage(cfg, *, config_uri: str, **stage) -> None:
+    """Publish `cfg` where the job's pods read it (`config_uri`), then run the stage's PyTorchJob
+    (build_pytorchjob's `stage` arguments) to its end in the configured namespace."""
+    import yaml
+
+    from sicog import store
+    from sicog.cluster.pytorchjob import build_pytorchjob
+
+    store.write_text(config_uri, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    job = build_pytorchjob(cfg, config_uri=config_uri, **stage)
+    run_pytorchjob(job, job_namespace(cfg.cluster.namespace), cfg.cluster.job_timeout_s, cfg.cluster.poll_s)
+
+
 def run_pytorchjob(job, namespace: str, timeout_s: float, poll_s: float, client=None):
     """Create `job` in `namespace` and wait (at most timeout_s, polling every poll_s) until it Succeeded;
     returns the finished job. Raises JobError when it fails, times out (deleted) or disappears;
