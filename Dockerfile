@@ -12,13 +12,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 
 # torch on its own from the CPU wheel index: the PyPI wheel depends on ~3 GB of CUDA libraries.
-# Its own dependencies are pinned in images/requirements.txt.
+# Its own dependencies are pinned (and hashed) in images/requirements.txt.
 RUN python -m venv /opt/venv \
     && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# The pinned lock (make lock), complete, so --no-deps: nothing is resolved at build time.
+# The runtime subset of requirements.lock (make lock): complete, so --no-deps, and every file checked
+# against its hash: nothing is resolved at build time.
 COPY images/requirements.txt /tmp/requirements.txt
-RUN pip install --no-deps -r /tmp/requirements.txt
+RUN pip install --no-deps --require-hashes -r /tmp/requirements.txt
 
 # The project last: a code change rebuilds only this layer. pip check proves the set is consistent,
 # and the entry point and the component modules must import.

