@@ -5,6 +5,7 @@ the models produce can be checked against the scene that drew the image.
 """
 
 from sicog.world.build import FILES, WORLD_VERSION, build_world, world_texts
+from sicog.world.catalog import world_catalog
 from sicog.world.language import QTYPES, TEXT_QTYPES, position_phrase
 from sicog.world.scenes import COLORS, POSITIONS, SHAPES, render_scene, sample_scene
 
@@ -20,5 +21,6 @@ __all__ = [
     "position_phrase",
     "render_scene",
     "sample_scene",
+    "world_catalog",
     "world_texts",
 ]

@@ -1,0 +1,44 @@
+"""Users' own datasets for SICOG: a catalog of sources per role, read lazily and checked.
+
+Public API (the pipeline reads data only through these):
+
+    load_catalog(uri) -> Catalog                  YAML/JSON file, local or s3://; UserError on a bad one
+    catalog_from_dict(data, base="") -> Catalog   the same from a mapping (relative paths against `base`)
+    dump_catalog(catalog) -> str                  YAML text
+    Catalog.sources(role) -> list[Source]; Catalog.roles() -> roles with sources; ROLES
+    open_role(catalog, role) -> RoleData          lazy: nothing is read until len() or an index
+      len(data); data[i] -> dict                  a normalized record, no image read; raises Quarantined
+      data.order(seed) -> np.ndarray              one weighted, shuffled epoch of indices
+      data.batches(batch_size=64, seed=None, images=True) -> Iterator[Batch]
+                                                  Batch.records, .images (PIL, None if text-only), .quarantined
+      data.load_images(records) -> list[Image | Quarantined | None]
+    check_catalog(catalog, roles=None) -> dict;  render_report(report) -> rich Table   (`sicog data check`)
+    Quarantined(reason, detail)                   a bad row; `reason` is a stable key for counting
+
+Modules: catalog (the pydantic model), formats (JSON array / JSONL / HF readers with a streaming
+index), normalize (raw row -> LLaVA record, ids, `<image>` and system turns), images (located,
+fetched and checked per batch), dataset (SourceData / RoleData), check (the report).
+The demo world writes its own catalog with `sicog.world.world_catalog(world_dir)`.
+"""
+
+from sicog.data.catalog import ROLES, Catalog, Source, catalog_from_dict, dump_catalog, load_catalog
+from sicog.data.check import check_catalog, render_report
+from sicog.data.dataset import Batch, RoleData, SourceData, open_role
+from sicog.data.normalize import Quarantined, content_id
+
+__all__ = [
+    "ROLES",
+    "Batch",
+    "Catalog",
+    "Quarantined",
+    "RoleData",
+    "Source",
+    "SourceData",
+    "catalog_from_dict",
+    "check_catalog",
+    "content_id",
+    "dump_catalog",
+    "load_catalog",
+    "open_role",
+    "render_report",
+]
