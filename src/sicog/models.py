@@ -12,14 +12,18 @@ Why these choices:
   text, newlines included, decodes back exactly.
 - The chat template is ChatML (Qwen2's) with `{% generation %}` around assistant turns, so the
   trainer gets an exact assistant-only loss mask from transformers' own `return_assistant_tokens_mask`.
+  `assemble_model` gives a real LM the same marks: ChatML for Qwen2, Llama 3's header format for
+  Llama-3.1 (the paper's two backbones).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForImageTextToText,
@@ -73,6 +77,44 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
+
+# Llama 3's header format (Llama-3.1-8B-Instruct's template) with the same marks and image items.
+# Like the ChatML twin above it leaves out the default system block (knowledge cut-off and date, ~25
+# tokens per record that teach nothing) and the tool-calling branches, which LLaVA data never uses.
+# It opens with bos_token as Llama's own template does, so whoever tokenizes the rendered text must
+# not let the tokenizer add a second one.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|eot_id|>' -}}"
+    "{%- endgeneration -%}"
+    "{%- else -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+LLAMA3_HEADER = "<|start_header_id|>"
+
+# A `{% generation %}` block tag (any whitespace control). The bare word is no evidence: nearly every
+# chat template says `add_generation_prompt`.
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -177,12 +219,35 @@ def load_model(path: str | Path, trust_remote_code: bool = False):
     return model, processor
 
 
+def processed_image_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the pixels the image processor makes of a square image.
+
+    Its centre crop when it crops (a real CLIP: resize to `{"shortest_edge": 336}`, crop 336 x 336),
+    else its exact `height` x `width` (the tiny demo model), else a `shortest_edge` square. (Some
+    image processors, SigLIP's for one, have no centre crop at all.)
+    """
+    if getattr(image_processor, "do_center_crop", False):
+        crop = image_processor.crop_size
+        return crop["height"], crop["width"]
+    size = image_processor.size
+    if size.get("height") and size.get("width"):
+        return size["height"], size["width"]
+    return size["shortest_edge"], size["shortest_edge"]
+
+
 def num_image_tokens(processor) -> int:
-    """Image tokens one image expands to (64 for 64-px images with 8-px patches)."""
-    size = processor.image_processor.size
-    n = (size["height"] // processor.patch_size) * (size["width"] // processor.patch_size)
-    n += processor.num_additional_image_tokens
-    return n - 1 if processor.vision_feature_select_strategy == "default" else n
+    """Image tokens one image expands to (576 for CLIP-ViT-L/14-336, 64 for the demo's 8-px patches on 64 px).
+
+    Counted, not re-derived: a blank image of `processed_image_size` goes through the processor
+    next to one image marker, and the markers it expands to are counted. So the figure is
+    LlavaProcessor's own arithmetic (patch grid of the pixels it produced, plus
+    `num_additional_image_tokens`, minus CLS under the "default" feature selection) and cannot drift
+    from what training and sampling feed the model.
+    """
+    height, width = processed_image_size(processor.image_processor)
+    blank = Image.new("RGB", (width, height))
+    ids = processor(text=processor.image_token, images=blank, add_special_tokens=False)["input_ids"][0]
+    return sum(1 for token in ids if token == processor.image_token_id)
 
 
 def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
@@ -210,41 +275,67 @@ def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
     return messages
 
 
+def training_chat_template(tokenizer, llm_dir: str | Path) -> str:
+    """The chat template a LLaVA built on this LM trains and samples with.
+
+    The trainer's assistant-only loss needs `{% generation %}` marks around assistant turns, which
+    released chat templates lack. A template that has them is kept; Qwen2's ChatML gets the marked
+    ChatML twin (also when the tokenizer has no template but speaks ChatML) and Llama 3's header
+    format its marked twin. Anything else is refused: a guessed format would train the LM on turns
+    it has never seen.
+    """
+    template = tokenizer.chat_template or ""
+    if GENERATION_TAG.search(template):
+        return template
+    if LLAMA3_HEADER in template:
+        return LLAMA3_CHAT_TEMPLATE
+    if IM_START in template or IM_START in tokenizer.get_vocab():
+        return CHAT_TEMPLATE
+    raise ValueError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is neither ChatML nor Llama 3's; add the markers")
+
+
 def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0,
                    trust_remote_code: bool = False) -> Path:
     """A LLaVA model from a CLIP checkpoint and a causal LM checkpoint on disk, saved to `out_dir`.
 
     The paper's set-up (Sec. 4): CLIP-ViT-L/14-336 features from layer -2 (patch tokens, CLS dropped)
-    -> a fresh 2-layer GELU projector -> Qwen2-7B-Instruct. The vision tower and the LM keep their
-    weights exactly; the projector is the only new module (seeded). The LM's tokenizer gets an
-    "<image>" token (embeddings resized); the processor gets the LM's chat template when it marks
-    assistant turns with {% generation %} (the trainer's loss mask needs it), else ChatML with the
-    markers when the LM speaks ChatML (Qwen2 does), else an error.
+    -> a fresh 2-layer GELU projector -> Qwen2-7B-Instruct or Llama-3.1-8B-Instruct. The vision
+    tower and the LM keep their weights exactly; the projector is the only new module (seeded). The
+    LM's tokenizer gets an "<image>" token (embeddings resized when its vocabulary has no spare row)
+    and the processor gets `training_chat_template`, checked before any weight is loaded.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
     hf_logging.disable_progress_bar()
     out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
+    template = training_chat_template(tokenizer, llm_dir)
     vision = CLIPVisionModel.from_pretrained(str(vision_dir), dtype=torch.float32)
     lm = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
-    template = tokenizer.chat_template or ""
-    if "generation" not in template:
-        if IM_START not in template and IM_START not in tokenizer.get_vocab():
-            raise ValueError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is not ChatML; add the markers")
-        template = CHAT_TEMPLATE
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     vcfg = vision.config
+    try:
+        image_processor = CLIPImageProcessor.from_pretrained(str(vision_dir))
+    except OSError:  # a bare tower checkpoint: CLIP's preprocessing at the tower's resolution
+        image_processor = CLIPImageProcessor(size={"shortest_edge": vcfg.image_size}, crop_size={"height": vcfg.image_size, "width": vcfg.image_size})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vcfg.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=template,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    )
     text_config = AutoConfig.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
     config = LlavaConfig(
         vision_config=vcfg,
         text_config=text_config,
-        image_token_id=image_id,
-        image_seq_length=(vcfg.image_size // vcfg.patch_size) ** 2,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=num_image_tokens(processor),
         vision_feature_layer=-2,  # the paper's (LLaVA's) choice
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -259,19 +350,6 @@ def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | P
     if len(tokenizer) > model.config.text_config.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config = lm.generation_config
-    try:
-        image_processor = CLIPImageProcessor.from_pretrained(str(vision_dir))
-    except OSError:  # a bare tower checkpoint: CLIP's preprocessing at the tower's resolution
-        image_processor = CLIPImageProcessor(size={"shortest_edge": vcfg.image_size}, crop_size={"height": vcfg.image_size, "width": vcfg.image_size})
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=vcfg.patch_size,
-        vision_feature_select_strategy="default",
-        chat_template=template,
-        image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-    )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -265,8 +265,29 @@ def run_trainer(trainer: Trainer, out_dir: Path, name: str, progress: Progress |
     return time.perf_counter() - start
 
 
+def to_training_dtype(model, bf16: bool) -> None:
+    """Cast a trained model to bf16 when the run trained in bf16 (the paper's setting), so that it is
+    saved the way it trained: half the bytes of fp32, and a config.json whose dtypes say bfloat16.
+
+    The plain Trainer's bf16 is autocast over fp32 weights, which save_pretrained would write as
+    fp32; DeepSpeed already holds its module's weights in bf16 (ZeRO-3 partitions included), so
+    there nothing is cast. save_pretrained records the top-level dtype only, so the vision and text
+    sub-configs, still saying float32 from the fp32 load, are set here. An fp32 run (the CPU demo)
+    stays fp32.
+    """
+    if not bf16:
+        return
+    if model.dtype != torch.bfloat16:
+        model.to(torch.bfloat16)
+    for key in model.config.sub_configs:
+        sub_config = getattr(model.config, key, None)
+        if sub_config is not None:
+            sub_config.dtype = torch.bfloat16
+
+
 def save_stage(trainer: Trainer, processor, out_dir: Path) -> None:
-    """Final weights as one model.safetensors + processor (rank 0); the checkpoints go.
+    """Final weights as one model.safetensors + processor (rank 0), in the dtype the stage trained
+    in (`to_training_dtype`); the checkpoints go.
 
     ZeRO-3's partitioned weights are gathered on every rank (a collective) and rank 0 saves the
     module with save_pretrained: one consolidated file, no training_args.bin pickle. (Under ZeRO-3
@@ -274,6 +295,7 @@ def save_stage(trainer: Trainer, processor, out_dir: Path) -> None:
     LLaVA key conversion loads both, which tests/test_distributed.py checks value by value.)
     """
     model = trainer.model
+    to_training_dtype(model, trainer.args.bf16)
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_plugin.zero_stage == 3
     if zero3:
         import deepspeed
