@@ -10,7 +10,7 @@ from sicog.components._image import IMAGE
 
 @dsl.component(base_image=IMAGE)
 def sample_shard(config: dict, task: str, shard: int, model: Input[Model], world: Input[Dataset], sampled: Output[Dataset], work_uri: str = ""):
-    """Input: the sampling model (perception for captions, reasoning for VQA, base for text) and shard i.
+    """Input: the sampling model (perception for captions, reasoning for VQA, the backbone LLM for text) and shard i.
     Output: the shard's chunks and manifest under work_uri/sampling/<task>/shard-<i> (in this artifact
     when work_uri is empty), resumed chunk by chunk when the task is re-run; shard.json points at them."""
     from sicog import steps

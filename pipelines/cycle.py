@@ -3,7 +3,7 @@
 It reads like the paper's Figure 2, plus the controls that make the demo honest:
   world -> tiny model -> stage 1 (align) -> stage 2 (base model)
   step 1: warm-up -> perception model (DD + CoD), reasoning model (DA + CoT)
-  step 2: sample candidates (captions, VQA, text-only)       step 3: score + curate
+  step 2: sample candidates (captions, VQA; text-only from the backbone LLM)   step 3: score + curate
   step 4: stage 1.5 on curated data -> stage 2 (cycle model)
   control: stage 1.5 on labeled data, same steps -> stage 2;  ablation (optional): uncurated data
   evaluate base / cycle / control (/ uncurated) on the held-out split -> report -> lineage
@@ -17,6 +17,7 @@ kfp.local. Run-time parameters stay parameters: the config dict, the series, wor
 from kfp import dsl
 from kfp.dsl import Dataset, Model
 
+from sicog.components.backbone import extract_backbone
 from sicog.components.curate import curate
 from sicog.components.evaluate import evaluate
 from sicog.components.model import init_model
@@ -83,10 +84,13 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None):
         perception = _train(common, "warmup", "perception", "perception/warmup", base.outputs["trained"], world)
         reasoning = _train(common, "warmup", "reasoning", "reasoning/warmup", base.outputs["trained"], world)
 
-        # Step 2 + 3: candidates per task (one sub-graph each), then self-consistency.
-        samplers = {"caption": perception, "vqa": reasoning, "text": base}
+        # Step 2 + 3: candidates per task (one sub-graph each), then self-consistency. Text-only prompts are
+        # answered by the backbone LLM (paper App. A): the base model's language model, or sample.backbone.
+        backbone = extract_backbone(**common, model=base.outputs["trained"])
+        place(backbone.set_display_name("extract backbone LLM"), cluster, cache=True)
+        samplers = {"caption": perception.outputs["trained"], "vqa": reasoning.outputs["trained"], "text": backbone.outputs["backbone"]}
         candidates = {
-            task: sample_task(**common, task=task, sample_shards=sample_shards, model=samplers[task].outputs["trained"], world=world)
+            task: sample_task(**common, task=task, sample_shards=sample_shards, model=samplers[task], world=world)
             .set_display_name(f"sample {task}").output
             for task in TASKS
         }

@@ -1,6 +1,7 @@
 """Step 3, self-consistency: the score math against brute force, tie and size rules, similarity
 modes, malformed candidates, selection, curated records, and the packaged MiniLM embedder."""
 
+import json
 import os
 import zlib
 
@@ -252,22 +253,83 @@ def test_curated_records_and_five_turn_conversation():
            "candidates": [_cand("img7", 0, "dd", COD_STEPS[4]), _cand("img7", 1, "cod", cod_text), _cand("img7", 2, "dd", "x")]}
     text_row = {"id": "t1", "task": "text", "best": 2, "score": 0.8, "scores": [0.7, 0.6, 0.8], "similarity": "embedding",
                 "candidates": [_cand("t1", i, "text", f"answer {i}") for i in range(3)]}
+    # A CoD winner at or above the conversation threshold is CONVERTED: one record, its five steps as five turns.
     records = to_curated([row, text_row], cycle=2, conversation_threshold=0.95)
-    assert [r["id"] for r in records] == ["img7", "img7-conv", "t1"]
-    single, conv, text = records
-    assert single["image"] == "img/1.png" and single["conversations"] == [
-        {"from": "human", "value": "<image>\nprompt cod"}, {"from": "gpt", "value": cod_text}]
-    assert single["sicog"] == {"cycle": 2, "task": "caption", "format": "cod", "index": 1, "seed": 101, "score": 0.97,
-                               "scores": [0.9, 0.97, 0.8], "model": "m", "conversation": False}
-    assert conv["image"] == "img/1.png" and conv["sicog"]["conversation"] is True and len(conv["conversations"]) == 10
+    assert [r["id"] for r in records] == ["img7", "t1"]
+    conv, text = records
+    assert conv["image"] == "img/1.png" and len(conv["conversations"]) == 10
+    assert conv["sicog"] == {"cycle": 2, "task": "caption", "format": "cod", "index": 1, "seed": 101, "score": 0.97,
+                             "scores": [0.9, 0.97, 0.8], "model": "m", "conversation": True}
     assert [t["value"] for t in conv["conversations"][1::2]] == COD_STEPS
     assert conv["conversations"][0]["value"] == "<image>\n" + COD_TURN_QUESTIONS[0]
     assert [t["value"] for t in conv["conversations"][2::2]] == COD_TURN_QUESTIONS[1:]
+    assert [t["from"] for t in conv["conversations"]] == ["human", "gpt"] * 5
     assert "image" not in text and text["conversations"][0] == {"from": "human", "value": "prompt text"}
-    assert text["conversations"][1]["value"] == "answer 2"
-    # below the conversation threshold, or unscored (the uncurated ablation): no conversation
-    assert [r["id"] for r in to_curated([dict(row, score=0.9)], 1, 0.95)] == ["img7"]
-    assert [r["id"] for r in to_curated([dict(row, score=None)], 1, 0.95)] == ["img7"]
+    assert text["conversations"][1]["value"] == "answer 2" and text["sicog"]["conversation"] is False
+    # below the conversation threshold, or unscored (the uncurated ablation): the single-turn record
+    for low in (dict(row, score=0.9), dict(row, score=None)):
+        (single,) = to_curated([low], 1, 0.95)
+        assert single["id"] == "img7" and single["sicog"]["conversation"] is False
+        assert single["conversations"] == [{"from": "human", "value": "<image>\nprompt cod"}, {"from": "gpt", "value": cod_text}]
+    # a DD winner is never converted, whatever its score
+    (dd,) = to_curated([dict(row, best=0)], 1, 0.5)
+    assert dd["sicog"]["conversation"] is False and dd["conversations"][1]["value"] == COD_STEPS[4]
+
+
+# --- the score and curate steps: text-only threshold + top-K, conversations -----------------------
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _text_instance(id_, answers):
+    return [_cand(id_, i, "text", a) for i, a in enumerate(answers)]
+
+
+STEP_CONFIG = {"curate": {"text": {"similarity": "exact", "threshold": 0.5}, "text_top_k": 2,
+                          "caption": {"similarity": "exact", "threshold": 0.5}, "conversation_threshold": 0.9}}
+
+
+def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
+    from sicog import steps
+
+    # exact similarity: 3 equal answers score 1.0, 2 of 3 score 0.5 (best), all different 0.0
+    first = _text_instance("a", ["x", "x", "x"]) + _text_instance("b", ["x", "x", "y"]) + _text_instance("c", ["x", "y", "z"])
+    second = _text_instance("d", ["x", "x", "x"]) + _text_instance("e", ["x", "x", "y"])
+    world = tmp_path / "world"
+    _write(world / "truth.jsonl", [])
+    for name, rows in (("one", first), ("two", second)):
+        figures = steps.score(STEP_CONFIG, [_write(tmp_path / f"cand-{name}.jsonl", rows)], str(tmp_path / f"scored-{name}"))
+        assert figures["text"]["threshold"] == 0.5
+    one = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "scored-one/rejected.jsonl").read_text().splitlines())}
+    assert one == {"c": "best score 0.0000 < threshold 0.5"}  # the threshold applies before the top-K
+    quality = steps.curate(STEP_CONFIG, str(world), [str(tmp_path / "scored-one"), str(tmp_path / "scored-two")], str(tmp_path / "cur"))
+    curated = [json.loads(line) for line in (tmp_path / "cur/curated.jsonl").read_text().splitlines()]
+    # Each scored input kept 2 (its own top-K); together the top-K is 2 of the whole pool: a and d (1.0), by score then id.
+    assert sorted(r["id"] for r in curated) == ["a", "d"] and quality["text"]["kept"] == 2
+    rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "cur/rejected.jsonl").read_text().splitlines())}
+    assert rejected["c"].startswith("best score 0.0000 < threshold")
+    assert rejected["b"] == "not in top-K (rank 3 of 4 passing, K=2)" and rejected["e"].startswith("not in top-K (rank 4")
+
+
+def test_the_curate_step_converts_high_consistency_cod_winners(tmp_path):
+    from sicog import steps
+
+    cod = format_cod(COD_STEPS)
+    cands = [_cand("img1", 0, "cod", cod), _cand("img1", 1, "cod", cod), _cand("img1", 2, "dd", COD_STEPS[4]),  # all agree: 1.0
+             _cand("img2", 0, "cod", cod), _cand("img2", 1, "dd", COD_STEPS[4]), _cand("img2", 2, "dd", "other")]  # best 0.5
+    world = tmp_path / "world"
+    _write(world / "truth.jsonl", [])
+    steps.score(STEP_CONFIG, [_write(tmp_path / "cand.jsonl", cands)], str(tmp_path / "scored"))
+    quality = steps.curate(STEP_CONFIG, str(world), [str(tmp_path / "scored")], str(tmp_path / "cur"))
+    curated = {r["id"]: r for r in map(json.loads, (tmp_path / "cur/curated.jsonl").read_text().splitlines())}
+    assert set(curated) == {"img1", "img2"}  # one record per instance: no "-conv" record beside the single-turn one
+    assert curated["img1"]["sicog"]["conversation"] is True and len(curated["img1"]["conversations"]) == 10
+    assert curated["img2"]["sicog"]["conversation"] is False and len(curated["img2"]["conversations"]) == 2
+    assert quality["caption"]["conversations"] == 1
 
 
 # --- the packaged MiniLM embedder -----------------------------------------------------------------

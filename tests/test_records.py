@@ -73,3 +73,41 @@ def test_write_jsonl_is_atomic_and_round_trips(tmp_path):
     assert write_jsonl(path, rows) == 3
     assert list(read_jsonl(path)) == rows
     assert [p.name for p in path.parent.iterdir()] == ["b.jsonl"]
+
+
+def test_candidate_rows_are_typed_at_both_ends():
+    from sicog.records import Candidate
+
+    row = {"id": 7, "task": "caption", "format": "cod", "index": 1, "seed": 5, "prompt": "p", "image": "a.png", "text": "t", "model": "m"}
+    cand = Candidate.from_row({**row, "extra": "ignored"})
+    assert cand.id == "7" and cand.image == "a.png" and cand.error is None
+    assert cand.to_row() == {**row, "id": "7"}  # no "error" key unless it failed
+    failed = Candidate.from_row({**row, "text": None, "error": "image not found"}).to_row()
+    assert failed["error"] == "image not found" and failed["text"] is None
+    text_only = Candidate.from_row({k: v for k, v in row.items() if k != "image"}).to_row()
+    assert "image" not in text_only
+    try:
+        Candidate.from_row({"id": "z", "task": "text", "format": "text", "text": "t"})
+    except ValueError as exc:
+        assert "lacks index" in str(exc) and "'z'" in str(exc)
+    else:
+        raise AssertionError("a candidate without an index was accepted")
+
+
+def test_scored_and_curated_rows_round_trip():
+    from sicog.records import CuratedRecord, Provenance, ScoredRow
+
+    scored = ScoredRow(id="a", task="vqa", candidates=[{"index": 0}, {"index": 1}], compared=["x", "x"], scores=[1.0, 1.0],
+                       best=0, score=1.0, similarity="exact", kept=True)
+    assert ScoredRow.from_row(scored.to_row()) == scored
+    try:
+        ScoredRow.from_row({k: v for k, v in scored.to_row().items() if k != "kept"})
+    except ValueError as exc:
+        assert "lacks kept" in str(exc)
+    else:
+        raise AssertionError("a scored row without a keep decision was accepted")
+    record = CuratedRecord(id="a", conversations=[{"from": "human", "value": "q"}, {"from": "gpt", "value": "x"}],
+                           sicog=Provenance(cycle=1, task="text", format="text", index=0, seed=3, score=1.0, scores=[1.0, 1.0], model="m"))
+    row = record.to_row()
+    assert list(row) == ["id", "conversations", "sicog"] and row["sicog"]["conversation"] is False  # no image: no "image" key
+    assert CuratedRecord.from_row(row) == record

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -150,3 +151,120 @@ def validate_records(path: str | Path, root: str | Path, need_answer: bool = Tru
 def question_of(rec: dict) -> str:
     """The first human turn without the image marker."""
     return rec["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip()
+
+
+# --- the rows that flow between steps 2 and 3 (typed at the writer and the reader) ---------------
+
+
+def _missing(kind: str, row: Mapping, required: tuple[str, ...]) -> None:
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{kind} row is {type(row).__name__}, not an object")
+    missing = [key for key in required if key not in row]
+    if missing:
+        raise ValueError(f"{kind} row lacks {', '.join(missing)} (id {row.get('id')!r})")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled candidate (step 2 writes it, step 3 reads it); `id` is the source record's id.
+
+    `model` names the model that produced it: a LLaVA's last training run (e.g. "perception/warmup"),
+    "<run>:backbone" for the language model extracted from it, a configured backbone LLM's URI, or a
+    served model. A failed candidate has `text` None and an `error`."""
+
+    id: str
+    task: str
+    format: str
+    index: int
+    seed: int | None
+    prompt: str
+    text: str | None
+    model: str | None = None
+    image: str | None = None
+    error: str | None = None
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("id", "task", "format", "index", "text")
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> "Candidate":
+        """ValueError naming the missing keys; unknown keys are ignored."""
+        _missing("candidate", row, cls.REQUIRED)
+        known = {f.name for f in fields(cls)}
+        values = {key: row[key] for key in known if key in row}
+        return cls(**{"seed": None, "prompt": "", **values, "id": str(row["id"])})
+
+    def to_row(self) -> dict:
+        """The JSONL row: `image` and `error` only when set."""
+        row = asdict(self)
+        for key in ("image", "error"):
+            if row[key] is None:
+                del row[key]
+        return row
+
+
+@dataclass
+class ScoredRow:
+    """One scored instance (step 3a writes it, step 3b reads it): every candidate in index order,
+    the compared text and score of each (None: malformed), the winner's `index` and score, and the
+    keep decision (None until selection ran)."""
+
+    id: str
+    task: str
+    candidates: list[dict]
+    compared: list[str | None]
+    scores: list[float | None]
+    best: int | None
+    score: float | None
+    similarity: str
+    malformed: list[int] = field(default_factory=list)
+    format_errors: list[str] = field(default_factory=list)
+    kept: bool | None = None
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("id", "task", "candidates", "scores", "best", "score", "kept")
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> "ScoredRow":
+        _missing("scored", row, cls.REQUIRED)
+        known = {f.name for f in fields(cls)}
+        values = {key: row[key] for key in known if key in row}
+        return cls(**{"compared": [None] * len(row["candidates"]), "similarity": "", **values})
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The `sicog` field of a curated record: where its answer came from. `conversation`: the CoD
+    winner was converted to the paper's 5-turn conversation (its score reached the conversation
+    threshold)."""
+
+    cycle: int
+    task: str
+    format: str
+    index: int
+    seed: int | None
+    score: float | None
+    scores: list[float | None]
+    model: str | None
+    conversation: bool = False
+
+
+@dataclass(frozen=True)
+class CuratedRecord:
+    """A LLaVA training record made from a kept instance (step 3b writes it, stage 1.5 reads it)."""
+
+    id: str
+    conversations: list[dict]
+    sicog: Provenance
+    image: str | None = None
+
+    def to_row(self) -> dict:
+        row = {"id": self.id, **({"image": self.image} if self.image else {}), "conversations": self.conversations,
+               "sicog": asdict(self.sicog)}
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> "CuratedRecord":
+        _missing("curated", row, ("id", "conversations", "sicog"))
+        return cls(id=str(row["id"]), conversations=list(row["conversations"]), sicog=Provenance(**row["sicog"]), image=row.get("image"))

@@ -5,8 +5,10 @@ Input: candidate rows `{"id", "task", "format", "index", "seed", "prompt", "imag
 Output: one scored row per instance, kept/rejected decisions with reasons, and LLaVA training
 records with `sicog` provenance.
 References: paper Sec. 3.3. What is compared: CoD step 5, CoT step 4, the whole text otherwise; the
-kept sample is the full winning candidate. CoD winners above a second threshold also become 5-turn
-conversations. Text-only: top-K by score.
+kept sample is the full winning candidate. A CoD winner whose score reaches a second, higher
+threshold is converted to the paper's 5-turn conversation (one human/gpt turn per CoD step) in place
+of its single-turn record. Text-only: the task's threshold first, then the top-K by score (the
+paper: 50k), the others rejected with their reason.
 
 Similarity, per task:
 - "embedding" (the paper's): mean cosine similarity of sentence embeddings to the other candidates;
@@ -28,19 +30,19 @@ import numpy as np
 from sicog.curate.consistency import best_in_groups, consistency_scores, exact_scores
 from sicog.evaluate.metrics import normalize_answer
 from sicog.prompts import FormatError, cod_conversation, compared_text, parse_cod
-from sicog.records import IMAGE_TOKEN
+from sicog.records import IMAGE_TOKEN, Candidate, CuratedRecord, Provenance, ScoredRow
 
 SIMILARITIES = ("embedding", "exact", "hybrid")
-_REQUIRED = ("id", "task", "format", "index", "text")
 
 
 def _group(candidates: Sequence[Mapping]) -> dict[str, list[Mapping]]:
     """Candidates by id (first-seen order of ids), each list sorted by candidate index."""
     groups: dict[str, list[Mapping]] = {}
     for n, cand in enumerate(candidates):
-        missing = [key for key in _REQUIRED if key not in cand]
-        if missing:
-            raise ValueError(f"candidate row {n} lacks {', '.join(missing)} (id {cand.get('id')!r})")
+        try:
+            Candidate.from_row(cand)  # the candidates contract, checked where step 3 reads it
+        except ValueError as exc:
+            raise ValueError(f"row {n}: {exc}") from None
         groups.setdefault(str(cand["id"]), []).append(cand)
     for rows in groups.values():
         rows.sort(key=lambda c: c["index"])
@@ -69,20 +71,21 @@ def score_instances(
 ) -> tuple[list[dict], list[dict]]:
     """(scored rows, rejected rows) for a batch of candidates of one task.
 
-    Scored row: {"id", "task", "candidates" (full rows, index order), "compared" (text or None per
-    candidate), "scores" (float or None per candidate), "best" (the winner's `index`), "score" (its
-    score), "similarity" (the one used for this instance: "embedding" or "exact"), "malformed"
-    (indices), "format_errors" (their messages)}. Rejected row: {"id", "task", "reason", "scores",
+    Scored row (`sicog.records.ScoredRow`): {"id", "task", "candidates" (full rows, index order),
+    "compared" (text or None per candidate), "scores" (float or None per candidate), "best" (the
+    winner's `index`), "score" (its score), "similarity" (the one used for this instance:
+    "embedding" or "exact"), "malformed" (indices), "format_errors" (their messages), "kept" (None
+    until `select_instances`)}. Rejected row: {"id", "task", "reason", "scores",
     "best": None, "score": None, "malformed", "format_errors"}.
     All embedding-scored texts of the batch go through one `embedder.encode` call and all scores
     are computed in one vectorised pass per similarity.
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; valid: {', '.join(SIMILARITIES)}")
-    scored: list[dict] = []
+    scored: list[ScoredRow] = []
     rejected: list[dict] = []
     # Per similarity actually used: the scored rows, their well-formed positions, and the texts.
-    pending: dict[str, tuple[list[dict], list[list[int]], list[str]]] = {"embedding": ([], [], []), "exact": ([], [], [])}
+    pending: dict[str, tuple[list[ScoredRow], list[list[int]], list[str]]] = {"embedding": ([], [], []), "exact": ([], [], [])}
     for iid, cands in _group(candidates).items():
         task = cands[0]["task"]
         compared: list[str | None] = []
@@ -113,8 +116,8 @@ def score_instances(
         use = similarity
         if similarity == "hybrid":
             use = "exact" if all(len(k.split()) <= short_answer_words for k in keys) else "embedding"
-        row = {"id": iid, "task": task, "candidates": [dict(c) for c in cands], "compared": compared,
-               "scores": none, "best": None, "score": None, "similarity": use, **extra}
+        row = ScoredRow(id=iid, task=task, candidates=[dict(c) for c in cands], compared=compared, scores=none, best=None,
+                        score=None, similarity=use, **extra)
         rows, positions, texts = pending[use]
         rows.append(row)
         positions.append(ok)
@@ -133,13 +136,13 @@ def score_instances(
             flat = consistency_scores(embedder.encode(texts), sizes)
         best = best_in_groups(flat, sizes)
         for row, ok, values, b in zip(rows, positions, np.split(flat, np.cumsum(sizes)[:-1]), best):
-            scores: list[float | None] = [None] * len(row["candidates"])
+            scores: list[float | None] = [None] * len(row.candidates)
             for i, v in zip(ok, values):
                 scores[i] = float(v)
-            row["scores"] = scores
-            row["best"] = row["candidates"][ok[int(b)]]["index"]
-            row["score"] = float(values[int(b)])
-    return scored, rejected
+            row.scores = scores
+            row.best = row.candidates[ok[int(b)]]["index"]
+            row.score = float(values[int(b)])
+    return [row.to_row() for row in scored], rejected
 
 
 def select_instances(rows: list[dict], task: str, threshold: float, top_k: int | None = None) -> tuple[list[dict], list[dict]]:
@@ -182,13 +185,15 @@ def _human(prompt: str, image: bool) -> str:
 
 
 def to_curated(kept_rows: Sequence[Mapping], cycle: int, conversation_threshold: float) -> list[dict]:
-    """LLaVA training records of the winners, with `sicog` provenance.
+    """LLaVA training records of the winners, one per instance, with `sicog` provenance.
 
-    Each row gives {"id", "image"?, "conversations": [human prompt (with `<image>\\n` for image
-    tasks), gpt full winning text], "sicog": {"cycle", "task", "format", "index", "seed", "score",
-    "scores", "model", "conversation"}}. A CoD winner whose score reaches `conversation_threshold`
-    also gives `<id>-conv`: its five steps as five human/gpt turns. A row whose score is None (an
-    unscored pick, as in the uncurated ablation) never becomes a conversation.
+    A record is {"id", "image"?, "conversations", "sicog": {"cycle", "task", "format", "index",
+    "seed", "score", "scores", "model", "conversation"}} (`sicog.records.CuratedRecord`). Its
+    conversation is the human prompt (with `<image>\\n` for image tasks) and the full winning text,
+    except for a CoD winner whose score reaches `conversation_threshold`: that one is converted to
+    its five steps as five human/gpt turns (paper Sec. 3.3: high-consistency CoD captions become
+    multi-turn conversations), replacing the single-turn record, and says `"conversation": true`.
+    A row whose score is None (an unscored pick, as in the uncurated ablation) is never converted.
     """
     records = []
     for row in kept_rows:
@@ -196,24 +201,12 @@ def to_curated(kept_rows: Sequence[Mapping], cycle: int, conversation_threshold:
         if winner is None:
             raise ValueError(f"instance {row['id']!r}: best index {row['best']!r} is not one of its candidates")
         image = winner.get("image")
-        provenance = {
-            "cycle": cycle, "task": row["task"], "format": winner["format"], "index": winner["index"],
-            "seed": winner.get("seed"), "score": row["score"], "scores": row["scores"], "model": winner.get("model"),
-        }
-        base = {"id": row["id"], **({"image": image} if image else {})}
-        records.append({
-            **base,
-            "conversations": [
-                {"from": "human", "value": _human(winner["prompt"], bool(image))},
-                {"from": "gpt", "value": winner["text"]},
-            ],
-            "sicog": {**provenance, "conversation": False},
-        })
-        if winner["format"] == "cod" and row["score"] is not None and row["score"] >= conversation_threshold:
-            records.append({
-                **base,
-                "id": f"{row['id']}-conv",
-                "conversations": cod_conversation(parse_cod(winner["text"])),
-                "sicog": {**provenance, "conversation": True},
-            })
+        convert = winner["format"] == "cod" and row["score"] is not None and row["score"] >= conversation_threshold
+        if convert:
+            conversations = cod_conversation(parse_cod(winner["text"]))
+        else:
+            conversations = [{"from": "human", "value": _human(winner["prompt"], bool(image))}, {"from": "gpt", "value": winner["text"]}]
+        provenance = Provenance(cycle=cycle, task=row["task"], format=winner["format"], index=winner["index"], seed=winner.get("seed"),
+                                score=row["score"], scores=row["scores"], model=winner.get("model"), conversation=convert)
+        records.append(CuratedRecord(id=row["id"], conversations=conversations, sicog=provenance, image=image).to_row())
     return records

@@ -16,11 +16,14 @@ so output order does not matter to any caller.
 Bad input: a request whose image is missing, corrupt, outside the image root or over the pixel
 limit, or whose prompt does not fit the model's context, yields an error row
 (`"text": None, "error": reason`) instead of stopping the run.
+
+Models: a LLaVA folder, or a causal-LM folder (the backbone LLM that answers text-only prompts,
+paper App. A; see `sicog.generate.backbone`). A causal LM gets the same chat template, seeds and
+warpers; an image request to it is an error row.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import torch
 from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from sicog.generate.backbone import is_multimodal, model_name as model_name_of
 from sicog.models import load_model, num_image_tokens, to_messages
 from sicog.records import IMAGE_TOKEN, check_image, resolve_image
 
@@ -52,15 +56,16 @@ class GumbelNoise(LogitsProcessor):
         return scores + noise.to(device=scores.device, dtype=scores.dtype)
 
 
-def _model_id(model_dir: Path) -> str:
-    """The last training run recorded in the model's lineage (e.g. "perception/warmup"), else the
-    folder name: pipeline artifacts all live in folders of the same name."""
-    lineage = model_dir / "lineage.json"
-    if lineage.is_file():
-        runs = json.loads(lineage.read_text())
-        if runs:
-            return runs[-1]["name"]
-    return model_dir.name
+def _load_causal_lm(model_dir: Path, trust_remote_code: bool):
+    """(model, tokenizer) of a text-only causal-LM folder, on CPU in float32, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    model.eval()
+    return model, tokenizer
 
 
 def _load_image(image: str, root: str | Path) -> Image.Image:
@@ -88,11 +93,13 @@ class LocalSampler:
         min_new_tokens: int = 0,
         device: str | None = None,
         trust_remote_code: bool = False,
+        model_name: str | None = None,
     ):
+        """`model_name`: what candidates record in `model` (default: `backbone.model_name` of the folder)."""
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         self.model_dir = Path(model_dir)
-        self.model_name = _model_id(self.model_dir)
+        self.model_name = model_name or model_name_of(self.model_dir)
         self.image_root = Path(image_root)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -100,17 +107,27 @@ class LocalSampler:
         self.temperature = temperature
         self.top_p = top_p
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.processor = load_model(self.model_dir, trust_remote_code=trust_remote_code)
+        self.multimodal = is_multimodal(self.model_dir)
+        if self.multimodal:
+            self.model, self.processor = load_model(self.model_dir, trust_remote_code=trust_remote_code)
+            self.tokenizer = self.processor.tokenizer
+            self.max_positions = self.model.config.text_config.max_position_embeddings
+            self.image_tokens = num_image_tokens(self.processor)
+        else:  # the backbone LLM: text only
+            self.model, self.tokenizer = _load_causal_lm(self.model_dir, trust_remote_code)
+            self.processor = None
+            self.max_positions = self.model.config.max_position_embeddings
+            self.image_tokens = 0
         self.model.to(self.device)
-        self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # decoder-only batching: new tokens line up on the right
         self.eos_id = self.tokenizer.eos_token_id
-        self.max_positions = self.model.config.text_config.max_position_embeddings
-        self.image_tokens = num_image_tokens(self.processor)
         self.output_tokens = 0
 
     def _chat_text(self, req: dict) -> str:
         has_image = "image" in req
+        if not self.multimodal:
+            # Plain string content: any LM's own chat template renders it (ours renders it as a text item).
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": req["prompt"]}], add_generation_prompt=True, tokenize=False)
         human = f"{IMAGE_TOKEN}\n{req['prompt']}" if has_image else req["prompt"]
         messages = to_messages([{"from": "human", "value": human}], has_image=has_image)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -126,6 +143,11 @@ class LocalSampler:
         task_id = progress.add_task("sampling" if not greedy else "decoding", total=len(requests)) if progress else None
         prepared = []
         for req in requests:
+            if "image" in req and not self.multimodal:
+                yield self._row(req, None, f"{self.model_name} is a text-only LLM: it takes no image")
+                if progress:
+                    progress.advance(task_id)
+                continue
             text = self._chat_text(req)
             length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if "image" in req:
@@ -166,9 +188,13 @@ class LocalSampler:
             ok.append((req, text))
         if not ok:
             return
-        inputs = self.processor(
-            text=[text for _, text in ok], images=images or None, padding=True, return_tensors="pt"
-        ).to(self.device)
+        texts = [text for _, text in ok]
+        # The rendered chat text already holds every special token the template wants (Llama 3's opens
+        # with BOS); a tokenizer that adds BOS itself would put a second one in front of it.
+        if self.multimodal:
+            inputs = self.processor(text=texts, images=images or None, padding=True, add_special_tokens=False, return_tensors="pt").to(self.device)
+        else:
+            inputs = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.device)
         config = GenerationConfig(
             do_sample=False,  # sampling happens through the per-row Gumbel noise below
             max_new_tokens=self.max_new_tokens,

@@ -1,14 +1,16 @@
 """SICOG step 2 as library calls: plan a task's candidates, sample them shard by shard, collect them.
 
 Input: validated source records of one task (images under `image_root`), a model directory (the
-perception model for captions, the reasoning model for VQA, the base model for text-only) or, with
-`backend: remote`, an OpenAI-compatible endpoint serving it.
+perception model for captions, the reasoning model for VQA, the backbone LLM for text-only: a
+causal-LM folder, see `sicog.generate.backbone`) or, with `backend: remote`, an OpenAI-compatible
+endpoint serving it.
 Output: per shard, chunk files + manifest in the store (`sicog.generate.shards`); collected, a
 candidates JSONL (`{"id", "task", "format", "index", "seed", "prompt", "image"?, "text", "model"}`,
 sorted by id then candidate index, so it does not depend on the shard count or completion order)
 and, beside it, `<stem>.failures.jsonl` with every candidate that could not be generated and why
 (`"text": null`, `"error"`); nothing is dropped silently.
-References: paper Sec. 3.2 (candidate plans, temperature 0.7, top_p 0.95).
+References: paper Sec. 3.2 (candidate plans, temperature 0.7, top_p 0.95), App. A (text-only
+prompts are answered by the backbone LLM).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from sicog.config import SampleConfig
 from sicog.generate.plan import Task, plan_requests
 from sicog.generate.shards import read_shard, run_shard, shard_dir, shard_records
-from sicog.records import write_jsonl
+from sicog.records import Candidate, write_jsonl
 
 
 def failures_path(out_path: str | Path) -> Path:
@@ -33,8 +35,9 @@ def _plan_of(task: Task, cfg: SampleConfig) -> dict[str, int] | int:
     return {"caption": cfg.caption_plan, "vqa": cfg.vqa_plan, "text": cfg.text_candidates}[task]
 
 
-def make_sampler(cfg: SampleConfig, model_dir: str | Path, image_root: str | Path):
-    """The configured backend: in-process transformers, or a remote OpenAI-compatible server."""
+def make_sampler(cfg: SampleConfig, model_dir: str | Path, image_root: str | Path, model_name: str | None = None):
+    """The configured backend: in-process transformers (a LLaVA or a causal-LM folder; `model_name`
+    is what its candidates record, default: the folder's own name), or a remote OpenAI-compatible server."""
     if cfg.backend == "remote":
         from sicog.generate.remote import RemoteSampler
 
@@ -46,7 +49,7 @@ def make_sampler(cfg: SampleConfig, model_dir: str | Path, image_root: str | Pat
     from sicog.generate.local import LocalSampler
 
     return LocalSampler(model_dir, image_root, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p)
+                        temperature=cfg.temperature, top_p=cfg.top_p, model_name=model_name)
 
 
 def model_fingerprint(cfg: SampleConfig, model_dir: str | Path) -> str:
@@ -85,14 +88,16 @@ def sample_shard(
     image_root: str | Path,
     advance=None,
     model_id: str | None = None,
+    model_name: str | None = None,
 ) -> dict:
     """Sample the unfinished chunks of shard `shard` of `cfg.shards` into `shard_uri`; returns counts.
-    `model_id` identifies the sampling model in the shard's plan (default: `model_fingerprint`)."""
+    `model_id` identifies the sampling model in the shard's plan (default: `model_fingerprint`);
+    `model_name` is what the candidates record in `model` (see make_sampler)."""
     mine = shard_records(records, shard, cfg.shards)
     plan = _plan_of(task, cfg)
     chunks = [plan_requests(mine[i : i + cfg.chunk_size], task, plan, cycle_seed) for i in range(0, len(mine), cfg.chunk_size)]
     start = time.perf_counter()
-    stats = run_shard(shard_uri, chunks, lambda: make_sampler(cfg, model_dir, image_root),
+    stats = run_shard(shard_uri, chunks, lambda: make_sampler(cfg, model_dir, image_root, model_name),
                       _fingerprint(task, shard, cfg, cycle_seed, mine, model_id or model_fingerprint(cfg, model_dir)), advance=advance)
     return {"shard": shard, "records": len(mine), **stats, "seconds": round(time.perf_counter() - start, 3)}
 
@@ -107,6 +112,7 @@ def collect_candidates(shard_uris: list[str], out_path: str | Path) -> dict:
     keys = [(r["id"], r["index"]) for r in rows]
     if len(set(keys)) != len(keys):
         raise ValueError("collected shards hold a candidate twice; were shards of different runs mixed?")
+    rows = [Candidate.from_row(r).to_row() for r in rows]  # the candidates contract, checked where it is written
     good = [r for r in rows if r.get("error") is None]
     failed = [r for r in rows if r.get("error") is not None]
     write_jsonl(out_path, good)
@@ -124,6 +130,7 @@ def sample_candidates(
     image_root: str | Path,
     progress=None,
     work_uri: str | None = None,
+    model_name: str | None = None,
 ) -> dict:
     """Every shard of the pool in turn (resuming finished chunks under `work_uri`), then collected.
 
@@ -137,7 +144,7 @@ def sample_candidates(
     start = time.perf_counter()
     uris = [shard_dir(work_uri, task, i) for i in range(cfg.shards)]
     model_id = model_fingerprint(cfg, model_dir)
-    shard_stats = [sample_shard(records, task, model_dir, uri, i, cfg, cycle_seed, image_root, advance, model_id) for i, uri in enumerate(uris)]
+    shard_stats = [sample_shard(records, task, model_dir, uri, i, cfg, cycle_seed, image_root, advance, model_id, model_name) for i, uri in enumerate(uris)]
     seconds = time.perf_counter() - start
     counts = collect_candidates(uris, out_path)
     return {**counts, "seconds": round(seconds, 3), "output_tokens": sum(s["output_tokens"] for s in shard_stats),
