@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_config_loads_and_overrides_apply():
-    cfg = load_config(ROOT / "configs/demo.yaml", ["world.seed=7", "curate.vqa.threshold=0.9", "train.pretrain_mix=[base]"])
+    cfg = load_config(ROOT / "configs/demo.yaml", ["world.seed=7", "curate.vqa.threshold=0.9", "train.pretrain_mix=[instruct]"])
     assert isinstance(cfg, SicogConfig)
-    assert cfg.world.seed == 7 and cfg.curate.vqa.threshold == 0.9 and cfg.train.pretrain_mix == ["base"]
+    assert cfg.world.seed == 7 and cfg.curate.vqa.threshold == 0.9 and cfg.train.pretrain_mix == ["instruct"]
     assert cfg.train.align.trainable == "projector"
     assert (cfg.sample.temperature, cfg.sample.top_p) == (0.7, 0.95)  # the paper's sampling settings
 

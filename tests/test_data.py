@@ -100,7 +100,7 @@ def test_catalog_resolves_relative_paths_and_rejects_unknown_keys(tmp_path, llav
     (source,) = catalog.sources("align")
     assert source.uri == str(llava558k) and source.images == str(llava558k.parent) and source.name == "blip_558k"
     assert catalog.roles() == ["align"]
-    with pytest.raises(UserError, match=r"align\.0\.imgs: unknown key \(valid: uri, name, images, format, limit, seed, weight\)"):
+    with pytest.raises(UserError, match=r"align\.0\.imgs: unknown key \(valid: uri, name, images, format, limit, seed, weight, prefix_ids\)"):
         catalog_from_dict({"align": [{"uri": "a.json", "imgs": "x"}]})
     with pytest.raises(UserError, match=r"aling: unknown key \(valid: align, instruct, perception, reasoning, pool_images"):
         catalog_from_dict({"aling": [{"uri": "a.json"}]})

@@ -26,10 +26,11 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_N
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A world folder with base.jsonl (colour questions + a text-only record) and a tiny model."""
+    """A data folder whose instruct role (instruct.jsonl: colour questions + a text-only record) feeds
+    training data "base", and a tiny model."""
     root = tmp_path_factory.mktemp("world")
     records = colour_world(root, 5, text_only=True)
-    (root / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / "instruct.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root, tiny_model(tmp_path_factory.mktemp("model"), records)
 
 

@@ -139,8 +139,7 @@ def test_step1_dpo_switch_makes_pairs_then_trains_dpo(world, tmp_path):
     from sicog.config import validate_config
 
     root, records, model_dir = world
-    annotated = [{**r, "meta": {"task": "caption", "format": "dd"}} for r in records]
-    (root / "annotated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in annotated))
+    (root / "perception.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))  # the folder's perception role
     tiny_stage = {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4}
     cfg = validate_config({"train": {"step1": "dpo", "max_length": 256, "dpo": tiny_stage}, "sample": {"max_new_tokens": 8}})
     log = steps.train_torchrun(cfg, "warmup", "perception", str(model_dir), str(root), str(tmp_path / "out"), "perception/warmup")

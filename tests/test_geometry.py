@@ -38,6 +38,7 @@ from sicog.generate.local import LocalSampler
 from sicog.generate.plan import plan_requests
 from sicog.models import assemble_model, load_model, num_image_tokens, processed_image_size, to_messages
 from sicog.prompts import CAPTION_DD
+from sicog.records import read_jsonl
 from sicog.train.data import IGNORE_INDEX, encode_record
 from sicog.train.trainer import train_stage
 from sicog.world.scenes import render_scene, sample_scene
@@ -323,7 +324,8 @@ def test_stage_trains_samples_and_evaluates(backbone, data, tmp_path):
         assert sampler.tokenizer("x")["input_ids"][0] == bos  # (the tokenizer does add one by itself)
         assert prompt[0, 0] == bos and int((prompt == bos).sum()) == 1
 
-    metrics = evaluate_heldout(tmp_path / "stage", root, tmp_path / "predictions.jsonl", EvalConfig(max_new_tokens=4, batch_size=2))
+    rows = list(read_jsonl(root / "heldout.jsonl"))
+    metrics = evaluate_heldout(tmp_path / "stage", rows, root, tmp_path / "predictions.jsonl", EvalConfig(max_new_tokens=4, batch_size=2))
     assert (metrics["vqa_n"], metrics["caption_n"], metrics["errors"]) == (1, 1, 0)
     assert 0 <= metrics["vqa_accuracy"] <= 1 and 0 <= metrics["caption_attribute_recall"] <= 1
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2

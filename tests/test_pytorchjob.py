@@ -181,7 +181,7 @@ def tiny(tmp_path_factory):
     """A world (colour questions on solid images), the same records as 'curated' data, and a tiny model."""
     root = tmp_path_factory.mktemp("world")
     records = colour_world(root, 3)
-    (root / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / "instruct.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     curated = tmp_path_factory.mktemp("curated")
     (curated / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return {"world": root, "curated": curated, "model": tiny_model(tmp_path_factory.mktemp("model"), records)}

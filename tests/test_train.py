@@ -183,7 +183,9 @@ def test_lazy_records_measure_exact_lengths_without_encoding(world):
     _, processor = load_model(model_dir)
     bad = [_rec("missing", "img/nope.png", "Q?", "A."), _rec("long", None, "Q?", "word " * 400), {"id": "x", "conversations": []}]
     data = LazyRecords(records + bad, processor, root, max_length=128)
-    assert len(data) == len(records) and not data._cache  # nothing encoded yet
+    assert len(data) == len(records)
+    first = data[0]  # encoded on access and never kept: memory does not grow with the data
+    assert first is not data[0] and first["input_ids"] == data[0]["input_ids"]
     assert dict(data.skipped) == {"bad_image": 1, "too_long": 1, "malformed": 1}
     assert data.lengths == [len(encode_record(r, processor, root, 128)["input_ids"]) for r in records]
 

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from sicog.generate.seeds import candidate_seed
-from sicog.records import IMAGE_TOKEN, check_image, resolve_image, write_jsonl
+from sicog.data.images import open_image
+from sicog.records import IMAGE_TOKEN, write_jsonl
 
 METHODS = ("blur", "jitter", "rotate", "mask")
 CORRUPTION_INDEX = -1  # the seed stream of corruptions, apart from any candidate index (>= 0)
@@ -113,10 +114,7 @@ def make_pairs(records: list[dict], model_dir: str | Path, image_root: str | Pat
             skipped["no image or no first exchange"] += 1
             continue
         try:
-            path = resolve_image(rec["image"], image_root)
-            check_image(path)
-            with Image.open(path) as im:
-                bad, method, params = corrupt(im, seed, str(rec["id"]))
+            bad, method, params = corrupt(open_image(rec["image"], image_root), seed, str(rec["id"]))
         except Exception:  # unreadable image: skipped and counted, never a crash
             skipped["bad image"] += 1
             continue

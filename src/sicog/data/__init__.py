@@ -12,6 +12,8 @@ Public API (the pipeline reads data only through these):
       data.batches(batch_size=64, seed=None, images=True) -> Iterator[Batch]
                                                   Batch.records, .images (PIL, None if text-only), .quarantined
       data.load_images(records) -> list[Image | Quarantined | None]
+    read_role(catalog, role) -> (records, quarantine)   every record, images as absolute URIs (what the cycle uses)
+    open_image(image, root=None) -> RGB Image     one image: an absolute URI from read_role, or a path under root
     check_catalog(catalog, roles=None) -> dict;  render_report(report) -> rich Table   (`sicog data check`)
     Quarantined(reason, detail)                   a bad row; `reason` is a stable key for counting
 
@@ -23,7 +25,8 @@ The demo world writes its own catalog with `sicog.world.world_catalog(world_dir)
 
 from sicog.data.catalog import ROLES, Catalog, Source, catalog_from_dict, dump_catalog, load_catalog
 from sicog.data.check import check_catalog, render_report
-from sicog.data.dataset import Batch, RoleData, SourceData, open_role
+from sicog.data.dataset import Batch, RoleData, SourceData, open_role, read_role
+from sicog.data.images import open_image
 from sicog.data.normalize import Quarantined, content_id
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "content_id",
     "dump_catalog",
     "load_catalog",
+    "open_image",
     "open_role",
+    "read_role",
     "render_report",
 ]

@@ -59,6 +59,8 @@ class Source(BaseModel):
     limit: int | None = Field(None, ge=1, description="Read a deterministic subset of this many rows (chosen with `seed`, kept in file order).")
     seed: int = Field(0, description="Seed of the `limit` subset and of this source's share when `weight` is fractional.")
     weight: float = Field(1.0, ge=0, description="Times each record is drawn per mixed epoch: 2 repeats the source, 0.5 draws a seeded half.")
+    prefix_ids: bool = Field(True, description="Prefix ids with the source name (`<name>/<id>`) so equal ids of two sources stay two "
+                             "records; false keeps ids as they are (they must then be unique across the catalog's sources).")
 
     @field_validator("name")
     @classmethod
@@ -163,6 +165,21 @@ def load_catalog(uri: str | Path) -> Catalog:
         raise UserError(f"catalog error: {uri} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
     base = uri.rsplit("/", 1)[0] if store.is_remote(uri) else str(store.local_path(uri).resolve().parent)
     return catalog_from_dict(data, base, where=uri)
+
+
+def folder_catalog(folder: str | Path) -> Catalog:
+    """The folder contract: a folder without a catalog file is a catalog whose roles are its
+    `<role>.jsonl` (or `<role>.json`) files, images relative to the folder, ids kept as they are
+    (one folder is one namespace)."""
+    folder = Path(folder).resolve()
+    roles = {}
+    for role in ROLES:
+        found = [folder / f"{role}{ext}" for ext in (".jsonl", ".json") if (folder / f"{role}{ext}").is_file()]
+        if found:
+            roles[role] = [Source(uri=str(found[0]), images=str(folder), prefix_ids=False)]
+    if not roles:
+        raise UserError(f"{folder}: no catalog.yaml and no <role>.jsonl file (roles: {', '.join(ROLES)})")
+    return Catalog(**roles)
 
 
 def dump_catalog(catalog: Catalog) -> str:

@@ -41,7 +41,7 @@ from sicog import store
 from sicog.annotate.cot import annotate_cot
 from sicog.data.catalog import Catalog, Source
 from sicog.data.formats import HFRows, Malformed, detect_format, open_rows
-from sicog.data.images import decode_image, image_uri, read_image_bytes
+from sicog.data.images import decode_image, embedded_image_uri, image_uri, read_image_bytes
 from sicog.data.normalize import Quarantined, normalize, record_id
 from sicog.errors import UserError
 
@@ -134,7 +134,7 @@ class SourceData:
             raise self._quarantined(row, "duplicate id", f"{self.name}/{rid} appears earlier in this source", raw, rid)
         try:
             rec = self._convert(raw, row, twin)
-            return normalize(rec, self.role, self.name, row)
+            return normalize(rec, self.role, self.name, row, prefix_ids=self.source.prefix_ids)
         except Quarantined as exc:
             raise self._quarantined(row, exc.reason, exc.detail, raw, rid) from None
 
@@ -178,6 +178,9 @@ class RoleData:
         self.role, self.sources = role, sources
         self._by_name = {s.name: s for s in sources}
         self._starts: list[int] | None = None
+
+    def source(self, name: str) -> SourceData:
+        return self._by_name[name]
 
     def _offsets(self) -> list[int]:
         if self._starts is None:
@@ -264,6 +267,36 @@ class RoleData:
                 batch.records = [r for r, _ in keep]
                 batch.images = [im for _, im in keep]
             yield batch
+
+
+def read_role(catalog: Catalog, role: str) -> tuple[list[dict], list[dict]]:
+    """(records, quarantine rows) of `role`, sources one after the other in file order, each image as
+    an absolute URI (see images.open_image): the form the cycle's steps pass between processes and
+    keep in candidates and curated records, so no later step needs to know the record's source."""
+    data = open_role(catalog, role)
+    records, quarantine = [], []
+    for i in range(len(data)):
+        try:
+            rec = data[i]
+        except Quarantined as exc:
+            quarantine.append(exc.row)
+            continue
+        if "image" in rec:
+            meta, source = rec["meta"], data.source(rec["meta"]["source"])
+            try:
+                if meta.get("embedded_image"):
+                    if store.is_remote(source.source.uri):
+                        raise Quarantined("embedded image of a remote dataset", "copy the Hugging Face folder next to the run")
+                    rec["image"] = embedded_image_uri(store.local_path(source.source.uri).resolve(), meta["row"])
+                else:
+                    uri = image_uri(source.image_root, rec["image"])
+                    rec["image"] = uri if store.is_remote(uri) else f"file://{uri}"
+            except Quarantined as exc:
+                quarantine.append({"role": role, "source": source.name, "row": meta["row"], "id": rec["id"],
+                                   "reason": exc.reason, "detail": exc.detail, "raw": json.dumps(rec, ensure_ascii=False)[:500]})
+                continue
+        records.append(rec)
+    return records, quarantine
 
 
 def open_role(catalog: Catalog, role: str) -> RoleData:

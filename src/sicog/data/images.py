@@ -13,8 +13,10 @@ never allocates its pixels) raise `Quarantined` with a stable reason.
 
 from __future__ import annotations
 
+import functools
 import io
 import posixpath
+from pathlib import Path
 
 from PIL import Image
 
@@ -61,3 +63,49 @@ def decode_image(data: bytes) -> Image.Image:
         raise Quarantined("image over the pixel limit", str(exc)[:200]) from None
     except Exception as exc:  # PIL raises many types for corrupt files
         raise Quarantined("corrupt image", type(exc).__name__) from None
+
+
+# An image stored inside a local Hugging Face dataset, as a record's image URI: `hf-row:<folder>#<row>`.
+EMBEDDED = "hf-row:"
+
+
+def embedded_image_uri(dataset_path: str | Path, row: int) -> str:
+    return f"{EMBEDDED}{dataset_path}#{row}"
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_rows(path: str):
+    from sicog.data.formats import HFRows  # memory-mapped: opening is cheap, rows are read on demand
+
+    return HFRows(Path(path))
+
+
+def open_image(image: str, root: str | Path | None = None) -> Image.Image:
+    """A record's image as RGB, or `Quarantined` (a ValueError) naming why it cannot be used (see image_data)."""
+    with decode_image(image_data(image, root)) as im:
+        return im.convert("RGB")
+
+
+def image_data(image: str, root: str | Path | None = None) -> bytes:
+    """A record's image file as stored, once it decodes within the pixel limit; else `Quarantined`.
+
+    `image` is either a path relative to `root` (checked: no absolute path, no escape from the root),
+    or the URI that `read_role` made of a catalog record's image after those same checks: s3://,
+    file:// (a bare absolute path stays refused: it is what an untrusted record would hold), or an
+    `hf-row:` reference into a Hugging Face dataset. So the
+    sampler, the trainer and the evaluator read a user's bucket, a laptop folder and the demo world
+    the same way, one image at a time."""
+    if image.startswith(EMBEDDED):
+        path, _, row = image[len(EMBEDDED):].rpartition("#")
+        cell = _hf_rows(path).row(int(row)).get("image")
+        if not isinstance(cell, dict) or cell.get("bytes") is None:
+            raise Quarantined("image not found", image)
+        data = cell["bytes"]
+    elif store.is_remote(image) or image.startswith("file://"):
+        data = read_image_bytes(image)
+    elif root is None:
+        raise Quarantined("relative image path without an image root", image)
+    else:
+        data = read_image_bytes(image_uri(str(root), image))
+    decode_image(data).close()
+    return data

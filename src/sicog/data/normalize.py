@@ -96,8 +96,9 @@ def _place_marker(rec: dict) -> None:
             first = False
 
 
-def normalize(raw: Any, role: str, namespace: str, row: int) -> dict:
+def normalize(raw: Any, role: str, namespace: str, row: int, prefix_ids: bool = True) -> dict:
     """The SICOG record of one raw row (already converted from its container), or Quarantined.
+    `namespace`: the source's name, prefixed to its ids unless `prefix_ids` is false.
 
     `raw` is consumed: readers parse a fresh object per call, so its turns are edited in place."""
     if not isinstance(raw, dict):
@@ -105,7 +106,7 @@ def normalize(raw: Any, role: str, namespace: str, row: int) -> dict:
     rid, hashed = record_id(raw)
     rec = dict(raw)
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-    rec["id"] = f"{namespace}/{rid}"
+    rec["id"] = f"{namespace}/{rid}" if prefix_ids else rid
     rec["meta"] = {**meta, "source": namespace, "source_id": rid, "row": row, **({"id_from_content": True} if hashed else {})}
     image = rec.pop("image", None)
     if isinstance(image, list):

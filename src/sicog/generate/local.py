@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from sicog.generate.backbone import is_multimodal, model_name as model_name_of
 from sicog.models import load_model, num_image_tokens, to_messages
-from sicog.records import IMAGE_TOKEN, check_image, resolve_image
+from sicog.data.images import open_image
+from sicog.records import IMAGE_TOKEN
 
 
 class GumbelNoise(LogitsProcessor):
@@ -68,13 +68,6 @@ def _load_causal_lm(model_dir: Path, trust_remote_code: bool):
     return model, tokenizer
 
 
-def _load_image(image: str, root: str | Path) -> Image.Image:
-    path = resolve_image(image, root)
-    check_image(path)
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 class LocalSampler:
     """Batched, per-candidate-seeded sampling from a model directory.
 
@@ -100,7 +93,7 @@ class LocalSampler:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         self.model_dir = Path(model_dir)
         self.model_name = model_name or model_name_of(self.model_dir)
-        self.image_root = Path(image_root)
+        self.image_root = image_root  # for relative image paths; catalog records carry absolute URIs
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens  # > 0 only for benchmarks that need fixed-length outputs
@@ -181,7 +174,7 @@ class LocalSampler:
         for req, text in batch:
             if has_image:
                 try:
-                    images.append(_load_image(req["image"], self.image_root))
+                    images.append(open_image(req["image"], self.image_root))
                 except ValueError as exc:
                     yield self._row(req, None, str(exc))
                     continue

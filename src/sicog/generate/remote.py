@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import queue
 import random
 import threading
@@ -33,20 +34,20 @@ from pathlib import Path
 
 from PIL import Image
 
-from sicog.records import check_image, resolve_image
+from sicog.data.images import image_data
 
 BACKOFF_BASE_S = 0.5  # first retry waits up to 0.5 s, then 1, 2, 4 ... (full jitter)
 BACKOFF_CAP_S = 30.0
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-def image_data_uri(image: str, root: str | Path) -> str:
-    """`data:<mime>;base64,...` of a record's image; ValueError (with the reason) for a bad image."""
-    path = resolve_image(image, root)
-    check_image(path)
-    with Image.open(path) as im:
+def image_data_uri(image: str, root: str | Path | None) -> str:
+    """`data:<mime>;base64,...` of a record's image (a path under `root` or an absolute URI, read and
+    checked by image_data); ValueError (with the reason) for a bad image."""
+    data = image_data(image, root)
+    with Image.open(io.BytesIO(data)) as im:
         mime = Image.MIME.get(im.format or "", "application/octet-stream")
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def chat_messages(req: dict, image_root: str | Path) -> list[dict]:
@@ -121,7 +122,7 @@ class RemoteSampler:
         if concurrency < 1 or max_attempts < 1 or max_new_tokens < 1:
             raise ValueError("concurrency, max_attempts and max_new_tokens must be >= 1")
         self.endpoint = endpoint.rstrip("/")
-        self.image_root = Path(image_root)
+        self.image_root = image_root  # for relative image paths; catalog records carry absolute URIs
         self.served_model = served_model or None
         self.model_name = served_model or self.endpoint
         self.concurrency = concurrency

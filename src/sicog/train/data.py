@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 
 from sicog.models import num_image_tokens, to_messages
+from sicog import store
+from sicog.data.images import EMBEDDED, open_image
 from sicog.records import check_image, resolve_image
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and LLaVA's loss) ignores
@@ -52,25 +54,30 @@ def _check_turns(rec: dict) -> None:
         raise SkipRecord(NO_ANSWER)
 
 
-def load_image(image: str, image_root: str | Path) -> Image.Image:
-    """A record's image as RGB, or SkipRecord(BAD_IMAGE) (missing, corrupt, escaping the root, oversized)."""
+def load_image(image: str, image_root: str | Path | None) -> Image.Image:
+    """A record's image as RGB (a path under `image_root`, or a catalog record's absolute URI), or
+    SkipRecord(BAD_IMAGE) (missing, corrupt, escaping the root, oversized)."""
     try:
-        path = resolve_image(image, image_root)
-        check_image(path)
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_image(image, image_root)
     except Exception as exc:  # PIL raises many types for corrupt files: all mean "skip this record"
         raise SkipRecord(BAD_IMAGE, str(exc)) from None
 
 
-def encode_record(
-    rec: dict, processor, image_root: str | Path, max_length: int, pixel_cache: dict | None = None
-) -> dict:
-    """One record -> {"id", "input_ids", "labels", "pixel_values"?}, or raises SkipRecord.
+def _local_image(image: str, image_root: str | Path | None) -> Path | None:
+    """The local file of an image, for the cheap header check before training; None for images in
+    object storage or inside a dataset (checked when their batch is encoded, not one GET per record
+    up front)."""
+    if store.is_remote(image) or image.startswith(EMBEDDED):
+        return None
+    if image.startswith("file://"):
+        return store.local_path(image)
+    if image_root is None or store.is_remote(str(image_root)):
+        return None
+    return resolve_image(image, image_root)
 
-    `pixel_cache` (image path -> pixel tensor) makes records that share an image (a caption and its
-    questions) share one tensor in memory.
-    """
+
+def encode_record(rec: dict, processor, image_root: str | Path | None, max_length: int) -> dict:
+    """One record -> {"id", "input_ids", "labels", "pixel_values"?}, or raises SkipRecord."""
     _check_turns(rec)
     image = rec.get("image")
     messages = to_messages(rec["conversations"], has_image=image is not None)
@@ -93,10 +100,7 @@ def encode_record(
         "labels": [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask)],
     }
     if image is not None:
-        pixels = torch.as_tensor(out["pixel_values"][0])
-        if pixel_cache is not None:
-            pixels = pixel_cache.setdefault(image, pixels)
-        feature["pixel_values"] = pixels
+        feature["pixel_values"] = torch.as_tensor(out["pixel_values"][0])
     return feature
 
 
@@ -106,17 +110,17 @@ def encode_records(
     """Encode every record once (the stage's data are small); returns (features, skipped counts)."""
     features: list[dict] = []
     skipped: Counter = Counter()
-    cache: dict = {}
     for rec in records:
         try:
-            features.append(encode_record(rec, processor, image_root, max_length, cache))
+            features.append(encode_record(rec, processor, image_root, max_length))
         except SkipRecord as exc:
             skipped[exc.reason] += 1
     return features, skipped
 
 
 class LazyRecords(torch.utils.data.Dataset):
-    """Training records encoded on first use (then kept): no stage waits for the whole set up front.
+    """Training records encoded when the Trainer asks for them, never kept: no stage waits for the
+    whole set up front, and memory does not grow with the data.
 
     The constructor makes one cheap pass: it renders each record's chat text and tokenizes the texts
     in one batch to get exact lengths (an image adds the patch count minus its one marker token),
@@ -124,22 +128,23 @@ class LazyRecords(torch.utils.data.Dataset):
     readable image. Pixels and assistant masks come only when the Trainer asks for a record.
     `lengths` feeds length-grouped batching without encoding anything.
 
-    A record that passes the check but fails to encode later (an image corrupt past its header) is
-    returned as None, counted under its reason, and dropped by the Collator.
+    A record that passes the check but fails to encode later (an image corrupt past its header, or one
+    in object storage, which is not fetched up front) is returned as None, counted once under its
+    reason, and dropped by the Collator.
     """
 
     def __init__(self, records: list[dict], processor, image_root: str | Path, max_length: int):
         self.processor, self.image_root, self.max_length = processor, image_root, max_length
         self.skipped: Counter = Counter()
-        self._cache: dict[int, dict] = {}
-        self._pixels: dict = {}
+        self._failed: set[int] = set()  # late skips, counted once however many epochs meet them
         image_tokens = num_image_tokens(processor)
         texts, candidates = [], []
         for rec in records:
             try:
                 _check_turns(rec)
-                if rec.get("image") is not None:
-                    check_image(resolve_image(rec["image"], image_root))
+                local = _local_image(rec["image"], image_root) if rec.get("image") is not None else None
+                if local is not None:
+                    check_image(local)
                 messages = to_messages(rec["conversations"], has_image=rec.get("image") is not None)
                 texts.append(processor.apply_chat_template(messages, tokenize=False))
             except SkipRecord as exc:
@@ -167,13 +172,15 @@ class LazyRecords(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict | None:
-        if i not in self._cache:
-            try:
-                self._cache[i] = encode_record(self.records[i], self.processor, self.image_root, self.max_length, self._pixels)
-            except SkipRecord as exc:
+        # Encoded on every access and never kept: memory stays that of the records, whatever the
+        # dataset's size (an epoch of 558k encoded records with pixels would be ~23 GB per rank).
+        try:
+            return encode_record(self.records[i], self.processor, self.image_root, self.max_length)
+        except SkipRecord as exc:
+            if i not in self._failed:
+                self._failed.add(i)
                 self.skipped[exc.reason] += 1
-                self._cache[i] = None
-        return self._cache[i]
+            return None
 
 
 class Collator:

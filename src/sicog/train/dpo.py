@@ -22,7 +22,8 @@ from rich.progress import Progress
 
 from sicog.config import StageConfig, TrainConfig
 from sicog.models import load_model, num_image_tokens, to_messages
-from sicog.records import check_image, resolve_image, write_json
+from sicog.data.images import image_data
+from sicog.records import write_json
 from sicog.train.data import BAD_IMAGE, MALFORMED, TOO_LONG
 from sicog.train.trainer import _torch_threads, last_checkpoint, load_stage_model, run_trainer, save_stage, set_trainable, stage_log, training_arguments
 
@@ -41,8 +42,7 @@ def _dataset(pairs: list[dict], processor, image_root, max_length: int):
             skipped[MALFORMED] += 1
             continue
         try:
-            path = resolve_image(pair["image"], image_root)
-            check_image(path)
+            image = {"bytes": image_data(pair["image"], image_root)}  # a local file, an s3:// object or a dataset's image
         except ValueError:
             skipped[BAD_IMAGE] += 1
             continue
@@ -52,14 +52,14 @@ def _dataset(pairs: list[dict], processor, image_root, max_length: int):
             skipped[TOO_LONG] += 1
             continue
         rows.append({
-            "images": [str(path)],
+            "images": [image],
             "prompt": [{"role": "user", "content": pair["prompt"]}],
             "chosen": [{"role": "assistant", "content": pair["chosen"]}],
             "rejected": [{"role": "assistant", "content": pair["rejected"]}],
         })
     dataset = Dataset.from_list(rows) if rows else None
     if dataset is not None:
-        dataset = dataset.cast_column("images", Sequence(Image()))  # paths, decoded when a batch needs them
+        dataset = dataset.cast_column("images", Sequence(Image()))  # encoded bytes, decoded when a batch needs them
     return dataset, skipped
 
 

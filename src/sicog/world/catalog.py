@@ -28,13 +28,17 @@ DIRECT = {"instruct": "base.jsonl", "pool_images": "pool_images.jsonl", "pool_vq
           "pool_text": "pool_text.jsonl", "truth": "truth.jsonl", "heldout": "heldout.jsonl"}  # fmt: skip
 
 
-def world_catalog(world_dir: str | Path) -> Catalog:
-    """Write the world's per-role files and `catalog.yaml` into `world_dir`; return the loaded catalog."""
+def world_catalog(world_dir: str | Path, images: str = ".") -> Catalog:
+    """Write the world's per-role files and `catalog.yaml` into `world_dir`; return the loaded catalog.
+
+    `images`: where the world's images are read from; "." (the catalog's folder) locally, the world's
+    durable store URI when the run publishes it there, so a pod reads images from the store one batch
+    at a time instead of relying on a folder another pod downloaded."""
     world = Path(world_dir)
     sources = {role: name for role, name in DIRECT.items()}
     for role, (split, keep) in ROLE_FILES.items():
         write_jsonl(world / f"{role}.jsonl", (r for r in read_jsonl(world / split) if keep(r.get("meta", {}))))
         sources[role] = f"{role}.jsonl"
-    catalog = Catalog(**{role: [Source(uri=name, name="world", images=".", format="jsonl")] for role, name in sources.items()})
+    catalog = Catalog(**{role: [Source(uri=name, name="world", images=images, format="jsonl")] for role, name in sources.items()})
     (world / "catalog.yaml").write_text(dump_catalog(catalog), encoding="utf-8")
     return load_catalog(world / "catalog.yaml")
