@@ -55,6 +55,7 @@ figures: demo
 
 evidence: setup
 	$(BIN)/sicog evidence --config configs/demo.yaml --seeds 3 --out runs/evidence
+	$(BIN)/sicog figures --evidence runs/evidence --block evidence
 
 bench: setup
 	$(BIN)/python benchmarks/scoring.py

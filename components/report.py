@@ -23,8 +23,9 @@ def report(
     run_id: str = "",
 ):
     """Output: metrics.json + report.html; also published to `publish_uri` (a folder or s3:// URI) when given.
-    Last, with a work_uri: lineage.json there (inputs, models, config, code version), which makes this
-    cycle the starting point of the next one in its series (sicog.lineage)."""
+    Last, with a work_uri: lineage.json there (inputs, models, scores, data counts, config, code version
+    and the promotion decision), which makes this cycle, if promoted, the starting point of the next one
+    in its series (sicog.lineage)."""
     import shutil
 
     from sicog import lineage, steps, store
@@ -40,4 +41,4 @@ def report(
     if work_uri:
         uri = lambda artifact: artifact.metadata.get("store_uri") or artifact.path  # noqa: E731
         models = {"base": uri(base), "cycle": uri(cycle), "perception": uri(perception), "reasoning": uri(reasoning)}
-        lineage.write_lineage(validate_config(config), work_uri, run_id, models, {"world": uri(world), "curated": uri(curated)}, metrics["heldout"])
+        lineage.write_lineage(validate_config(config), work_uri, run_id, models, {"world": uri(world), "curated": uri(curated)}, metrics)

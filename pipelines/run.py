@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -62,7 +63,7 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
     pipeline root: the out folder itself, or for s3:// a temporary work folder (removed after a
     successful run). With s3:// every step also publishes its output to OUT/steps/<step> (work_uri),
     and the store is checked first, so wrong credentials fail before any work. With a `series` (a store
-    folder), the cycle starts from the series' last successful cycle and keeps its steps and lineage
+    folder), the cycle starts from the series' newest promoted cycle and keeps its steps and lineage
     in a new folder of the series (sicog.lineage); the report still lands in `out`."""
     from kfp import local
 
@@ -80,6 +81,9 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
     params = dict(config=parameter_dict(config), ablations=ablations, publish_uri=out, work_uri="" if series else out,
                   sample_shards=list(range(config.sample.shards)), series_uri=series)
     sicog_cycle = cycle_pipeline()
+    # kfp.local swaps the root logger's handlers per task, and its ParallelFor threads can restore one
+    # bound to this run's log; the next run of the process (--cycles N, evidence) would write there.
+    root_handlers = logging.getLogger().handlers[:]
     try:
         if verbose:
             sicog_cycle(**params)
@@ -93,6 +97,7 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
                     sys.stderr.write(f"the cycle failed; full log: {work / 'cycle.log'}\n")
                     raise
     finally:
+        logging.getLogger().handlers[:] = root_handlers
         if remote and (work / "cycle.log").is_file():
             store.write_bytes(store.join(out, "cycle.log"), (work / "cycle.log").read_bytes())
     if remote:

@@ -84,6 +84,7 @@ def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tm
     proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", str(out), "--cycles", "2",
                            "--set", "promote.tolerance=1.0"], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Logging error" not in proc.stderr  # the second run in the process logs to its own cycle.log
     series = out / "series"
     first, second = sorted((json.loads(p.read_text()) for p in series.glob("cycles/*/lineage.json")), key=lambda r: r["finished_at"])
     assert (first["cycle"], second["cycle"]) == (1, 2) and first["promoted"] and second["promoted"]

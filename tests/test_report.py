@@ -196,3 +196,23 @@ def test_evidence_markdown_and_files(tmp_path):
     assert saved["command"] == command and saved["seeds"] == [0, 1] and saved["n_runs"] == 2
     with pytest.raises(ValueError):
         evidence_table([])
+
+
+def test_report_shows_the_promotion_decision(tmp_path):
+    from sicog.config import PromoteConfig
+    from sicog.lineage import promotion
+
+    metrics = _metrics(cycle_vqa=0.45)  # base 0.5: a drop of 0.05, beyond the default tolerance
+    metrics["promotion"] = promotion(PromoteConfig(), metrics["heldout"], {"cycle": 3, "heldout": {"cycle": {"vqa_accuracy": 0.44}}})
+    checker = _Checker()
+    checker.feed(write_report(tmp_path, metrics, SCORES, LOSSES).read_text())
+    text = " ".join("".join(checker.text).split())
+    assert "refused: this cycle's model does not start the next cycle of its series (previous promoted cycle 3; tolerance 0.0200)" in text
+    (gate,) = [t for t in checker.tables if t[0][0] == "Metric"]
+    rows = {(row[0], row[1]): row[2:] for row in gate[1:]}
+    assert rows[("vqa_accuracy", "previous")] == ["0.4500", "0.4400", "0.0100", "0.0200", "pass"]
+    assert rows[("vqa_accuracy", "base")] == ["0.4500", "0.5000", "-0.0500", "0.0200", "regression"]
+    assert rows[("caption_attribute_recall", "base")] == ["n/a", "0.7000", "n/a", "0.0200", "not measured"]  # cycle has None
+    assert rows[("caption_attribute_recall", "previous")][4] == "not measured"
+    # Without a decision (a metrics.json from before the gate) there is no section.
+    assert "Promotion" not in write_report(tmp_path / "old", _metrics(), SCORES, LOSSES).read_text()

@@ -175,24 +175,27 @@ def sample(
     task: Annotated[str, typer.Option(help="caption | vqa | text")],
     world: WorldOpt,
     out: OutOpt,
-    model: Annotated[str, typer.Option("--model", help="Model folder (local backend); local path or s3:// URI.")] = "",
+    model: Annotated[str, typer.Option("--model", help="Model folder (local backend); local path or s3:// URI. Text task: the backbone LLM answers (paper App. A), extracted from this LLaVA, or this causal LM itself.")] = "",
     shard: Annotated[Optional[int], typer.Option(help="Sample only this shard (0-based) of sample.shards; default: all, then collect.")] = None,
     shards: Annotated[Optional[int], typer.Option(help="Number of shards (sets sample.shards).")] = None,
     work: Annotated[Optional[str], typer.Option(help="Where shard chunks live and resume from (store URI); default: OUT/work, or OUT with --shard.")] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server (TGI, vLLM, ...) to sample from: sets sample.backend=remote.")] = None,
     served_model: Annotated[Optional[str], typer.Option(help="Model name sent to the server (sets sample.served_model).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Text task: a separate backbone LLM (causal-LM folder or s3:// URI) to answer with (sets sample.backbone).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Step 2: sample candidates for a task's unlabeled pool into OUT/candidates.jsonl, shard by shard;
-    re-running the same command resumes finished chunks."""
+    re-running the same command resumes finished chunks. Text-only prompts are answered by the
+    backbone LLM (paper App. A); candidates record the model that produced them."""
     if task not in steps.POOLS:
         raise ValueError(f"unknown task {task!r}: choose caption, vqa or text")
     extra = [f"sample.shards={shards}"] if shards is not None else []
     extra += ["sample.backend=remote", f"sample.endpoint={endpoint}"] if endpoint else []
     extra += [f"sample.served_model={served_model}"] if served_model else []
+    extra += [f"sample.backbone={backbone}"] if backbone else []
     cfg = _config(config, (set_ or []) + extra)
-    if cfg.sample.backend == "local" and not model:
+    if cfg.sample.backend == "local" and not model and not (task == "text" and cfg.sample.backbone):
         raise ValueError("--model is needed with the local backend (or pass --endpoint URL)")
     if shard is not None and not 0 <= shard < cfg.sample.shards:
         raise ValueError(f"--shard {shard} is outside 0..{cfg.sample.shards - 1} (sample.shards={cfg.sample.shards})")
@@ -239,19 +242,26 @@ def annotate_cot(
 @app.command()
 @user_errors
 def score(
-    in_: Annotated[Path, typer.Option("--in", help="Candidates JSONL (the candidates contract).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Scored JSONL to write; rejected rows go beside it.")],
+    in_: Annotated[list[str], typer.Option("--in", help="Candidates JSONL, or a folder holding candidates.jsonl (repeatable; local path or s3:// URI).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (scored.jsonl + rejected.jsonl), or a NAME.jsonl (+ NAME.rejected.jsonl beside it); local path or s3:// URI. `sicog curate --scored` reads either.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
     scorer: ScorerOpt = None,
 ):
     """Step 3: self-consistency scores, best candidate and keep decision per instance."""
-    if not in_.is_file():
-        raise FileNotFoundError(2, "no such file", str(in_))
-    tmp = out.parent / f".{out.name}.d"
-    figures = steps.score(_config(config, set_), [str(in_)], str(tmp), scorer=scorer)
-    (tmp / "scored.jsonl").replace(out)
-    (tmp / "rejected.jsonl").replace(out.with_suffix(".rejected.jsonl"))
+    import tempfile
+
+    for uri in in_:
+        if not store.is_remote(uri) and not store.local_path(uri).exists():
+            raise FileNotFoundError(2, "no such file", uri)
+    cfg = _config(config, set_)
+    if not out.rstrip("/").endswith(".jsonl"):
+        _print(steps.score(cfg, list(in_), out, scorer=scorer))
+        return
+    with tempfile.TemporaryDirectory(prefix="sicog-score-") as tmp:
+        figures = steps.score(cfg, list(in_), tmp, scorer=scorer)
+        for name, uri in zip((steps.SCORED_FILE, steps.REJECTED_FILE), steps.scored_files(out)):
+            store.write_bytes(uri, (Path(tmp) / name).read_bytes())
     _print(figures)
 
 
@@ -259,13 +269,29 @@ def score(
 @user_errors
 def curate(
     world: WorldOpt,
-    scored: Annotated[list[str], typer.Option(help="Scored folder(s) from `sicog score` / the pipeline (repeatable; local or s3://).")],
+    scored: Annotated[list[str], typer.Option(help="What `sicog score --out` wrote: a folder, or a NAME.jsonl with NAME.rejected.jsonl beside it; or the pipeline's scored folder (repeatable; local or s3://).")],
     out: OutOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Step 3: curated training records, ablation data and curation quality against ground truth."""
-    _print(steps.curate(_config(config, set_), str(world), [str(s) for s in scored], str(out)))
+    import tempfile
+
+    cfg = _config(config, set_)
+    with tempfile.TemporaryDirectory(prefix="sicog-scored-") as tmp:
+        folders = []
+        for n, uri in enumerate(map(str, scored)):
+            if not uri.rstrip("/").endswith(".jsonl"):
+                folders.append(uri)
+                continue
+            folder = Path(tmp) / str(n)  # a scored file and its rejected rows, as the folder curate reads
+            folder.mkdir()
+            for name, part in zip((steps.SCORED_FILE, steps.REJECTED_FILE), steps.scored_files(uri)):
+                if not store.exists(part):
+                    raise FileNotFoundError(2, "no such file", part)
+                (folder / name).write_bytes(store.read_bytes(part))
+            folders.append(str(folder))
+        _print(steps.curate(cfg, str(world), folders, str(out)))
 
 
 @app.command("eval")
@@ -311,16 +337,28 @@ def cycle(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the full kfp.local logs (always kept in OUT/cycle.log).")] = False,
     scorer: ScorerOpt = None,
     series: SeriesOpt = "",
+    cycles: Annotated[int, typer.Option("--cycles", min=1, help="Run N cycles one after another as a series, each from the newest promoted cycle: OUT/run-<i>/ per run, the series in --series (default OUT/series).")] = 1,
 ):
-    """One whole SICOG cycle through kfp.local: OUT/metrics.json and OUT/report.html."""
+    """One whole SICOG cycle through kfp.local: OUT/metrics.json and OUT/report.html. With --cycles N, N
+    cycles of a series, each gated for promotion (`promote` in the config)."""
     from sicog.pipelines.run import run_local
 
     cfg = _config(config, set_)
     if scorer is not None:
         cfg.curate.scorer = scorer
-    metrics = run_local(cfg, out, ablations=ablations, verbose=verbose, series=series)
-    _summary(metrics)
-    typer.echo(f"report: {store.join(out, 'report.html')}")
+    if cycles > 1:
+        series = series or store.join(out, "series")
+    for run in range(1, cycles + 1):
+        run_out = out if cycles == 1 else store.join(out, f"run-{run}")
+        if cycles > 1:
+            err.print(f"[bold]series {series}: run {run}/{cycles}[/bold]", highlight=False)
+        metrics = run_local(cfg, run_out, ablations=ablations, verbose=verbose, series=series)
+        _summary(metrics)
+        if cycles > 1:
+            typer.echo(f"cycle {metrics['cycle']} {metrics['promotion']['reason']}")
+        typer.echo(f"report: {store.join(run_out, 'report.html')}")
+    if cycles > 1:
+        typer.echo(f"every cycle: sicog series report {series}")
 
 
 @app.command()
@@ -351,22 +389,27 @@ def evidence(
 @app.command()
 @user_errors
 def figures(
-    metrics: Annotated[Path, typer.Option(help="A cycle's metrics.json.")],
     block: Annotated[str, typer.Option(help="Name of the README block: <!-- figures:NAME --> ... <!-- /figures:NAME -->.")],
+    metrics: Annotated[Optional[Path], typer.Option(help="A cycle's metrics.json: its held-out and curation tables.")] = None,
+    evidence: Annotated[Optional[Path], typer.Option(help="A `sicog evidence` output folder: its evidence.md.")] = None,
     readme: Annotated[Path, typer.Option(help="The Markdown file that holds the block.")] = Path("README.md"),
-    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if the block differs from the metrics.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if the block differs.")] = False,
 ):
-    """Write a cycle's figure tables into the README (what `make figures` runs after the demo)."""
+    """Write measured figures into the README (what `make figures` and `make evidence` run)."""
     from sicog.report.figures import figure_tables, read_block, replace_block
 
-    text, tables = readme.read_text(), figure_tables(json.loads(metrics.read_text()))
+    if (metrics is None) == (evidence is None):
+        raise UserError("give exactly one of --metrics FILE and --evidence DIR")
+    source = metrics or evidence / "evidence.md"
+    body = figure_tables(json.loads(source.read_text())) if metrics else source.read_text()
+    text = readme.read_text()
     if check:
-        if read_block(text, block) != tables:
-            err.print(f"{readme}: the '{block}' figures differ from {metrics}; run `make figures`", highlight=False)
+        if read_block(text, block) != body:
+            err.print(f"{readme}: the '{block}' figures differ from {source}; run `make figures`", highlight=False)
             raise typer.Exit(1)
         return
-    readme.write_text(replace_block(text, block, tables))
-    typer.echo(f"{readme}: '{block}' figures written from {metrics}")
+    readme.write_text(replace_block(text, block, body))
+    typer.echo(f"{readme}: '{block}' figures written from {source}")
 
 
 @serve_app.command("scorer")
@@ -536,6 +579,43 @@ def job_run(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModelOpt
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     typer.echo(out)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Your own datasets: a catalog of sources per SICOG role (see sicog.data).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+@user_errors
+def data_check(catalog: Annotated[str, typer.Argument(help="Catalog file (YAML or JSON; local path or s3:// URI).")],
+               role: Annotated[Optional[list[str]], typer.Option("--role", help="Check only this role (repeatable).")] = None,
+               json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False):
+    """Read every record and image of a catalog as training would: counts, quarantine reasons, image stats."""
+    from sicog.data import check_catalog, load_catalog, render_report
+
+    report = check_catalog(load_catalog(catalog), roles=role)
+    if json_:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        Console(width=max(Console().width, 140)).print(render_report(report))
+
+
+series_app = typer.Typer(no_args_is_help=True, help="A series of recurring cycles (sicog.lineage), read from its cycles' lineage.json.")
+app.add_typer(series_app, name="series")
+
+
+@series_app.command("report")
+@user_errors
+def series_report(series: Annotated[str, typer.Argument(help="Series folder: local path or s3://bucket/prefix (the --series of the runs).")],
+                  out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder for series.md, series.csv and series.png (local or s3://); default: SERIES/report.")] = None):
+    """Every cycle of a series in one table and one plot: held-out scores, curated and quarantined counts,
+    keep rates, step budgets and the promotion decision."""
+    from sicog.report.series import rich_table, write_series_report
+
+    rows, paths = write_series_report(series, out or store.join(series, "report"))
+    Console().print(rich_table(rows, f"series {series}"))
+    for name, uri in paths.items():
+        typer.echo(f"{name}: {uri}")
 
 
 def main() -> None:

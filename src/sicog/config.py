@@ -34,8 +34,17 @@ class WorldConfig(_Section):
     n_annotated: int = Field(300, ge=1, description="Images in the small step-1 annotated split.")
     n_pool_images: int = Field(300, ge=0, description="Unlabeled images to caption (step 2).")
     n_pool_vqa: int = Field(600, ge=0, description="Unlabeled image-question pairs (step 2).")
-    n_pool_text: int = Field(200, ge=0, description="Text-only prompts answered by the base model (step 2).")
+    n_pool_text: int = Field(200, ge=0, description="Text-only prompts answered by the backbone LLM (step 2, paper App. A).")
     n_heldout: int = Field(300, ge=1, description="Held-out images for evaluation.")
+
+
+class DataConfig(_Section):
+    """Where the cycle's data come from: a catalog of the user's datasets per SICOG role (sicog.data)."""
+
+    catalog: str = Field(
+        "", description="Store URI (local path, file://, s3://) of a data catalog (see `sicog data check`); "
+        "empty: the procedural demo world, which writes a catalog of its own files.",
+    )
 
 
 class ModelConfig(_Section):
@@ -105,9 +114,9 @@ class TrainConfig(_Section):
     dpo: StageConfig = _stage(1e-5, 100)
     dpo_beta: float = Field(0.1, gt=0, description="DPO beta (paper's DPO variant: 0.1).")
     dpo_sft_weight: float = Field(1.0, ge=0, description="Weight of the SFT term on the chosen answer added to the DPO loss (paper: 1.0).")
-    pretrain_mix: list[Literal["base", "annotated"]] = Field(
+    pretrain_mix: list[Literal["align", "instruct", "perception", "reasoning"]] = Field(
         default_factory=list,
-        description="Labeled splits mixed into stage 1.5 beside the curated data (paper: curated only).",
+        description="Labeled catalog roles mixed into stage 1.5 beside the curated data (paper: curated only).",
     )
 
 
@@ -125,6 +134,11 @@ class SampleConfig(_Section):
         default_factory=lambda: {"cot": 2, "da": 1}, description="Paper: 2 CoT + 1 DA per image-question."
     )
     text_candidates: int = Field(3, ge=1, description="Paper: 3 answers per text-only prompt.")
+    backbone: str = Field(
+        "", description="Text-only candidates come from the backbone LLM (paper App. A: '3 answers per text-only prompt from the "
+        "backbone LLM'): a causal-LM folder or store URI (e.g. Qwen2-7B-Instruct). Empty: the language model inside the base "
+        "LLaVA (its language_model + lm_head), extracted by the pipeline's extract-backbone step. Local backend only.",
+    )
     # Sharding and resume: a pool is split into shards by a hash of record id, a shard into chunks.
     shards: int = Field(2, ge=1, description="Shards per task's pool (record -> sha256(id) mod shards); the pipeline runs one task per shard. Demo: 2 (each kfp.local task costs ~8 s of start-up).")
     chunk_size: int = Field(64, ge=1, description="Source records per chunk: the unit that is published and skipped on resume (at most one chunk is redone after a kill).")
@@ -172,8 +186,14 @@ class CurateConfig(_Section):
     caption: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.85))
     vqa: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.95))
     text: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=-1.0))
-    conversation_threshold: float = Field(0.95, description="CoD winners at or above this also become 5-turn conversations.")
-    text_top_k: int = Field(50_000, ge=0, description="Text-only: keep the top-K by score (paper: 50k).")
+    conversation_threshold: float = Field(
+        0.95, description="CoD winners at or above this are converted to 5-turn conversations, one turn per step, in place of "
+        "their single-turn record (paper Sec. 3.3: a higher threshold for multi-turn conversations).",
+    )
+    text_top_k: int = Field(
+        50_000, ge=0, description="Text-only: of the instances that reach curate.text.threshold, keep the top-K by score (paper: "
+        "50k text samples in stage 1.5), across every scored input of the curate step; the others are rejected with their reason.",
+    )
     sweep: list[float] = Field(
         default_factory=lambda: [round(0.5 + 0.05 * i, 2) for i in range(10)] + [0.97, 0.98, 0.99],
         description="Thresholds at which the report measures keep rate and precision.",
@@ -183,6 +203,31 @@ class CurateConfig(_Section):
 class EvalConfig(_Section):
     max_new_tokens: int = Field(96, ge=1, description="Greedy decoding budget for held-out answers and captions.")
     batch_size: int = Field(64, ge=1)
+
+
+class PromoteConfig(_Section):
+    """The promotion gate of recurring cycles: a cycle's model starts the next cycle of its series only
+    if its held-out scores do not regress beyond `tolerance` (sicog.lineage.promotion). A refused cycle
+    stays in the series, with its reason, and is skipped as a starting point."""
+
+    tolerance: float = Field(
+        0.02, ge=0, description="Largest allowed drop of a held-out score, absolute on the metric's 0-1 scale (a drop of exactly "
+        "the tolerance still passes). Every gated metric is higher-is-better. Default 0.02: two points, below the demo's seed-to-seed "
+        "spread of held-out scores (README, evidence), so a noisy demo cycle can be refused; size it to the held-out set's noise.",
+    )
+    metrics: list[str] = Field(
+        default_factory=list, description="Held-out metrics that gate (names in metrics.json `heldout.<model>`, e.g. vqa_accuracy). "
+        "Empty: every metric the cycle model reports, so benchmark metrics added later gate without a config change. A gated "
+        "metric the cycle model did not measure refuses it; one its reference lacks is skipped for that reference.",
+    )
+    against: list[Literal["previous", "base"]] = Field(
+        default_factory=lambda: ["previous", "base"], description="References: previous = the series' previous promoted cycle's "
+        "model (skipped for a series' first cycle), base = this cycle's own base model. Empty: every cycle is promoted.",
+    )
+    previous: str = Field(
+        "", description="Store URI of the lineage.json the 'previous' reference is read from; a cycle in a series sets it to the "
+        "cycle it starts from (see sicog.lineage). Empty: no previous cycle.",
+    )
 
 
 class Toleration(_Section):
@@ -226,6 +271,7 @@ class SicogConfig(_Section):
 
     seed: int = Field(0, description="Cycle seed: candidate seeds derive from (seed, record id, candidate index).")
     cycle: int = Field(1, ge=1, description="Cycle number, recorded in curated provenance.")
+    data: DataConfig = Field(default_factory=DataConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -233,11 +279,12 @@ class SicogConfig(_Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "SicogConfig":
-        if self.sample.text_candidates < 2 and self.world.n_pool_text:
+        if self.sample.text_candidates < 2 and (self.world.n_pool_text or self.data.catalog):
             raise ValueError("sample.text_candidates: self-consistency needs at least 2 candidates")
         if self.train.step1 == "dpo" and self.cluster.trainer == "pytorchjob":
             # The pairs need the warm-up model's answers before any rank trains: not split across a job yet.

@@ -1,19 +1,28 @@
-"""Cycles in a series: where each cycle starts, and what it was made of.
+"""Cycles in a series: where each cycle starts, what it was made of, and whether it may start the next.
 
 A *series* is a store folder (an s3:// prefix, or a local folder) that recurring runs share. Each run
 is one cycle in its own folder, SERIES/cycles/<UTC time>-<run id>/, holding every step's output (the
 run's work_uri) and, written last by the report step, `lineage.json`: the cycle's number, the model it
-started from, its inputs, its models, its config and the code version. A cycle without lineage.json
-did not finish and is never a starting point.
+started from, its inputs, its models, its held-out scores, its data counts, its config, the code
+version and the promotion decision. A cycle without lineage.json did not finish and is never a
+starting point.
+
+The promotion gate (`promotion`, configured by `promote`): a cycle's model becomes the series'
+starting point only if its held-out scores do not regress beyond a tolerance against the previous
+promoted cycle and against its own base model. A refused cycle stays in the series with its reason and
+is skipped as a starting point, so one bad cycle cannot drag the series down.
 
 A scheduled run has fixed parameters, so the starting point is resolved inside the run, by its first
-step (`start_cycle`): the newest successful cycle's final model becomes `model.start` and the cycle
-number goes up by one.
+step (`start_cycle`): the newest promoted successful cycle's final model becomes `model.start`, its
+lineage becomes the 'previous' reference of the gate (`promote.previous`) and the cycle number is its
+number + 1. The cycle number therefore counts the cycles behind the model, not the runs: a cycle that
+follows a refused one has the refused one's number again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -21,41 +30,115 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sicog import __version__, store
-from sicog.config import SicogConfig, parameter_dict, validate_config
+from sicog.config import PromoteConfig, SicogConfig, parameter_dict, validate_config
 
 LINEAGE = "lineage.json"
 CYCLES = "cycles"
+# Float slack of the tolerance check: a drop of exactly the tolerance passes whatever the rounding.
+SLACK = 1e-9
 
 
-def latest_cycle(series_uri: str) -> dict | None:
-    """The lineage of the newest successful cycle in the series (by finish time), or None. Reads one
-    listing of the cycle folders and their lineage files, never the cycles' contents."""
+def read_series(series_uri: str) -> list[tuple[str, dict]]:
+    """Every sealed cycle of the series as (lineage.json URI, its record), oldest first (by finish time).
+    Reads one listing of the cycle folders and their lineage files, never the cycles' contents."""
     cycles_uri = store.join(series_uri, CYCLES)
     found = []
     for folder in store.list_folders(cycles_uri):
         uri = store.join(cycles_uri, folder, LINEAGE)
         if store.exists(uri):
-            record = json.loads(store.read_text(uri))
-            if record.get("status") == "succeeded":
-                found.append(record)
-    return max(found, key=lambda r: r["finished_at"], default=None)
+            found.append((uri, json.loads(store.read_text(uri))))
+    return sorted(found, key=lambda item: item[1].get("finished_at", 0.0))
+
+
+def is_start(record: dict) -> bool:
+    """A cycle that may start the next one: it succeeded and the gate promoted it. Lineage sealed
+    before the gate existed has no `promoted` and counts as promoted, as it did then."""
+    return record.get("status") == "succeeded" and record.get("promoted", True) is True
+
+
+def latest_cycle(series_uri: str) -> tuple[str, dict] | None:
+    """The newest promoted successful cycle in the series (by finish time) as (lineage.json URI, its
+    record), or None: the URI is what the next cycle's gate reads as its 'previous' reference."""
+    starts = [item for item in read_series(series_uri) if is_start(item[1])]
+    return starts[-1] if starts else None
 
 
 def start_cycle(config: dict, series_uri: str, work_uri: str, run_id: str) -> tuple[dict, str]:
     """This run's config and work_uri. Outside a series both come back unchanged. In a series the
-    config starts from the last successful cycle's model (cycle number + 1) and, unless given, the
-    work_uri is a new folder under SERIES/cycles/."""
+    config starts from the newest promoted cycle's model (cycle number + 1), is gated against that
+    cycle's scores (`promote.previous`) and, unless given, the work_uri is a new folder under
+    SERIES/cycles/."""
     if not series_uri:
         return config, work_uri
     cfg = validate_config(config)
-    previous = latest_cycle(series_uri)
-    if previous is not None:
+    newest = latest_cycle(series_uri)
+    if newest is not None:
+        uri, previous = newest
         cfg.cycle = previous["cycle"] + 1
         cfg.model.start = previous["models"]["cycle"]
+        cfg.promote.previous = uri
     if not work_uri:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         work_uri = store.join(series_uri, CYCLES, f"{stamp}-{run_id[:8]}")
     return parameter_dict(cfg), work_uri
+
+
+# --- the promotion gate ---------------------------------------------------------------------------
+
+
+def _score(scores: dict | None, metric: str) -> float | None:
+    """A measured score, or None when it is missing, null, NaN or not a number."""
+    value = (scores or {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _check(metric: str, value: float | None, against: str, label: str, reference: float | None, tolerance: float) -> dict:
+    """One metric against one reference: passed True / False, or None (skipped) when the reference has
+    no value for it. `label` names the reference in the reason (e.g. "previous cycle 3")."""
+    if value is None:
+        passed, reason = False, f"{metric}: not measured for the cycle model, so it cannot pass against {label}"
+    elif reference is None:
+        passed, reason = None, f"{metric} {value:.4f}: {label} has no value, skipped"
+    else:
+        passed = value - reference >= -tolerance - SLACK
+        verdict = "within" if passed else "regresses beyond"
+        reason = f"{metric} {value:.4f} vs {label} {reference:.4f} ({value - reference:+.4f}): {verdict} tolerance {tolerance:.4f}"
+    return {"metric": metric, "against": against, "value": value, "reference": reference, "tolerance": tolerance,
+            "passed": passed, "reason": reason}
+
+
+def promotion(gate: PromoteConfig, heldout: dict, previous: dict | None) -> dict:
+    """Whether this cycle's model may start the next cycle of its series.
+
+    `heldout` is metrics.json's `heldout` ({model: {metric: score}}); `previous` the lineage record of
+    the previous promoted cycle (None: the series' first cycle, or no series). Each gated metric of the
+    cycle model is checked against each reference of `gate.against`: previous = the previous cycle's
+    model, base = this cycle's base model. Refused when any check regresses beyond the tolerance or a
+    gated metric is not measured for the cycle model (a model is not promoted on a score nobody
+    measured); a check whose reference has no value (the series' first cycle, or a benchmark added
+    since the previous cycle) is skipped and says so. Returns {promoted, reason, tolerance, previous,
+    checks}: the reason names every metric, value, reference and the tolerance."""
+    cycle = heldout.get("cycle") or {}
+    metrics = gate.metrics or list(cycle)
+    references = {"previous": (previous or {}).get("heldout", {}).get("cycle"), "base": heldout.get("base")}
+    labels = {"previous": f"previous cycle {previous['cycle']}" if previous else "the previous promoted cycle (none yet)",
+              "base": "base"}
+    checks = [_check(metric, _score(cycle, metric), against, labels[against], _score(references[against], metric), gate.tolerance)
+              for against in gate.against for metric in metrics]
+    promoted = all(c["passed"] is not False for c in checks)
+    reason = "; ".join(c["reason"] for c in checks) or "no gate configured (promote.against is empty)"
+    if not metrics and gate.against:
+        promoted, reason = False, "the cycle model has no held-out metric to gate on"
+    return {"promoted": promoted, "reason": f"{'promoted' if promoted else 'refused'}: {reason}", "tolerance": gate.tolerance,
+            "previous": {"cycle": previous["cycle"], "work_uri": previous.get("work_uri"), "lineage": gate.previous} if previous else None,
+            "checks": checks}
+
+
+def read_previous(gate: PromoteConfig) -> dict | None:
+    """The lineage record of the gate's 'previous' reference (`promote.previous`), or None when unset."""
+    return json.loads(store.read_text(gate.previous)) if gate.previous else None
 
 
 def code_version() -> dict:
@@ -71,12 +154,28 @@ def code_version() -> dict:
     return {"sicog": __version__, "git_sha": sha or "unknown"}
 
 
+def data_summary(metrics: dict) -> dict:
+    """What the cycle's data were made of, for the series report: curated kept / scored instances and
+    keep rate per task, quarantined and rejected counts (from metrics.json)."""
+    curated = {}
+    for task, stats in (metrics.get("curation") or {}).items():
+        kept, total = stats.get("kept"), stats.get("total")
+        curated[task] = {"kept": kept, "total": total, "keep_rate": kept / total if kept is not None and total else None}
+    counts = metrics.get("counts") or {}
+    return {"curated": curated, "quarantined": sum((counts.get("quarantined") or {}).values()),
+            "rejected": sum((counts.get("rejected") or {}).values())}
+
+
 def write_lineage(config: SicogConfig, work_uri: str, run_id: str, models: dict[str, str], inputs: dict[str, str],
-                  heldout: dict) -> dict:
-    """Seal the cycle: lineage.json at work_uri, the last file a successful cycle writes."""
+                  metrics: dict) -> dict:
+    """Seal the cycle: lineage.json at work_uri, the last file a successful cycle writes. `metrics` is the
+    report step's metrics.json, whose `promotion` decides whether the cycle may start the next one."""
+    decision = metrics["promotion"]
     record = {
         "cycle": config.cycle,
         "status": "succeeded",
+        "promoted": decision["promoted"],
+        "promotion": decision,
         "run_id": run_id,
         "finished_at": time.time(),
         "finished_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -84,7 +183,10 @@ def write_lineage(config: SicogConfig, work_uri: str, run_id: str, models: dict[
         "started_from": config.model.start or None,  # None: a fresh model
         "models": models,
         "inputs": inputs,
-        "heldout": heldout,
+        "heldout": metrics["heldout"],
+        "data": data_summary(metrics),
+        "steps": metrics.get("steps", {}),
+        "optimizer_steps": metrics.get("optimizer_steps", {}),
         "config": config.model_dump(mode="json"),
         "code": code_version(),
     }

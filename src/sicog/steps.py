@@ -21,23 +21,25 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from sicog import store
 from sicog.config import SicogConfig, validate_config
-from sicog.records import read_jsonl, validate_records, write_json, write_jsonl
+from sicog.errors import UserError
+from sicog.records import IMAGE_TOKEN, ScoredRow, read_jsonl, validate_records, write_json, write_jsonl
 from sicog.store import local_path
 
-# Which labeled records each training data name means (relative to the world directory).
+# Which records each training data name means: catalog roles (sicog.data), never `meta` fields.
 TRAIN_DATA = {
-    "align": "captions of the base split (stage 1 pairs images with captions)",
-    "base": "the whole base split (stage 2 instruction data)",
-    "perception": "annotated DD + CoD captions (step-1 warm-up)",
-    "reasoning": "annotated DA + CoT answers (step-1 warm-up)",
-    "curated": "curated self-generated data + train.pretrain_mix (stage 1.5)",
-    "labeled": "base + annotated splits (the compute-matched control's stage 1.5)",
-    "uncurated": "one random candidate per instance + train.pretrain_mix (ablation's stage 1.5)",
+    "align": "the catalog's align role (stage 1 pairs images with captions)",
+    "base": "the catalog's instruct role (stage 2 instruction data)",
+    "perception": "the catalog's perception role: DD + CoD captions (step-1 warm-up)",
+    "reasoning": "the catalog's reasoning role: DA + CoT answers (step-1 warm-up)",
+    "curated": "curated self-generated data + the roles of train.pretrain_mix (stage 1.5)",
+    "labeled": "instruct + perception + reasoning roles (the compute-matched control's stage 1.5)",
+    "uncurated": "one random candidate per instance + the roles of train.pretrain_mix (ablation's stage 1.5)",
 }
 
 
@@ -140,16 +142,53 @@ def _progress():
 
 
 @through_store
-def make_world(config: SicogConfig | dict, out: str) -> dict:
-    """Write the procedural world (images, splits, ground truth) under `out`."""
-    from sicog.world import build_world
+def make_world(config: SicogConfig | dict, out: str, images: str = ".") -> dict:
+    """The cycle's data: `out/catalog.yaml`, which every later step reads its roles from.
+
+    With `data.catalog` (the user's datasets), that catalog validated, every role opened and
+    counted, and written with absolute URIs; nothing is copied. Without, the procedural world
+    (images, splits, ground truth) and a catalog of its own files (`images`: where its images are
+    read from; the world's store URI when the run publishes it there)."""
+    from sicog.data import dump_catalog, load_catalog, open_role
+    from sicog.world import build_world, world_catalog
 
     cfg = as_config(config)
     out_dir = local_path(out)
     with _step("world", out_dir, []) as figures, _progress() as progress:
-        manifest = build_world(out_dir, cfg.world, progress=progress)
+        if cfg.data.catalog:
+            catalog = load_catalog(cfg.data.catalog)
+            (out_dir / "catalog.yaml").write_text(dump_catalog(catalog), encoding="utf-8")
+            manifest = {"catalog": cfg.data.catalog, "counts": {role: len(open_role(catalog, role)) for role in catalog.roles()}}
+            write_json(out_dir / "manifest.json", manifest)
+        else:
+            manifest = build_world(out_dir, cfg.world, progress=progress)
+            world_catalog(out_dir, images=images)
         figures["counts"] = manifest.get("counts", {})
     return manifest
+
+
+def _catalog(data_dir: Path):
+    """The run's data catalog: the world step's `catalog.yaml` (relative paths resolve against it),
+    or, in a folder without one, its `<role>.jsonl` files (sicog.data.catalog.folder_catalog)."""
+    from sicog.data.catalog import folder_catalog, load_catalog
+
+    return load_catalog(data_dir / "catalog.yaml") if (data_dir / "catalog.yaml").is_file() else folder_catalog(data_dir)
+
+
+def _role(catalog, role: str, quarantine: list[dict]) -> list[dict]:
+    """Every record of a catalog role (images as absolute URIs); its bad rows go to `quarantine`."""
+    from sicog.data import read_role
+
+    records, bad = read_role(catalog, role)
+    quarantine.extend(bad)
+    return records
+
+
+def _catalog_texts(catalog) -> Iterator[str]:
+    """The texts of a user catalog's labeled roles and text pool, for a fresh model's tokenizer."""
+    for role in ("align", "instruct", "perception", "reasoning", "pool_vqa", "pool_text"):
+        for rec in _role(catalog, role, []):
+            yield from (turn["value"].replace(IMAGE_TOKEN, "").strip() for turn in rec.get("conversations", []))
 
 
 @through_store
@@ -169,7 +208,8 @@ def init_model(config: SicogConfig | dict, world: str, out: str) -> str:
         elif cfg.model.start:
             shutil.copytree(store.local_path(cfg.model.start), out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(store.MANIFEST))
         else:
-            build(out_dir, world_texts(world_dir), cfg.model, image_size=cfg.world.image_size, seed=cfg.seed)
+            texts = world_texts(world_dir) if (world_dir / "base.jsonl").is_file() else _catalog_texts(_catalog(world_dir))
+            build(out_dir, texts, cfg.model, image_size=cfg.world.image_size, seed=cfg.seed)
             write_json(out_dir / "lineage.json", [])
     return str(out_dir)
 
@@ -177,34 +217,25 @@ def init_model(config: SicogConfig | dict, world: str, out: str) -> str:
 # --- step 1 and step 4: training ------------------------------------------------------------------
 
 
-def _split(world_dir: Path, name: str, quarantine: list[dict]) -> list[dict]:
-    good, bad = validate_records(world_dir / f"{name}.jsonl", world_dir)
-    quarantine.extend({"split": name, **row} for row in bad)
-    return good
+ROLES_OF = {"align": ("align",), "base": ("instruct",), "perception": ("perception",), "reasoning": ("reasoning",),
+            "labeled": ("instruct", "perception", "reasoning")}
 
 
 def training_records(cfg: SicogConfig, data: str, world_dir: Path, curated_dir: Path | None) -> tuple[list[dict], list[dict]]:
-    """(records, quarantine rows) for a training data name of TRAIN_DATA."""
+    """(records, quarantine rows) for a training data name of TRAIN_DATA, read through the catalog
+    in `world_dir` (the world step's output)."""
     quarantine: list[dict] = []
-    fmt = lambda r: r.get("meta", {}).get("format")  # noqa: E731
-    if data == "align":
-        records = [r for r in _split(world_dir, "base", quarantine) if r.get("meta", {}).get("task") == "caption"]
-    elif data == "base":
-        records = _split(world_dir, "base", quarantine)
-    elif data == "perception":
-        records = [r for r in _split(world_dir, "annotated", quarantine) if fmt(r) in ("dd", "cod")]
-    elif data == "reasoning":
-        records = [r for r in _split(world_dir, "annotated", quarantine) if fmt(r) in ("da", "cot")]
-    elif data == "labeled":
-        records = _split(world_dir, "base", quarantine) + _split(world_dir, "annotated", quarantine)
+    catalog = _catalog(world_dir)
+    if data in ROLES_OF:
+        records = [rec for role in ROLES_OF[data] for rec in _role(catalog, role, quarantine)]
     elif data in ("curated", "uncurated"):
         if curated_dir is None:
             raise ValueError(f"training data {data!r} needs the curated dataset")
         records = list(read_jsonl(curated_dir / f"{data}.jsonl"))
-        for split in cfg.train.pretrain_mix:
-            records += _split(world_dir, split, quarantine)
+        for role in cfg.train.pretrain_mix:
+            records += _role(catalog, role, quarantine)
     else:
-        raise ValueError(f"unknown training data {data!r}; choose from {', '.join(TRAIN_DATA)}")
+        raise UserError(f"unknown training data {data!r}; choose from {', '.join(TRAIN_DATA)}")
     return records, quarantine
 
 
@@ -329,10 +360,52 @@ POOLS = {"caption": "pool_images", "vqa": "pool_vqa", "text": "pool_text"}
 
 
 @through_store
+def extract_backbone(config: SicogConfig | dict, model: str, out: str) -> dict:
+    """The backbone LLM that answers text-only prompts (paper App. A): the language model of the
+    LLaVA at `model` (language_model + lm_head) saved as a causal-LM folder with its tokenizer.
+    With `sample.backbone` set (a separate LLM), or the remote backend (the endpoint serves the text
+    task), nothing is extracted: `out/backbone.json` only says which model the text task uses."""
+    from sicog.generate.backbone import BACKBONE_FILE, extract_backbone as extract
+
+    cfg = as_config(config)
+    model_dir, out_dir = local_path(model), local_path(out)
+    with _step("extract-backbone", out_dir, [model_dir]) as figures:
+        if cfg.sample.backbone or cfg.sample.backend == "remote":
+            source = cfg.sample.backbone or f"{cfg.sample.endpoint}#{cfg.sample.served_model}"
+            write_json(out_dir / BACKBONE_FILE, {"model": source, "extracted_from": None})
+            figures["backbone"] = source
+        else:
+            extract(model_dir, out_dir, trust_remote_code=cfg.model.trust_remote_code)
+            figures["backbone"] = _read_json(out_dir / BACKBONE_FILE, {}).get("model")
+    return figures
+
+
+@contextmanager
+def _text_sampler_model(cfg: SicogConfig, model_dir: Path | None):
+    """(model folder, model name) that answers text-only prompts with the local backend: the
+    configured backbone LLM (`sample.backbone`, any store URI), else `model_dir` when it already is
+    a causal LM (the extract-backbone step's output), else the backbone extracted from the LLaVA at
+    `model_dir` into a temporary folder."""
+    from sicog.generate.backbone import extract_backbone as extract, is_multimodal
+
+    if cfg.sample.backbone:
+        with store.local_input(cfg.sample.backbone) as path:
+            yield path, cfg.sample.backbone
+        return
+    if model_dir is None:
+        raise ValueError("the text task needs --model (a LLaVA or its backbone LLM) or sample.backbone")
+    if not is_multimodal(model_dir):
+        yield model_dir, None
+        return
+    with tempfile.TemporaryDirectory(prefix="sicog-backbone-") as tmp:
+        yield extract(model_dir, Path(tmp) / "backbone", trust_remote_code=cfg.model.trust_remote_code), None
+
+
+@through_store
 def sample(config: SicogConfig | dict, task: str, model: str | None, world: str, out: str, shard: int | None = None, work: str | None = None) -> dict:
     """Sample candidates for the task's unlabeled pool (perception model for captions, reasoning
-    model for VQA, base model for text-only), or from `sample.endpoint` (backend remote, `model` unused),
-    resuming finished chunks.
+    model for VQA, the backbone LLM for text-only: see _text_sampler_model), or from
+    `sample.endpoint` (backend remote, `model` unused), resuming finished chunks.
 
     shard None: every shard of `sample.shards` in turn, then collected into `out/candidates.jsonl`.
     shard i: only that shard (the pipeline's fan-out); its chunks go to `sampling/<task>/shard-<i>` under
@@ -343,19 +416,22 @@ def sample(config: SicogConfig | dict, task: str, model: str | None, world: str,
 
     cfg = as_config(config)
     model_dir, world_dir, out_dir = local_path(model) if model else None, local_path(world), local_path(out)
-    records, quarantine = validate_records(world_dir / f"{POOLS[task]}.jsonl", world_dir, need_answer=False)
-    quarantine = [{"split": POOLS[task], **row} for row in quarantine]
+    quarantine: list[dict] = []
+    records = _role(_catalog(world_dir), POOLS[task], quarantine)
     shard = None if shard is None else int(shard)  # KFP hands loop items over as numbers, maybe 0.0
     name = f"sample:{task}" if shard is None else f"sample:{task}:shard-{shard:05d}"
-    with _step(name, out_dir, [model_dir]) as figures, _progress() as progress:
+    with _step(name, out_dir, [model_dir]) as figures, _progress() as progress, ExitStack() as stack:
+        sampler_dir, model_name = model_dir, None
+        if task == "text" and cfg.sample.backend == "local":
+            sampler_dir, model_name = stack.enter_context(_text_sampler_model(cfg, model_dir))
         if shard is None:
-            stats = sample_candidates(records, task, model_dir, out_dir / "candidates.jsonl", cfg.sample, cfg.seed, world_dir,
-                                      progress=progress, work_uri=work or str(out_dir / "work"))
+            stats = sample_candidates(records, task, sampler_dir, out_dir / "candidates.jsonl", cfg.sample, cfg.seed, world_dir,
+                                      progress=progress, work_uri=work or str(out_dir / "work"), model_name=model_name)
         else:
             uri = shard_dir(work or str(out_dir), task, shard)
             todo = progress.add_task(f"sampling {task} shard {shard}", total=None)
-            stats = sample_shard(records, task, model_dir, uri, shard, cfg.sample, cfg.seed, world_dir,
-                                 advance=lambda n: progress.advance(todo, n))
+            stats = sample_shard(records, task, sampler_dir, uri, shard, cfg.sample, cfg.seed, world_dir,
+                                 advance=lambda n: progress.advance(todo, n), model_name=model_name)
             write_json(out_dir / "shard.json", {"task": task, "shard": shard, "uri": uri, **stats})
             quarantine = quarantine if shard == 0 else []  # the pool's quarantine is reported once, by shard 0
         write_jsonl(out_dir / "quarantine.jsonl", quarantine)
@@ -433,6 +509,19 @@ def annotate_cot(config: SicogConfig | dict, llava_cot: str, out: str) -> dict:
 
 # --- step 3: self-consistency ---------------------------------------------------------------------
 
+# What `score` writes in its output folder and `curate` reads from each scored folder.
+SCORED_FILE, REJECTED_FILE = "scored.jsonl", "rejected.jsonl"
+
+
+def scored_files(uri: str) -> tuple[str, str]:
+    """(scored rows, rejected rows) of a score output at `uri`, the one naming rule that `sicog score
+    --out` and `sicog curate --scored` share: a folder holds scored.jsonl and rejected.jsonl; a name
+    ending in .jsonl is the scored rows themselves, with <stem>.rejected.jsonl beside it."""
+    uri = str(uri).rstrip("/")
+    if uri.endswith(".jsonl"):
+        return uri, uri[: -len(".jsonl")] + ".rejected.jsonl"
+    return store.join(uri, SCORED_FILE), store.join(uri, REJECTED_FILE)
+
 
 @through_store
 def score(config: SicogConfig | dict, candidates: list[str], out: str, scorer: str | None = None) -> dict:
@@ -441,7 +530,8 @@ def score(config: SicogConfig | dict, candidates: list[str], out: str, scorer: s
     `candidates`: candidates JSONL files (or folders holding `candidates.jsonl`); tasks may be mixed
     and each is scored with its own section of `curate`, with one embedder for all. Writes
     `out/scored.jsonl` (one row per instance: id, scores in candidate index order, best, kept) and
-    `out/rejected.jsonl` (every instance not kept, with its scores and reason).
+    `out/rejected.jsonl` (every instance not kept, with its scores and reason): the folder `curate`
+    reads. Text-only: its threshold, then its top-K by score.
     `scorer`: HOST:PORT of a scorer service to embed with (None: `curate.scorer`; empty: in-process).
     """
     from sicog.curate.select import score_instances, select_instances
@@ -467,8 +557,8 @@ def score(config: SicogConfig | dict, candidates: list[str], out: str, scorer: s
             rejected_all += unscorable + rejected
             figures[task] = {"instances": len(scored) + len(unscorable), "kept": len(kept), "similarity": task_cfg.similarity,
                              "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in scored)}
-        write_jsonl(out_dir / "scored.jsonl", scored_all)
-        write_jsonl(out_dir / "rejected.jsonl", rejected_all)
+        write_jsonl(out_dir / SCORED_FILE, scored_all)
+        write_jsonl(out_dir / REJECTED_FILE, rejected_all)
     return figures
 
 
@@ -498,27 +588,38 @@ def _scoring_embedder(cfg: SicogConfig, address: str):
 def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) -> dict:
     """Turn kept instances into LLaVA training records and measure curation against ground truth.
 
-    Writes `curated.jsonl` (stage-1.5 data with provenance), `uncurated.jsonl` (the ablation: one
-    random candidate of as many random instances, same size), `rejected.jsonl` and `curation.json`.
+    `scored`: folders from `score` (each holds scored.jsonl and rejected.jsonl). Text-only keeps its
+    threshold and top-K over all of them together. Writes `curated.jsonl` (stage-1.5 data with
+    provenance; high-consistency CoD winners as 5-turn conversations), `uncurated.jsonl` (the
+    ablation: one random candidate of as many random instances, same size), `rejected.jsonl` and
+    `curation.json`.
     """
-    from sicog.curate.select import to_curated
+    from sicog.curate.select import select_instances, to_curated
     from sicog.evaluate.metrics import curation_quality
 
     cfg = as_config(config)
     world_dir, out_dir = local_path(world), local_path(out)
     scored_dirs = [local_path(uri) for uri in scored]
-    truth = {row["id"]: row for row in read_jsonl(world_dir / "truth.jsonl")}
+    truth = {row["id"]: row for row in _role(_catalog(world_dir), "truth", [])}  # optional: quality figures need it
     with _step("curate", out_dir, scored_dirs) as figures:
         curated, uncurated, rejected, quality, scores = [], [], [], {}, {}
         by_task: dict[str, list[dict]] = {}
         for sdir in scored_dirs:
-            for row in read_jsonl(sdir / "scored.jsonl"):
+            for n, row in enumerate(read_jsonl(sdir / SCORED_FILE), start=1):
+                try:
+                    ScoredRow.from_row(row)
+                except ValueError as exc:
+                    raise ValueError(f"{sdir / SCORED_FILE} line {n}: {exc}") from None
                 by_task.setdefault(row["task"], []).append(row)
-            rejected += list(read_jsonl(sdir / "rejected.jsonl"))
+            rejected += list(read_jsonl(sdir / REJECTED_FILE))
         rng = random.Random(cfg.seed)
         for task in ("caption", "vqa", "text"):  # every task is reported, also when nothing could be scored
             rows = by_task.get(task, [])
             kept = [r for r in rows if r["kept"]]
+            if task == "text":
+                # The top-K is over the whole text pool: scored inputs that were selected apart are selected again together.
+                kept, demoted = select_instances(kept, task, cfg.curate.text.threshold, cfg.curate.text_top_k)
+                rejected += demoted
             task_curated = to_curated(kept, cfg.cycle, cfg.curate.conversation_threshold)
             curated += task_curated
             # Ablation, same size: as many random instances as curated records, one random well-formed candidate each.
@@ -533,7 +634,7 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
             # Instances that got candidates at all; `total` counts only those with >= 2 well-formed ones.
             quality[task]["instances"] = len({r["id"] for r in rows} | {r["id"] for r in rejected if r.get("task") == task})
             if task == "caption":
-                quality[task]["conversations"] = sum(1 for r in task_curated if r["id"].endswith("-conv"))
+                quality[task]["conversations"] = sum(1 for r in task_curated if r["sicog"]["conversation"])
             scores[task] = {"best": [r["score"] for r in rows], "all": [s for r in rows for s in r["scores"] if s is not None]}
         write_jsonl(out_dir / "curated.jsonl", curated)
         write_jsonl(out_dir / "uncurated.jsonl", uncurated)
@@ -555,10 +656,11 @@ def evaluate(config: SicogConfig | dict, models: dict[str, str], world: str, out
     cfg = as_config(config)
     world_dir, out_dir = local_path(world), local_path(out)
     model_dirs = {name: local_path(uri) for name, uri in models.items()}
+    rows = _role(_catalog(world_dir), "heldout", [])
     results = {}
     with _step("evaluate", out_dir, list(model_dirs.values())) as figures, _progress() as progress:
         for name, model_dir in model_dirs.items():
-            result = evaluate_heldout(model_dir, world_dir, out_dir / name / "predictions.jsonl", cfg.eval, progress=progress)
+            result = evaluate_heldout(model_dir, rows, world_dir, out_dir / name / "predictions.jsonl", cfg.eval, progress=progress)
             results[name] = {**result, "lineage": _read_json(model_dir / "lineage.json", [])}
             figures[name] = result
         write_json(out_dir / "eval.json", results)
@@ -574,7 +676,9 @@ def _budget(lineage: list[dict]) -> str:
 
 @through_store
 def report(config: SicogConfig | dict, world: str, curation: str, evaluation: str, warmups: dict[str, str], out: str) -> dict:
-    """Assemble metrics.json and report.html of one cycle into `out`."""
+    """Assemble metrics.json and report.html of one cycle into `out`, with the promotion decision
+    (sicog.lineage.promotion: may this cycle's model start the next cycle of its series?)."""
+    from sicog.lineage import promotion, read_previous
     from sicog.report import write_report
 
     cfg = as_config(config)
@@ -601,6 +705,7 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluation: st
                        "text_top_k": cfg.curate.text_top_k, "conversation": cfg.curate.conversation_threshold},
         "heldout": {name: {"vqa_accuracy": ev["vqa_accuracy"], "caption_attribute_recall": ev["caption_attribute_recall"]} for name, ev in evals.items()},
         "steps": {name: _budget(ev["lineage"]) for name, ev in evals.items()},
+        "optimizer_steps": {name: sum(entry["steps"] for entry in ev["lineage"]) for name, ev in evals.items()},
         "curation": curation_data["quality"],
         "counts": {"quarantined": {step: t["quarantined"] for step, t in timings.items() if t.get("quarantined")}, "rejected": curation_data["rejected"],
                    "sample_failures": sum(t.get("failures", 0) for t in timings.values()),
@@ -609,6 +714,7 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluation: st
         "peak_rss_mb": max((t["peak_rss_mb"] for t in timings.values()), default=None),
         "peak_rss_mb_by_step": {step: t["peak_rss_mb"] for step, t in timings.items()},
     }
+    metrics["promotion"] = promotion(cfg.promote, metrics["heldout"], read_previous(cfg.promote))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_report(out_dir, metrics, curation_data["scores"], losses)

@@ -131,6 +131,39 @@ def _heldout_section(metrics: Mapping) -> str:
     return "<h2>Held-out comparison</h2>" + table + note
 
 
+def _check_result(check: Mapping) -> str:
+    if check.get("passed") is True:
+        return "pass"
+    if check.get("passed") is None:
+        return "skipped (no reference value)"
+    return "not measured" if _number(check.get("value")) is None else "regression"
+
+
+def _promotion_section(metrics: Mapping) -> str:
+    """The promotion gate's decision: may this cycle's model start the next cycle of its series?"""
+    decision = metrics.get("promotion")
+    if not decision:
+        return ""
+    rows = []
+    for check in decision.get("checks") or []:
+        value, reference = _number(check.get("value")), _number(check.get("reference"))
+        diff = value - reference if value is not None and reference is not None else None
+        rows.append([check.get("metric", ""), check.get("against", ""), _num(value, 4), _num(reference, 4), _num(diff, 4),
+                     _num(check.get("tolerance"), 4), _check_result(check)])
+    verdict = "promoted" if decision.get("promoted") else "refused"
+    previous = decision.get("previous")
+    against = f"previous promoted cycle {previous.get('cycle')}" if previous else "no previous promoted cycle"
+    parts = [
+        "<h2>Promotion</h2>",
+        f"<p><strong>{_esc(verdict)}</strong>: this cycle's model {'starts' if verdict == 'promoted' else 'does not start'} "
+        f"the next cycle of its series ({_esc(against)}; tolerance {_esc(fmt(decision.get('tolerance'), 4))}).</p>",
+    ]
+    if rows:
+        parts.append(_table(["Metric", "Against", "Cycle", "Reference", "Difference", "Tolerance", "Result"], rows))
+    parts.append(f'<p class="note">{_esc(decision.get("reason", ""))}</p>')
+    return "".join(parts)
+
+
 def _quality_name(stats: Mapping) -> str | None:
     """The ground-truth measure a task's stats carry: `<name>` of `kept_<name>` + `mean_candidate_<name>`."""
     for key in stats:
@@ -265,6 +298,7 @@ def render_report(metrics: Mapping, scores: Mapping, losses: Mapping) -> str:
     body = [
         f"<h1>{_esc(title)}</h1>",
         _heldout_section(metrics),
+        _promotion_section(metrics),
         _curation_section(metrics),
         _settings_section(metrics),
         _counts_section(metrics),
