@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -127,6 +128,18 @@ def test_sampling_does_not_depend_on_the_batch(world):
     assert len(batched) == len(reqs)
     assert batched == alone == reordered
     assert sum(bool(t) for t in batched.values()) >= len(reqs) // 2  # the model does emit text
+
+
+def test_a_candidate_is_the_same_alone_and_in_a_shuffled_batch(world):
+    model_dir, root = world
+    reqs = _mixed_requests()
+    shuffled = random.Random(7).sample(reqs, len(reqs))
+    kw = dict(max_new_tokens=16, min_new_tokens=16)  # every candidate runs all 16 decoding steps
+    batched = _texts(LocalSampler(model_dir, root, batch_size=len(reqs), **kw).generate(shuffled))
+    alone = LocalSampler(model_dir, root, batch_size=1, **kw)
+    for req in reqs[::2]:
+        assert _texts(alone.generate([req])) == {(req["task"], req["id"], req["index"]): batched[(req["task"], req["id"], req["index"])]}
+    assert len(set(batched.values())) >= len(reqs) // 2  # the candidates are samples, not one text
 
 
 def test_different_seeds_give_different_samples(world):

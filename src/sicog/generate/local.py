@@ -2,12 +2,13 @@
 
 Why sampling is done as "greedy over noised logits": `generate(do_sample=True)` draws every row of a
 batch from one global RNG, so a candidate's text would depend on which other requests share its
-batch, on the batch size and on the sort order. Here each candidate's randomness comes from its own
-`torch.Generator` seeded with the request's seed (derived from cycle seed, record id and candidate
-index), and the Gumbel-max trick turns that noise into an exact sample: with G ~ Gumbel(0, 1),
-argmax(logits / T + G) is distributed as softmax(logits / T). Temperature and top-p are transformers'
-own warpers (paper Sec. 3.2: T = 0.7, top_p = 0.95); top-p sets dropped tokens to -inf, which stays
--inf after the noise. `greedy=True` (evaluation) uses neither noise nor warpers.
+batch, on the batch size and on the sort order. Here each candidate's randomness is a hash of its
+request's seed (derived from cycle seed, record id and candidate index), the decoding step and the
+token id, computed on the model's device (`sicog.generate.noise`), and the Gumbel-max trick turns
+that noise into an exact sample: with G ~ Gumbel(0, 1), argmax(logits / T + G) is distributed as
+softmax(logits / T). Temperature and top-p are transformers' own warpers (paper Sec. 3.2: T = 0.7,
+top_p = 0.95); top-p sets dropped tokens to -inf, which stays -inf after the (finite) noise.
+`greedy=True` (evaluation) uses neither noise nor warpers.
 
 Throughput: requests are sorted by prompt length and decoded `batch_size` at a time with left
 padding and the KV cache, image and text-only requests in separate batches; rows carry their ids,
@@ -28,32 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from sicog.generate.backbone import is_multimodal, model_name as model_name_of
+from sicog.generate.noise import GumbelNoise
 from sicog.models import load_model, num_image_tokens, to_messages
 from sicog.data.images import open_image
 from sicog.records import IMAGE_TOKEN
-
-
-class GumbelNoise(LogitsProcessor):
-    """Adds Gumbel(0, 1) noise to each row from that row's own generator (Gumbel-max sampling).
-
-    Row i draws one vocabulary-sized vector per decoding step from a generator seeded with seed i,
-    so its k-th token uses its k-th draw whatever the batch holds. Noise is drawn on the CPU, where
-    torch's generator streams are the same on every platform, then moved to the logits' device.
-    """
-
-    def __init__(self, seeds: list[int]):
-        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        vocab = scores.shape[-1]
-        # -log(E) with E ~ Exp(1) is Gumbel(0, 1); the clamp keeps a (vanishingly rare) E == 0 finite,
-        # so that -inf logits stay -inf instead of becoming NaN.
-        exp = torch.stack([torch.empty(vocab).exponential_(generator=g) for g in self.generators])
-        noise = -exp.clamp_min(torch.finfo(torch.float32).tiny).log()
-        return scores + noise.to(device=scores.device, dtype=scores.dtype)
 
 
 def _load_causal_lm(model_dir: Path, trust_remote_code: bool):
