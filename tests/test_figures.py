@@ -15,6 +15,7 @@ METRICS = {
     "heldout": {"control": {"vqa_accuracy": 0.25, "caption_attribute_recall": None},
                 "base": {"vqa_accuracy": 0.5, "caption_attribute_recall": 0.125}},
     "steps": {"base": "align 2 + instruct 3"},
+    "final_loss": {"base": 1.23456},
     "thresholds": {"vqa": 0.95, "caption": 0.8},
     "curation": {"vqa": {"kept_accuracy": 0.75, "selected_accuracy": 0.5, "mean_candidate_accuracy": 0.4, "kept": 3, "instances": 12},
                  "text": {"kept": 2, "instances": 6}},  # no ground truth: no quality row
@@ -26,7 +27,7 @@ def test_tables_follow_the_metrics():
     tables = figure_tables(METRICS)
     lines = tables.splitlines()
     assert lines[0] == "World seed 3, cycle 1."
-    assert lines.index("| base | 0.500 | 0.125 | align 2 + instruct 3 |") < lines.index("| control | 0.250 | n/a | n/a |")
+    assert lines.index("| base | 0.500 | 0.125 | 1.235 | align 2 + instruct 3 |") < lines.index("| control | 0.250 | n/a | n/a | n/a |")
     assert "| VQA accuracy (threshold 0.95) | 0.750 | 0.500 | 0.400 | 3 / 12 |" in lines
     assert not [line for line in lines if line.startswith("| text")]
 

@@ -47,22 +47,16 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, IMAGE_TOKEN]
 MAX_POSITIONS = 4096  # RoPE positions (no parameters); the paper's sequence length
 
-# ChatML as in Qwen2, without Qwen2's default system prompt (it would cost every demo record ~20
-# tokens and teaches nothing). Image items render as "<image>\n" before the text, as in LLaVA data;
-# the processor expands each "<image>" to the vision tower's patch count.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}"
+# The content of a turn, shared by both marked templates below: an assistant turn's text items; a
+# user turn's image items as "<image>\n" before its text, as in LLaVA data (the processor expands
+# each "<image>" to the vision tower's patch count).
+_ASSISTANT_TEXT = (
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for item in message['content'] -%}"
     "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>' -}}"
-    "{%- endgeneration -%}"
-    "{{- '\\n' -}}"
-    "{%- else -%}"
+)
+_USER_CONTENT = (
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}"
     "{%- for item in message['content'] -%}"
@@ -72,7 +66,17 @@ CHAT_TEMPLATE = (
     "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
+)
+
+# ChatML as in Qwen2, without Qwen2's default system prompt (it would cost every demo record ~20
+# tokens and teaches nothing). `{% generation %}` marks the assistant tokens that carry the loss.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}" + _ASSISTANT_TEXT + "{{- '<|im_end|>' -}}" "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}" + _USER_CONTENT + "{{- '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
@@ -88,24 +92,8 @@ LLAMA3_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|eot_id|>' -}}"
-    "{%- endgeneration -%}"
-    "{%- else -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|eot_id|>' -}}"
+    "{%- generation -%}" + _ASSISTANT_TEXT + "{{- '<|eot_id|>' -}}" "{%- endgeneration -%}"
+    "{%- else -%}" + _USER_CONTENT + "{{- '<|eot_id|>' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"

@@ -706,6 +706,9 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluation: st
         "heldout": {name: {"vqa_accuracy": ev["vqa_accuracy"], "caption_attribute_recall": ev["caption_attribute_recall"]} for name, ev in evals.items()},
         "steps": {name: _budget(ev["lineage"]) for name, ev in evals.items()},
         "optimizer_steps": {name: sum(entry["steps"] for entry in ev["lineage"]) for name, ev in evals.items()},
+        # The training loss of each model's last logged step: the most environment-sensitive figure of a run.
+        "final_loss": {name: ev["lineage"][-1]["loss_history"][-1][1] if ev["lineage"] and ev["lineage"][-1].get("loss_history") else None
+                       for name, ev in evals.items()},
         "curation": curation_data["quality"],
         "counts": {"quarantined": {step: t["quarantined"] for step, t in timings.items() if t.get("quarantined")}, "rejected": curation_data["rejected"],
                    "sample_failures": sum(t.get("failures", 0) for t in timings.values()),

@@ -32,13 +32,13 @@ def _quality(stats: Mapping) -> str | None:
 
 def figure_tables(metrics: Mapping) -> str:
     """Markdown: held-out scores with step budgets, then curation quality against ground truth."""
-    heldout, budgets = metrics.get("heldout") or {}, metrics.get("steps") or {}
+    heldout, budgets, losses = metrics.get("heldout") or {}, metrics.get("steps") or {}, metrics.get("final_loss") or {}
     lines = [f"World seed {metrics['world']['seed']}, cycle {metrics.get('cycle', 1)}.", "",
-             "| model | VQA accuracy | caption attribute recall | step budget |", "|---|---|---|---|"]
+             "| model | VQA accuracy | caption attribute recall | final training loss | step budget |", "|---|---|---|---|---|"]
     for model in [m for m in MODEL_ORDER if m in heldout] + sorted(set(heldout) - set(MODEL_ORDER)):
         scores = heldout[model]
         lines.append(f"| {model} | {_fmt(scores.get('vqa_accuracy'))} | {_fmt(scores.get('caption_attribute_recall'))} "
-                     f"| {budgets.get(model, 'n/a')} |")
+                     f"| {_fmt(losses.get(model))} | {budgets.get(model, 'n/a')} |")
     curation, thresholds = metrics.get("curation") or {}, metrics.get("thresholds") or {}
     rows = []
     for task, stats in curation.items():
