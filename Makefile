@@ -64,6 +64,8 @@ bench: setup
 	$(BIN)/python benchmarks/remote_sampling.py
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/gumbel.py
 
 compile: setup
 	$(BIN)/sicog pipeline compile --config configs/demo.yaml --out build/sicog-cycle.yaml
