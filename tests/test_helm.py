@@ -370,12 +370,42 @@ def test_role_lets_the_pipeline_launch_and_watch_pytorchjobs(rendered):
     assert {"create", "get", "list", "watch", "patch", "delete"} == set(jobs["verbs"])
     core = next(r for r in role["rules"] if r["apiGroups"] == [""])
     assert {"pods", "pods/log", "events"} == set(core["resources"]) and set(core["verbs"]) == {"get", "list", "watch"}
+    # The sampler servers of a run (sicog.cluster.serving): launch, follow, tear down, sweep.
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules[("apps",), ("deployments",)] == {"create", "get", "list", "watch", "patch", "delete"}
+    assert rules[("",), ("services",)] == {"create", "get", "list", "delete"}
+    assert rules[("argoproj.io",), ("workflows",)] == {"get", "list"}
+    assert not any("*" in verbs or "*" in resources for (_, resources), verbs in rules.items())
     binding = one(docs, "RoleBinding", "sicog-pipeline")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sicog-pipeline"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sicog-pipeline", "namespace": NAMESPACE},
                                    {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
     # The pipeline's default service account is this one.
     assert load_config().cluster.service_account == "sicog-pipeline"
+
+
+def test_sweeper_cronjob_sweeps_the_release_namespace_as_the_pipeline_account(rendered):
+    cron = one(rendered["default"], "CronJob", "sicog-sweeper")
+    assert cron["spec"]["schedule"] == "*/15 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] > 0 and job["ttlSecondsAfterFinished"] > 0
+    spec = job["template"]["spec"]
+    assert spec["serviceAccountName"] == "sicog-pipeline" and spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is True  # it calls the API; the Role bounds what it may do
+    [c] = spec["containers"]
+    assert c["image"] == "ghcr.io/sicog-project/sicog:0.1.0"
+    assert c["command"] + c["args"] == ["sicog", "serve", "sweep", "--namespace", NAMESPACE]
+    # the restricted Pod Security Standard, as every other pod of the chart
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 10001 and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}
+    assert all(set(v) - {"name"} <= RESTRICTED_VOLUMES for v in spec["volumes"])
+    # the command it runs exists with these options
+    assert subprocess.run([str(Path(sys.executable).with_name("sicog")), *c["args"], "--help"], capture_output=True).returncode == 0
+    docs = render(*MINIMAL, "sweeper.enabled=false", "sweeper.schedule=0 * * * *")
+    assert not [d for d in docs if d["kind"] == "CronJob"]
+    assert one(render(*MINIMAL, "sweeper.schedule=0 * * * *"), "CronJob", "sicog-sweeper")["spec"]["schedule"] == "0 * * * *"
 
 
 BAD_VALUES = {
@@ -394,6 +424,7 @@ BAD_VALUES = {
     "no sampler model": (["s3.existingSecret=sicog-s3"], "sampler.model"),
     "two sampler models": ([*MINIMAL, "sampler.model.existingClaim=models"], "sampler.model"),
     "zero GPUs": ([*MINIMAL, "sampler.gpus=0"], "sampler.gpus"),
+    "not a cron schedule": ([*MINIMAL, "sweeper.schedule=every 15 minutes please"], "sweeper.schedule"),
 }
 
 
@@ -430,7 +461,7 @@ def test_notes_name_the_endpoints_for_the_sicog_config(tmp_path):
     assert f"curate.scorer:           sicog-scorer.{NAMESPACE}.svc:50051" in text
     assert "cluster.s3_secret:       sicog-s3" in text and "cluster.s3_endpoint:     http://minio.minio.svc:9000" in text
     text = notes("minio.enabled=true", "sampler.enabled=false")
-    assert "sample.backend:          local" in text and "sample.endpoint" not in text
+    assert "sample.engine:           local" in text and "sample.endpoint" not in text
     assert f"cluster.s3_endpoint:     http://sicog-minio.{NAMESPACE}.svc:9000" in text
 
 

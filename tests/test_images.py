@@ -22,6 +22,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 CPU = ROOT / "Dockerfile"
 TRAINER = ROOT / "images" / "trainer" / "Dockerfile"
+EVAL = ROOT / "images" / "eval" / "Dockerfile"
 LOCK = ROOT / "images" / "requirements.txt"
 ENV_LOCK = ROOT / "requirements.lock"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -106,7 +107,7 @@ def hadolint(dockerfile: Path, tmp_path: Path) -> subprocess.CompletedProcess:
 
 # ---- lint ----
 
-@pytest.mark.parametrize("dockerfile", [CPU, TRAINER], ids=["cpu", "trainer"])
+@pytest.mark.parametrize("dockerfile", [CPU, TRAINER, EVAL], ids=["cpu", "trainer", "eval"])
 def test_hadolint_clean(dockerfile, tmp_path):
     result = hadolint(dockerfile, tmp_path)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
@@ -122,7 +123,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
         assert rule in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("dockerfile", [CPU, TRAINER], ids=["cpu", "trainer"])
+@pytest.mark.parametrize("dockerfile", [CPU, TRAINER, EVAL], ids=["cpu", "trainer", "eval"])
 def test_hadolint_ignores_carry_a_reason(dockerfile):
     lines = dockerfile.read_text().splitlines()
     for i, line in enumerate(lines):
@@ -133,7 +134,7 @@ def test_hadolint_ignores_carry_a_reason(dockerfile):
 
 # ---- structure shared by both images ----
 
-@pytest.mark.parametrize("dockerfile", [CPU, TRAINER], ids=["cpu", "trainer"])
+@pytest.mark.parametrize("dockerfile", [CPU, TRAINER, EVAL], ids=["cpu", "trainer", "eval"])
 def test_bases_are_pinned_tags(dockerfile):
     for stage in stages(dockerfile):
         image = stage["from"]
@@ -144,7 +145,7 @@ def test_bases_are_pinned_tags(dockerfile):
         assert stage["name"], f"{image}: every stage is named, so COPY --from names it"
 
 
-@pytest.mark.parametrize("dockerfile", [CPU, TRAINER], ids=["cpu", "trainer"])
+@pytest.mark.parametrize("dockerfile", [CPU, TRAINER, EVAL], ids=["cpu", "trainer", "eval"])
 def test_final_stage(dockerfile):
     *earlier, final = stages(dockerfile)
     build = next(s for s in earlier if s["name"] == "build")
@@ -251,12 +252,12 @@ def test_dockerignore_sends_only_what_the_images_copy():
         return keep
 
     copied = set()
-    for dockerfile in (CPU, TRAINER):
+    for dockerfile in (CPU, TRAINER, EVAL):
         for stage in stages(dockerfile):
             for value in steps(stage, "COPY"):
                 if not value.startswith("--from="):
                     copied.update(value.split()[:-1])
-    assert copied >= {"images/requirements.txt", "pyproject.toml", "src", "components", "pipelines"}
+    assert copied >= {"images/requirements.txt", "requirements-eval.lock", "pyproject.toml", "src", "components", "pipelines"}
     for path in copied | {"src/sicog/cli.py", "components/_image.py", "pipelines/cycle.py"}:
         assert in_context(path), f"{path} is copied but .dockerignore leaves it out"
     for path in (".venv/bin/python", ".git/HEAD", "runs/demo/report.html", "tests/test_images.py", "requirements.lock",

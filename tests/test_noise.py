@@ -88,7 +88,6 @@ def _chi_square(counts: torch.Tensor) -> float:
 def test_uniforms_are_uniform_and_independent():
     # 64 seeds x 4 steps x 4,096 tokens = 1,048,576 values
     u = torch.stack([uniforms(SEEDS[:64], step, 4096) for step in range(4)])  # (step, seed, token)
-    n = u.numel()
     assert 0 < u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.002  # sd of the mean: 0.29 / sqrt(n) = 0.0003
     assert abs(u.var().item() - 1 / 12) < 5e-4  # sd of the variance: 7.3e-5

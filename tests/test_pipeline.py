@@ -76,13 +76,13 @@ def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
 def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tmp_path):
     """Recurring cycles: `sicog cycle --cycles 2` runs two cycles of a series (what a weekly schedule on
     Kubeflow does, here under kfp.local); each seals its lineage with the promotion decision and the
-    second starts from the first. The tolerance is 1 so the gate promotes whatever the micro scores
+    second takes the first's model as its foundation model (paper App. G). The tolerance is 1 so the gate promotes whatever the micro scores
     (refusals are tested in test_series.py); the decision and its references are still the real ones."""
     from safetensors.numpy import load_file
 
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", str(out), "--cycles", "2",
-                           "--set", "promote.tolerance=1.0"], capture_output=True, text=True, timeout=1800)
+                           "--set", "promote.tolerance=1.0", "--set", "train.carry_curated=true"], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Logging error" not in proc.stderr  # the second run in the process logs to its own cycle.log
     series = out / "series"
@@ -106,6 +106,20 @@ def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tm
     assert start.is_dir()
     previous, started = load_file(str(Path(first["models"]["cycle"]) / "model.safetensors")), load_file(str(start / "model.safetensors"))
     assert previous.keys() == started.keys() and all((previous[k] == started[k]).all() for k in previous)
+    # Paper App. G: that model is the second cycle's foundation model. Stages 1 and 2 are not re-run: the
+    # second cycle's base model is the first cycle's model, weight for weight, and stage 1.5 starts from it.
+    assert second["config"]["model"]["foundation"] and not first["config"]["model"]["foundation"]
+    base = load_file(str(Path(second["models"]["base"]) / "model.safetensors"))
+    assert all((previous[k] == base[k]).all() for k in previous)
+    lineage = json.loads((Path(second["models"]["cycle"]) / "lineage.json").read_text())
+    assert [e["name"] for e in lineage][-2:] == ["cycle/pretrain", "cycle/instruct"]
+    assert [e["name"] for e in lineage].count("stage1/align") == 1  # cycle 1's, not a second one
+    # train.carry_curated: stage 1.5 of cycle 2 trained on its own curated data plus cycle 1's.
+    assert second["config"]["train"]["earlier_curated"] == [first["inputs"]["curated"]]
+    count = lambda uri: len((Path(uri) / "curated.jsonl").read_text().splitlines())  # noqa: E731
+    total = lambda entry: entry["records"] + sum(entry.get("skipped", {}).values())  # noqa: E731 (records read, kept or not)
+    first_pretrain, second_pretrain = [e for e in lineage if e["name"] == "cycle/pretrain"]
+    assert total(second_pretrain) == total(first_pretrain) + count(second["inputs"]["curated"])  # the same labeled mix both times
     # Curated records carry the cycle number they were made in.
     curated = Path(second["inputs"]["curated"]) / "curated.jsonl"
     assert all(json.loads(line)["sicog"]["cycle"] == 2 for line in curated.read_text().splitlines())

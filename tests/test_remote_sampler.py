@@ -168,7 +168,7 @@ def test_candidates_from_a_real_server_with_images_and_seeds(served, recorder):
 
 def test_sample_candidates_through_the_remote_backend(served, recorder, tmp_path):
     server, root = served
-    cfg = SampleConfig(backend="remote", endpoint=server.base_url, served_model=server.model, max_new_tokens=8, shards=2, chunk_size=1, concurrency=3)
+    cfg = SampleConfig(engine="openai", endpoint=server.base_url, served_model=server.model, max_new_tokens=8, shards=2, chunk_size=1, concurrency=3)
     out = tmp_path / "caption.jsonl"
     stats = sample_candidates(_records(), "caption", None, out, cfg, cycle_seed=1, image_root=root)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -268,3 +268,42 @@ def test_cod_teacher_retries_once_then_quarantines(served, recorder):
     prompt = recorder.requests[0]["messages"][0]["content"][1]["text"]
     assert "A red circle above a blue square." in prompt and "Step 5: Organize all observations" in prompt
     _check_traffic(recorder)
+
+
+# --- client-side image resize and prompt groups ------------------------------------------------------
+
+
+def test_images_are_resized_on_the_client_to_the_models_input_edge(tmp_path):
+    """A photo much larger than the model's input travels at the model's input size (shorter side =
+    edge, aspect kept, JPEG stays JPEG); a small image travels byte for byte as stored."""
+    import base64
+    import io
+
+    from sicog.generate.remote import image_data_uri
+    from sicog.generate.sample import model_image_edge
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    url = image_data_uri("photo.jpg", tmp_path, edge=32)
+    assert url.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+        assert im.size == (43, 32) and im.format == "JPEG"
+    assert len(url) < (tmp_path / "photo.jpg").stat().st_size / 20
+    small = image_data_uri("small.png", tmp_path, edge=32)
+    assert base64.b64decode(small.split(",", 1)[1]) == (tmp_path / "small.png").read_bytes()
+    assert image_data_uri("photo.jpg", tmp_path, edge=0) == image_data_uri("photo.jpg", tmp_path)  # 0: as stored
+    assert model_image_edge(None) == 0  # no model folder: nothing to size by (tests/test_serving.py reads real ones)
+
+
+def test_candidates_that_share_a_prompt_are_grouped_only_for_engines_with_n():
+    from sicog.generate.remote import prompt_groups
+
+    reqs = plan_requests(_records()[:2], "caption", {"cod": 2, "dd": 1}, cycle_seed=3)
+    groups = prompt_groups(reqs, share=True)
+    assert [[(r["id"], r["format"], r["index"]) for r in g] for g in groups] == [
+        [("img-0", "cod", 0), ("img-0", "cod", 1)], [("img-0", "dd", 2)], [("img-1", "cod", 0), ("img-1", "cod", 1)], [("img-1", "dd", 2)]]
+    assert [len(g) for g in prompt_groups(reqs, share=False)] == [1] * 6
+    assert RemoteSampler("http://x/v1", ".", engine="vllm").share_prefill and RemoteSampler("http://x/v1", ".", engine="sglang").share_prefill
+    assert not RemoteSampler("http://x/v1", ".", engine="tgi").share_prefill and not RemoteSampler("http://x/v1", ".", engine="openai").share_prefill
+    assert not RemoteSampler("http://x/v1", ".", engine="vllm", share_prefill=False).share_prefill

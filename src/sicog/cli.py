@@ -179,7 +179,7 @@ def sample(
     shard: Annotated[Optional[int], typer.Option(help="Sample only this shard (0-based) of sample.shards; default: all, then collect.")] = None,
     shards: Annotated[Optional[int], typer.Option(help="Number of shards (sets sample.shards).")] = None,
     work: Annotated[Optional[str], typer.Option(help="Where shard chunks live and resume from (store URI); default: OUT/work, or OUT with --shard.")] = None,
-    endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server (TGI, vLLM, ...) to sample from: sets sample.backend=remote.")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server (TGI, vLLM, SGLang, ...) to sample from: sets sample.endpoint (and sample.engine=openai where the config says local).")] = None,
     served_model: Annotated[Optional[str], typer.Option(help="Model name sent to the server (sets sample.served_model).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Text task: a separate backbone LLM (causal-LM folder or s3:// URI) to answer with (sets sample.backbone).")] = None,
     config: ConfigOpt = None,
@@ -191,12 +191,14 @@ def sample(
     if task not in steps.POOLS:
         raise ValueError(f"unknown task {task!r}: choose caption, vqa or text")
     extra = [f"sample.shards={shards}"] if shards is not None else []
-    extra += ["sample.backend=remote", f"sample.endpoint={endpoint}"] if endpoint else []
+    extra += [f"sample.endpoint={endpoint}"] if endpoint else []
     extra += [f"sample.served_model={served_model}"] if served_model else []
     extra += [f"sample.backbone={backbone}"] if backbone else []
     cfg = _config(config, (set_ or []) + extra)
-    if cfg.sample.backend == "local" and not model and not (task == "text" and cfg.sample.backbone):
-        raise ValueError("--model is needed with the local backend (or pass --endpoint URL)")
+    if endpoint and cfg.sample.engine == "local":
+        cfg.sample.engine = "openai"
+    if cfg.sample.engine == "local" and not model and not (task == "text" and cfg.sample.backbone):
+        raise ValueError("--model is needed with the local engine (or pass --endpoint URL)")
     if shard is not None and not 0 <= shard < cfg.sample.shards:
         raise ValueError(f"--shard {shard} is outside 0..{cfg.sample.shards - 1} (sample.shards={cfg.sample.shards})")
     _print(steps.sample(cfg, task, model, world, out, shard=shard, work=work))
@@ -303,7 +305,8 @@ def eval_(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Held-out VQA accuracy and caption attribute recall of one or more models."""
+    """Held-out VQA accuracy and caption attribute recall of one or more models, plus the lmms-eval
+    benchmarks of eval.benchmarks (e.g. --set 'eval.benchmarks=[mmstar, sicog_heldout_vqa]')."""
     models = dict(m.split("=", 1) if "=" in m else (m.rstrip("/").rsplit("/", 1)[-1], m) for m in model)
     results = steps.evaluate(_config(config, set_), models, str(world), str(out))
     _print({name: {k: v for k, v in r.items() if k != "lineage"} for name, r in results.items()})
@@ -436,6 +439,40 @@ def serve_scorer(
     options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, threads=threads,
                             grace_s=grace_s, max_message_bytes=max_message_mb * 2**20, max_wait_s=max_wait_ms / 1000)
     run(options, model, device, batch_size, torch_threads, trust_remote_code)
+
+
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the servers; empty: cluster.namespace's rule (the pod's own, else default).")]
+
+
+@serve_app.command("sweep")
+@user_errors
+def serve_sweep(namespace: NamespaceOpt = ""):
+    """Delete sampler servers whose run has ended (its Workflow is gone or finished) or whose TTL has passed."""
+    from sicog.cluster.serving import ServerError, sweep_servers
+
+    try:
+        names = sweep_servers(namespace)
+    except ServerError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if not names:
+        typer.echo("no servers to sweep")
+
+
+@serve_app.command("teardown")
+@user_errors
+def serve_teardown(run_id: Annotated[str, typer.Argument(help="The run whose sampler servers to delete (its KFP run id).")],
+                   namespace: NamespaceOpt = ""):
+    """Delete every sampler server of a run (what the pipeline's exit handler does)."""
+    from sicog.cluster.serving import ServerError, delete_servers
+
+    try:
+        names = delete_servers(run_id, namespace)
+    except ServerError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if not names:
+        typer.echo(f"no servers of run {run_id}")
 
 
 @store_app.command("get")

@@ -64,6 +64,11 @@ class ModelConfig(_Section):
         "", description="Store URI of a trained model (save_pretrained folder) the cycle starts from instead of a fresh tiny "
         "one; a cycle in a series sets it to the last successful cycle's model (see sicog.lineage).",
     )
+    foundation: bool = Field(
+        False, description="`start` is a foundation model, already aligned and instruction-tuned: stage 1 and the base model's "
+        "stage 2 are not re-run; the base model is `start` itself, and the warm-ups and stage 1.5 start from it (paper App. G: "
+        "cycle n+1 takes cycle n's model as its foundation model). A cycle in a series sets it; false: `start` goes through stage 1.",
+    )
 
 
 class StageConfig(_Section):
@@ -118,6 +123,39 @@ class TrainConfig(_Section):
         default_factory=list,
         description="Labeled catalog roles mixed into stage 1.5 beside the curated data (paper: curated only).",
     )
+    carry_curated: bool = Field(
+        False, description="In a series, stage 1.5 of cycle n+1 trains on its own curated data plus that of every earlier "
+        "promoted cycle (paper App. G's option of keeping earlier self-generated data); false: its own only.",
+    )
+    earlier_curated: list[str] = Field(
+        default_factory=list, description="Store URIs of earlier cycles' curated datasets (folders with curated.jsonl) added to "
+        "stage 1.5's curated data; set by a series' start from its lineage when carry_curated is on.",
+    )
+
+
+ENGINE_IMAGES = {
+    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
+    "vllm": "vllm/vllm-openai:v0.11.0",
+    "sglang": "lmsysorg/sglang:v0.5.4",
+}
+
+
+class ServerConfig(_Section):
+    """The cycle-scoped inference server of each sampling model (perception, reasoning, backbone LLM),
+    deployed by the compiled pipeline when `sample.engine` is a served engine and `sample.endpoint` is
+    empty: a Deployment + Service named from the run and the model, removed by the pipeline's exit
+    handler, and by `sicog serve sweep` (any later run's launch task, or the chart's CronJob) once its
+    run has ended or its `ttl_s` has passed. Placement (GPU resource, node selector, tolerations,
+    S3 secret) comes from `cluster`."""
+
+    image: str = Field("", description="Engine image; empty: the engine's release in sicog.config.ENGINE_IMAGES.")
+    gpus: int = Field(1, ge=1, description="GPUs per server (tensor parallel degree). A 7B LLaVA in bf16 fits one A100-80GB.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the engine's HTTP server and of its Service.")
+    cpu: str = Field("8", description="CPU request of the server pod.")
+    memory: str = Field("64Gi", description="Memory request of the server pod.")
+    startup_s: float = Field(1800.0, gt=0, description="Longest wait for the server to become ready (model download from the store + load + warm-up).")
+    ttl_s: float = Field(86400.0, gt=0, description="Lifetime after which a sweep deletes the server whatever its run's state (the backstop when the exit handler never ran).")
+    extra_args: list[str] = Field(default_factory=list, description="Extra engine arguments, e.g. [--max-model-len, '8192'].")
 
 
 class SampleConfig(_Section):
@@ -137,18 +175,34 @@ class SampleConfig(_Section):
     backbone: str = Field(
         "", description="Text-only candidates come from the backbone LLM (paper App. A: '3 answers per text-only prompt from the "
         "backbone LLM'): a causal-LM folder or store URI (e.g. Qwen2-7B-Instruct). Empty: the language model inside the base "
-        "LLaVA (its language_model + lm_head), extracted by the pipeline's extract-backbone step. Local backend only.",
+        "LLaVA (its language_model + lm_head), extracted by the pipeline's extract-backbone step. Engine local only.",
     )
     # Sharding and resume: a pool is split into shards by a hash of record id, a shard into chunks.
     shards: int = Field(2, ge=1, description="Shards per task's pool (record -> sha256(id) mod shards); the pipeline runs one task per shard. Demo: 2 (each kfp.local task costs ~8 s of start-up).")
     chunk_size: int = Field(64, ge=1, description="Source records per chunk: the unit that is published and skipped on resume (at most one chunk is redone after a kill).")
-    # Remote backend: TGI or any OpenAI-compatible engine (vLLM, SGLang, transformers serve).
-    backend: Literal["local", "remote"] = Field("local", description="local = in-process transformers; remote = chat completions against `endpoint`.")
-    endpoint: str = Field("", description="Remote: base URL of the server (e.g. http://tgi:8080/v1); the client appends /chat/completions.")
-    served_model: str = Field("", description="Remote: the `model` sent with each request (TGI ignores it; vLLM and transformers serve need the served name).")
-    concurrency: int = Field(128, ge=1, description="Remote: requests in flight; size it to the server's batch (TGI --max-concurrent-requests defaults to 128).")
-    timeout_s: float = Field(600.0, gt=0, description="Remote: seconds one request may take before it is retried.")
-    max_attempts: int = Field(4, ge=1, description="Remote: attempts per candidate on 429 / 5xx / timeouts / connection errors before a failure row is written.")
+    # Served engines: chat completions over HTTP (TGI, vLLM, SGLang; `transformers serve` locally).
+    engine: Literal["local", "openai", "tgi", "vllm", "sglang"] = Field(
+        "local", description="local = in-process transformers generate. Served: chat completions against `endpoint` when set, "
+        "else (compiled for a cluster) against a server the pipeline deploys per sampling model for the run (see `server`; "
+        "tgi, vllm and sglang only). openai = any other OpenAI-compatible server (e.g. transformers serve): one request per "
+        "candidate. TGI cannot serve HF LLaVA (model_type llava): a deployed TGI serves the text-only task only.",
+    )
+    endpoint: str = Field("", description="Served engines: base URL of a running server (e.g. http://tgi:8080/v1); the client appends /chat/completions. Empty on a cluster: the run deploys its own servers.")
+    served_model: str = Field("", description="Served engines with `endpoint`: the `model` sent with each request (TGI ignores it; vLLM, SGLang and transformers serve need the served name).")
+    concurrency: int = Field(128, ge=1, description="Served engines: requests in flight per sampling task; a deployed server is started with the same batch capacity (vLLM --max-num-seqs, SGLang --max-running-requests, TGI --max-concurrent-requests).")
+    timeout_s: float = Field(600.0, gt=0, description="Served engines: seconds one request may take before it is retried.")
+    max_attempts: int = Field(4, ge=1, description="Served engines: attempts per request on 429 / 5xx / timeouts / connection errors before failure rows are written.")
+    share_prefill: bool = Field(
+        True, description="vLLM and SGLang: the candidates that share a prompt (e.g. the 2 CoD captions of an image) go as one "
+        "request with `n`, so the image is encoded and prefilled once; the request is seeded with its first candidate's seed. "
+        "An engine that answers with fewer choices gets the rest asked one by one with their own seeds. TGI ignores `n`: always one request per candidate.",
+    )
+    image_edge: int = Field(
+        -1, ge=-1, description="Served engines: images are resized on the client so that their shorter side is at most this many "
+        "pixels before they are sent (less to encode, transfer and decode; the model's processor resizes to its own input anyway). "
+        "-1: the sampling model's own input size (its image processor's shortest edge or crop size); 0: send the original bytes.",
+    )
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
 
 
 class AnnotateConfig(_Section):
@@ -201,8 +255,40 @@ class CurateConfig(_Section):
 
 
 class EvalConfig(_Section):
-    max_new_tokens: int = Field(96, ge=1, description="Greedy decoding budget for held-out answers and captions.")
+    """Step 5: the held-out split (always) and public benchmarks through lmms-eval (when listed)."""
+
+    max_new_tokens: int = Field(96, ge=1, description="Greedy decoding budget for held-out answers and captions (and lmms-eval generations).")
     batch_size: int = Field(64, ge=1)
+    benchmarks: list[str] = Field(
+        default_factory=list, description="lmms-eval tasks run on every evaluated model, scored into the same per-model dict as the "
+        "held-out metrics (names of sicog.evaluate.lmms.BENCHMARKS: mmstar, ai2d, scienceqa_img, pope, mmbench_en_dev, chartqa, "
+        "docvqa_val, ocrbench, seedbench, mmvet, mathvista_testmini_format; and sicog_heldout_vqa / sicog_heldout_caption: this "
+        "cycle's held-out split through lmms-eval). They run in the eval environment (.venv-eval locally, cluster.eval_image on a "
+        "cluster): lmms-eval needs torchvision, which the main environment's torch cannot load. Empty: held-out only.",
+    )
+    benchmark_limit: int | None = Field(None, ge=1, description="Documents per benchmark (lmms-eval's limit); null: all of them.")
+    judge_endpoint: str = Field("", description="OpenAI-compatible base URL of the judge model of judged benchmarks (mmbench_en_dev, mmvet, mathvista_testmini_format), e.g. http://judge:8000/v1.")
+    judge_model: str = Field("", description="The judge's model name (lmms-eval's MODEL_VERSION).")
+    judge_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the judge's API key; on a cluster it comes from the Secret cluster.judge_secret.")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, benchmarks: list[str]) -> list[str]:
+        from sicog.evaluate.lmms import BENCHMARKS
+
+        unknown = [b for b in benchmarks if b not in BENCHMARKS]
+        if unknown:
+            raise ValueError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(sorted(BENCHMARKS))}")
+        return benchmarks
+
+    @model_validator(mode="after")
+    def _judged(self) -> "EvalConfig":
+        from sicog.evaluate.lmms import JUDGED
+
+        judged = [b for b in self.benchmarks if b in JUDGED]
+        if judged and not (self.judge_endpoint and self.judge_model):
+            raise ValueError(f"{judged[0]} is scored by a judge model: set eval.judge_endpoint and eval.judge_model")
+        return self
 
 
 class PromoteConfig(_Section):
@@ -251,6 +337,8 @@ class ClusterConfig(_Section):
     )
     namespace: str = Field("", description="Namespace of the PyTorchJobs; empty: the pipeline pod's own namespace.")
     trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image (images/trainer/Dockerfile) of the PyTorchJob pods and of the pipeline's GPU tasks.")
+    eval_image: str = Field("ghcr.io/sicog-project/sicog-eval:0.1.0", description="CUDA image with lmms-eval's environment (images/eval/Dockerfile) of the evaluate task when eval.benchmarks is set.")
+    judge_secret: str = Field("", description="Existing Secret holding the judge's API key under the key eval.judge_key_env, exposed as env to the evaluate task.")
     nodes: int = Field(1, ge=1, description="PyTorchJob pods (1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100).")
     accelerator: str = Field("", description="Extended resource of a GPU (e.g. nvidia.com/gpu); empty: a CPU-only cluster, no GPU requests.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of GPU tasks and PyTorchJob pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")

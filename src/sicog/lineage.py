@@ -65,7 +65,8 @@ def latest_cycle(series_uri: str) -> tuple[str, dict] | None:
 
 def start_cycle(config: dict, series_uri: str, work_uri: str, run_id: str) -> tuple[dict, str]:
     """This run's config and work_uri. Outside a series both come back unchanged. In a series the
-    config starts from the newest promoted cycle's model (cycle number + 1), is gated against that
+    config starts from the newest promoted cycle's model as its foundation model (cycle number + 1;
+    stages 1 and 2 are not re-run, see ModelConfig.foundation), is gated against that
     cycle's scores (`promote.previous`) and, unless given, the work_uri is a new folder under
     SERIES/cycles/."""
     if not series_uri:
@@ -76,7 +77,11 @@ def start_cycle(config: dict, series_uri: str, work_uri: str, run_id: str) -> tu
         uri, previous = newest
         cfg.cycle = previous["cycle"] + 1
         cfg.model.start = previous["models"]["cycle"]
+        cfg.model.foundation = True  # paper App. G: the previous cycle's model is this cycle's foundation model
         cfg.promote.previous = uri
+        if cfg.train.carry_curated:
+            cfg.train.earlier_curated = [record["inputs"]["curated"] for _, record in read_series(series_uri)
+                                         if is_start(record) and record.get("inputs", {}).get("curated")]
     if not work_uri:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         work_uri = store.join(series_uri, CYCLES, f"{stamp}-{run_id[:8]}")

@@ -232,6 +232,9 @@ def training_records(cfg: SicogConfig, data: str, world_dir: Path, curated_dir: 
         if curated_dir is None:
             raise ValueError(f"training data {data!r} needs the curated dataset")
         records = list(read_jsonl(curated_dir / f"{data}.jsonl"))
+        if data == "curated":  # a series' earlier cycles' curated data (train.carry_curated)
+            for uri in cfg.train.earlier_curated:
+                records += [json.loads(line) for line in store.read_text(store.join(uri, "curated.jsonl")).splitlines() if line.strip()]
         for role in cfg.train.pretrain_mix:
             records += _role(catalog, role, quarantine)
     else:
@@ -320,13 +323,27 @@ def train_pytorchjob(config: SicogConfig | dict, stage: str, data: str, model_ur
     return json.loads((Path(out) / "train_log.json").read_text())
 
 
+# The base model's stages (stage 1, then stage 2 on the instruction data), skipped from a foundation model.
+FOUNDATION_STAGES = ("stage1/align", "base/instruct")
+
+
 def train_task(config: SicogConfig | dict, stage: str, data: str, name: str, model: str, world: str, out: str,
                curated: str | None = None, work_uri: str = "", uris: dict[str, str] | None = None) -> tuple[dict, str]:
     """The pipeline's train task: a PyTorchJob with cluster.trainer pytorchjob (reading the inputs at
     their store URIs, `uris`: {"model", "world", "curated"}), else torchrun in the task's own pod, its
     output kept at work_uri/steps/train/<name> when work_uri is in object storage.
-    Returns (train log, store URI of the trained model)."""
+    Returns (train log, store URI of the trained model).
+    From a foundation model (model.foundation: a series' previous cycle, paper App. G) the base model's
+    own stages (FOUNDATION_STAGES) are not re-run: the model passes through as it is, 0 steps."""
     cfg = as_config(config)
+    if cfg.model.foundation and name in FOUNDATION_STAGES:
+        log = {"stage": stage, "name": name, "steps": 0, "loss_history": [], "skipped": "the foundation model is already aligned and instruction-tuned"}
+        if cfg.cluster.trainer == "pytorchjob" and (uris or {}).get("model"):
+            write_json(local_path(out) / "train_log.json", log)  # the model stays where it is; later tasks read its store URI
+            return log, uris["model"]
+        with store.published_artifact(out, work_uri, f"train/{name}") as published:
+            shutil.copytree(local_path(model), local_path(out), dirs_exist_ok=True)
+        return log, published or out
     if cfg.cluster.trainer == "pytorchjob":
         uris = uris or {}
         log = train_pytorchjob(cfg, stage, data, uris.get("model", ""), uris.get("world", ""), out, name,
@@ -363,14 +380,15 @@ POOLS = {"caption": "pool_images", "vqa": "pool_vqa", "text": "pool_text"}
 def extract_backbone(config: SicogConfig | dict, model: str, out: str) -> dict:
     """The backbone LLM that answers text-only prompts (paper App. A): the language model of the
     LLaVA at `model` (language_model + lm_head) saved as a causal-LM folder with its tokenizer.
-    With `sample.backbone` set (a separate LLM), or the remote backend (the endpoint serves the text
-    task), nothing is extracted: `out/backbone.json` only says which model the text task uses."""
+    With `sample.backbone` set (a separate LLM), or a served engine at `sample.endpoint` (that server
+    answers the text task), nothing is extracted: `out/backbone.json` only says which model the text
+    task uses. (A served engine the pipeline deploys serves the extracted folder.)"""
     from sicog.generate.backbone import BACKBONE_FILE, extract_backbone as extract
 
     cfg = as_config(config)
     model_dir, out_dir = local_path(model), local_path(out)
     with _step("extract-backbone", out_dir, [model_dir]) as figures:
-        if cfg.sample.backbone or cfg.sample.backend == "remote":
+        if cfg.sample.backbone or (cfg.sample.engine != "local" and cfg.sample.endpoint):
             source = cfg.sample.backbone or f"{cfg.sample.endpoint}#{cfg.sample.served_model}"
             write_json(out_dir / BACKBONE_FILE, {"model": source, "extracted_from": None})
             figures["backbone"] = source
@@ -402,19 +420,26 @@ def _text_sampler_model(cfg: SicogConfig, model_dir: Path | None):
 
 
 @through_store
-def sample(config: SicogConfig | dict, task: str, model: str | None, world: str, out: str, shard: int | None = None, work: str | None = None) -> dict:
+def sample(config: SicogConfig | dict, task: str, model: str | None, world: str, out: str, shard: int | None = None, work: str | None = None,
+           server: dict | None = None) -> dict:
     """Sample candidates for the task's unlabeled pool (perception model for captions, reasoning
     model for VQA, the backbone LLM for text-only: see _text_sampler_model), or from
-    `sample.endpoint` (backend remote, `model` unused), resuming finished chunks.
+    `sample.endpoint` (a served engine; `model` is then only read for its image size), resuming finished chunks.
 
     shard None: every shard of `sample.shards` in turn, then collected into `out/candidates.jsonl`.
     shard i: only that shard (the pipeline's fan-out); its chunks go to `sampling/<task>/shard-<i>` under
     `work` (any store URI; default `out`) and `out/shard.json` says where; `collect_samples` gathers them.
+    `server`: the run's own server of this model (sicog.cluster.serving.launch_server), in place of
+    `sample.endpoint` and `sample.served_model`; its `image_edge` sizes the images unless configured.
     """
     from sicog.generate.sample import sample_candidates, sample_shard
     from sicog.generate.shards import shard_dir
 
     cfg = as_config(config)
+    if server:
+        cfg.sample.endpoint, cfg.sample.served_model = server["endpoint"], server["served_model"]
+        if cfg.sample.image_edge == -1:
+            cfg.sample.image_edge = int(server.get("image_edge", 0))
     model_dir, world_dir, out_dir = local_path(model) if model else None, local_path(world), local_path(out)
     quarantine: list[dict] = []
     records = _role(_catalog(world_dir), POOLS[task], quarantine)
@@ -422,7 +447,7 @@ def sample(config: SicogConfig | dict, task: str, model: str | None, world: str,
     name = f"sample:{task}" if shard is None else f"sample:{task}:shard-{shard:05d}"
     with _step(name, out_dir, [model_dir]) as figures, _progress() as progress, ExitStack() as stack:
         sampler_dir, model_name = model_dir, None
-        if task == "text" and cfg.sample.backend == "local":
+        if task == "text" and cfg.sample.engine == "local":
             sampler_dir, model_name = stack.enter_context(_text_sampler_model(cfg, model_dir))
         if shard is None:
             stats = sample_candidates(records, task, sampler_dir, out_dir / "candidates.jsonl", cfg.sample, cfg.seed, world_dir,
@@ -434,6 +459,8 @@ def sample(config: SicogConfig | dict, task: str, model: str | None, world: str,
                                  advance=lambda n: progress.advance(todo, n), model_name=model_name)
             write_json(out_dir / "shard.json", {"task": task, "shard": shard, "uri": uri, **stats})
             quarantine = quarantine if shard == 0 else []  # the pool's quarantine is reported once, by shard 0
+            if shard == 0:  # also beside the chunks, for collect_stored
+                store.write_text(store.join(uri, "quarantine.jsonl"), "".join(json.dumps(r) + "\n" for r in quarantine))
         write_jsonl(out_dir / "quarantine.jsonl", quarantine)
         figures.update(stats, quarantined=len(quarantine))
     return stats
@@ -454,6 +481,25 @@ def collect_samples(config: SicogConfig | dict, task: str, shards: list[str], ou
         quarantine = [row for d in dirs for row in read_jsonl(d / "quarantine.jsonl")]
         write_jsonl(out_dir / "quarantine.jsonl", quarantine)
         figures.update(stats)  # failures and quarantined were counted by the shard steps' own timings
+    return stats
+
+
+def collect_stored(config: SicogConfig | dict, task: str, work: str, out: str) -> dict:
+    """Gather every shard of one task from `work`/sampling/<task>/shard-<i> (each must be complete)
+    into `out/candidates.jsonl` + failures, with shard 0's quarantine; as collect_samples, without
+    the shard tasks' pointers."""
+    from sicog.generate.sample import collect_candidates
+    from sicog.generate.shards import shard_dir
+
+    cfg = as_config(config)
+    out_dir = local_path(out)
+    uris = [shard_dir(work, task, i) for i in range(cfg.sample.shards)]
+    with _step(f"collect:{task}", out_dir, []) as figures:
+        stats = collect_candidates(uris, out_dir / "candidates.jsonl")
+        quarantined = store.join(uris[0], "quarantine.jsonl")
+        text = store.read_text(quarantined) if store.exists(quarantined) else ""
+        (out_dir / "quarantine.jsonl").write_text(text)
+        figures.update(stats)
     return stats
 
 
@@ -650,7 +696,9 @@ def curate(config: SicogConfig | dict, world: str, scored: list[str], out: str) 
 @through_store
 def evaluate(config: SicogConfig | dict, models: dict[str, str], world: str, out: str) -> dict:
     """Held-out VQA exact match (direct-answer prompt) and caption attribute recall (DD prompt) of
-    each named model; writes `out/<name>/predictions.jsonl` and `out/eval.json`."""
+    each named model, plus `eval.benchmarks` through lmms-eval (sicog.evaluate.lmms), merged into
+    the same flat per-model dict; writes `out/<name>/predictions.jsonl`, `out/<name>/lmms/` and
+    `out/eval.json`. Wall seconds of both parts per model go to the step's timings."""
     from sicog.evaluate.heldout import evaluate_heldout
 
     cfg = as_config(config)
@@ -660,11 +708,45 @@ def evaluate(config: SicogConfig | dict, models: dict[str, str], world: str, out
     results = {}
     with _step("evaluate", out_dir, list(model_dirs.values())) as figures, _progress() as progress:
         for name, model_dir in model_dirs.items():
+            start = time.perf_counter()
             result = evaluate_heldout(model_dir, rows, world_dir, out_dir / name / "predictions.jsonl", cfg.eval, progress=progress)
+            seconds = {"heldout_seconds": round(time.perf_counter() - start, 2)}
+            if cfg.eval.benchmarks:
+                start = time.perf_counter()
+                result.update(_benchmarks(cfg, model_dir, rows, world_dir, out_dir / name / "lmms"))
+                seconds["benchmark_seconds"] = round(time.perf_counter() - start, 2)
             results[name] = {**result, "lineage": _read_json(model_dir / "lineage.json", [])}
-            figures[name] = result
+            figures[name] = {**result, **seconds}
         write_json(out_dir / "eval.json", results)
     return results
+
+
+def _benchmarks(cfg: SicogConfig, model_dir: Path, rows: list[dict], world_dir: Path, out_dir: Path) -> dict:
+    """eval.benchmarks of one model through lmms-eval, in its own environment; the held-out tasks
+    (sicog_heldout_*) read this cycle's held-out rows."""
+    from sicog.evaluate.lmms import HELDOUT_EQUIVALENT, Judge, run_benchmarks
+
+    public = [b for b in cfg.eval.benchmarks if b not in HELDOUT_EQUIVALENT]
+    heldout = [b for b in cfg.eval.benchmarks if b in HELDOUT_EQUIVALENT]
+    judge = Judge(cfg.eval.judge_endpoint, cfg.eval.judge_model, cfg.eval.judge_key_env) if cfg.eval.judge_endpoint else None
+    device = "cuda" if _cuda() else "cpu"
+    scores = run_benchmarks(model_dir, public, out_dir, heldout_rows=rows if heldout else None, image_root=world_dir,
+                            limit=cfg.eval.benchmark_limit, max_new_tokens=cfg.eval.max_new_tokens, judge=judge, device=device)
+    wanted = set(public) | set(heldout)
+    return {key: value for key, value in scores.items() if key.removesuffix("_n") in wanted}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def heldout_scores(evaluation: dict) -> dict:
+    """The scores of one model's eval.json entry (held-out metrics and benchmarks, 0-1 or None), without
+    counts and lineage: what metrics.json's `heldout` and the promotion gate read."""
+    return {key: value for key, value in evaluation.items()
+            if key not in ("lineage", "errors") and not key.endswith("_n") and (value is None or isinstance(value, float))}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -703,7 +785,7 @@ def report(config: SicogConfig | dict, world: str, curation: str, evaluation: st
         "similarity": {t: getattr(cfg.curate, t).similarity for t in ("caption", "vqa", "text")},
         "thresholds": {"caption": cfg.curate.caption.threshold, "vqa": cfg.curate.vqa.threshold, "text": None,
                        "text_top_k": cfg.curate.text_top_k, "conversation": cfg.curate.conversation_threshold},
-        "heldout": {name: {"vqa_accuracy": ev["vqa_accuracy"], "caption_attribute_recall": ev["caption_attribute_recall"]} for name, ev in evals.items()},
+        "heldout": {name: heldout_scores(ev) for name, ev in evals.items()},
         "steps": {name: _budget(ev["lineage"]) for name, ev in evals.items()},
         "optimizer_steps": {name: sum(entry["steps"] for entry in ev["lineage"]) for name, ev in evals.items()},
         # The training loss of each model's last logged step: the most environment-sensitive figure of a run.

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,9 +110,11 @@ def _log_tail(client, name: str, namespace: str) -> None:
 
 
 @contextmanager
-def _deleted_on_signal(client, name: str, namespace: str):
-    """While inside: SIGTERM / SIGINT delete the job, then exit with 128 + the signal's number."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+def cleanup_on_signal(announce: Callable[[str], None], cleanup: Callable[[], None]):
+    """While inside: SIGTERM / SIGINT (a cancelled KFP run terminates the task's pod; Ctrl-C) announce
+    the signal's name, run `cleanup` (a second signal cannot interrupt it), then exit with 128 + the
+    signal's number. Outside the main thread, where no handler can be set, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -123,9 +126,9 @@ def _deleted_on_signal(client, name: str, namespace: str):
         yield
     except _Cancelled as exc:
         for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the deletion
-        _say(name, f"{signal.Signals(exc.signum).name}: deleting the job")
-        _delete(client, name, namespace)
+            signal.signal(sig, signal.SIG_IGN)
+        announce(signal.Signals(exc.signum).name)
+        cleanup()
         raise SystemExit(128 + exc.signum) from None
     finally:
         for sig, handler in previous.items():
@@ -234,6 +237,6 @@ def run_pytorchjob(job, namespace: str, timeout_s: float, poll_s: float, client=
     SIGTERM / SIGINT while waiting delete it and exit with 128 + the signal number."""
     name = job.metadata.name
     client = client or training_client(namespace)
-    with _deleted_on_signal(client, name, namespace):
+    with cleanup_on_signal(lambda sig: _say(name, f"{sig}: deleting the job"), lambda: _delete(client, name, namespace)):
         _create(client, job, name, namespace)
         return _wait(client, name, namespace, timeout_s, poll_s)

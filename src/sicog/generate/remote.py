@@ -5,14 +5,20 @@ generate at batch size 1). A serving engine with continuous batching (TGI, vLLM,
 when its batch is full, so this client keeps `concurrency` requests in flight at all times, across
 chunk boundaries, through `huggingface_hub`'s AsyncInferenceClient.
 
-Why one request per candidate: TGI ignores `n` on chat completions (and caps `best_of`), and every
-candidate needs its own `seed` (derived from cycle seed, record id and candidate index) so that a
-redone chunk asks for exactly the same samples. Whether the server honours the seed per request is
-the server's business: TGI does; `transformers serve` sets a process-wide torch seed, so under
-concurrency its samples are not reproducible (ids, indices and seeds still are).
+Requests and seeds: every candidate has its own `seed` (derived from cycle seed, record id and
+candidate index) so that a redone chunk asks for exactly the same samples. vLLM and SGLang take `n`:
+the candidates that share a prompt (the 2 CoD captions of an image, the 3 answers of a text prompt)
+go as one request, seeded with the first one's seed, so the image is encoded and prefilled once. TGI
+ignores `n` (and caps `best_of`), `transformers serve` refuses it: one request per candidate. An
+engine that returns fewer choices than asked gets the rest one by one, each with its own seed.
+Whether the server honours the seed per request is the server's business: TGI, vLLM and SGLang do;
+`transformers serve` sets a process-wide torch seed, so under concurrency its samples are not
+reproducible (ids, indices and seeds still are).
 
-Images travel as data URIs (base64 of the file's bytes, after the same checks as the local sampler:
-missing, corrupt, outside the image root, over the pixel limit -> an error row, no request).
+Images travel as data URIs, after the same checks as the local sampler (missing, corrupt, outside
+the image root, over the pixel limit -> an error row, no request). With `image_edge` they are first
+resized so that their shorter side is at most that many pixels (the sampling model's input size):
+a 4000x3000 photo for a 336-pixel CLIP costs the server a 12-MP decode and the wire 50x the bytes.
 
 Failures: 429, 5xx, timeouts and connection errors are retried with exponential backoff and full
 jitter (a `Retry-After` header is honoured); other 4xx are the request's fault and are not retried.
@@ -41,21 +47,48 @@ BACKOFF_CAP_S = 30.0
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-def image_data_uri(image: str, root: str | Path | None) -> str:
+# Engines that answer `n` choices per chat completion (TGI ignores it; transformers serve refuses it).
+N_ENGINES = {"vllm", "sglang"}
+
+
+def image_data_uri(image: str, root: str | Path | None, edge: int = 0) -> str:
     """`data:<mime>;base64,...` of a record's image (a path under `root` or an absolute URI, read and
-    checked by image_data); ValueError (with the reason) for a bad image."""
+    checked by image_data); ValueError (with the reason) for a bad image. `edge` > 0: an image whose
+    shorter side is longer is resized to that (bicubic, aspect kept) and re-encoded (JPEG stays JPEG at
+    quality 95, anything else becomes PNG); smaller images travel as stored."""
     data = image_data(image, root)
     with Image.open(io.BytesIO(data)) as im:
-        mime = Image.MIME.get(im.format or "", "application/octet-stream")
+        fmt = im.format or ""
+        if edge > 0 and min(im.size) > edge:
+            scale = edge / min(im.size)
+            small = im.convert("RGB").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
+            fmt = "JPEG" if fmt == "JPEG" else "PNG"
+            buf = io.BytesIO()
+            small.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            data = buf.getvalue()
+    mime = Image.MIME.get(fmt, "application/octet-stream")
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def chat_messages(req: dict, image_root: str | Path) -> list[dict]:
+def chat_messages(req: dict, image_root: str | Path, edge: int = 0) -> list[dict]:
     """The request's user turn in OpenAI/TGI chat format: image part first (as in LLaVA data), then text."""
     if "image" not in req:
         return [{"role": "user", "content": req["prompt"]}]
-    url = image_data_uri(req["image"], image_root)
+    url = image_data_uri(req["image"], image_root, edge)
     return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": req["prompt"]}]}]
+
+
+def prompt_groups(requests: list[dict], share: bool) -> list[list[dict]]:
+    """Consecutive requests with the same record, prompt and image, as one group each (share=True),
+    else one group per request. plan_requests lists a record's candidates together, format by format."""
+    groups: list[list[dict]] = []
+    for req in requests:
+        key = (req["id"], req["prompt"], req.get("image"))
+        if share and groups and (groups[-1][0]["id"], groups[-1][0]["prompt"], groups[-1][0].get("image")) == key:
+            groups[-1].append(req)
+        else:
+            groups.append([req])
+    return groups
 
 
 def _retry_decision(exc: Exception) -> tuple[bool, str, float | None]:
@@ -116,6 +149,9 @@ class RemoteSampler:
         top_p: float = 0.95,
         timeout_s: float = 600.0,
         max_attempts: int = 4,
+        engine: str = "openai",
+        share_prefill: bool = True,
+        image_edge: int = 0,
     ):
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"sample.endpoint must be an http(s) URL, got {endpoint!r}")
@@ -131,6 +167,8 @@ class RemoteSampler:
         self.top_p = top_p
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
+        self.share_prefill = share_prefill and engine in N_ENGINES
+        self.image_edge = image_edge
         self.output_tokens = 0
         self.attempts = 0
 
@@ -140,12 +178,8 @@ class RemoteSampler:
             row["error"] = error
         return row
 
-    async def _one(self, client, req: dict, max_tokens: int | None = None, temperature: float | None = None) -> dict:
-        """One candidate: request with retries; a row with text, or with the last error's reason."""
-        try:
-            messages = chat_messages(req, self.image_root)
-        except ValueError as exc:
-            return self._row(req, None, error=str(exc))
+    async def _request(self, client, messages: list[dict], seed: int, n: int, max_tokens: int | None, temperature: float | None):
+        """One chat completion with retries: (response, None) or (None, the last error's reason)."""
         reason = ""
         for attempt in range(1, self.max_attempts + 1):
             self.attempts += 1
@@ -156,7 +190,8 @@ class RemoteSampler:
                     max_tokens=max_tokens or self.max_new_tokens,
                     temperature=self.temperature if temperature is None else temperature,
                     top_p=self.top_p,
-                    seed=req["seed"],
+                    seed=seed,
+                    n=n if n > 1 else None,
                 )
             except Exception as exc:  # classified below; anything unexpected is re-raised there
                 retry, reason, delay = _retry_decision(exc)
@@ -164,19 +199,41 @@ class RemoteSampler:
                     break
                 await asyncio.sleep(delay if delay is not None else random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
                 continue
-            if not out.choices or out.choices[0].message.content is None:
-                return self._row(req, None, error="server returned no message content")
             if out.usage is not None:
                 self.output_tokens += out.usage.completion_tokens
-            return self._row(req, out.choices[0].message.content.strip(), model=self.served_model or out.model)
-        return self._row(req, None, error=f"after {attempt} attempt(s): {reason}")
+            return out, None
+        return None, f"after {attempt} attempt(s): {reason}"
+
+    async def _group(self, client, reqs: list[dict], max_tokens: int | None = None, temperature: float | None = None) -> list[dict]:
+        """Rows for candidates that share one prompt: one request with n = len(reqs), seeded by the first
+        candidate; choices missing from the answer are asked one by one with their own seeds."""
+        try:
+            messages = chat_messages(reqs[0], self.image_root, self.image_edge)
+        except ValueError as exc:
+            return [self._row(req, None, error=str(exc)) for req in reqs]
+        rows: list[dict] = []
+        while len(rows) < len(reqs):
+            todo = reqs[len(rows):] if len(rows) == 0 else reqs[len(rows):len(rows) + 1]
+            out, error = await self._request(client, messages, todo[0]["seed"], len(todo), max_tokens, temperature)
+            if out is None:
+                rows += [self._row(req, None, error=error) for req in todo]
+                continue
+            for req, choice in zip(todo, out.choices or []):
+                text = choice.message.content if choice.message is not None else None
+                if text is None:
+                    rows.append(self._row(req, None, error="server returned no message content"))
+                else:
+                    rows.append(self._row(req, text.strip(), model=self.served_model or out.model))
+            if not out.choices and len(todo) == 1:
+                rows.append(self._row(todo[0], None, error="server returned no message content"))
+        return rows
 
     def _client(self):
         return _endpoint_client(self.endpoint, self.timeout_s)
 
     async def _run(self, chunks: list[list[dict]], done: queue.Queue, stop: threading.Event, advance) -> None:
         """`concurrency` workers take requests in chunk order; a chunk is handed over when its last row is in."""
-        pending = deque((k, req) for k, chunk in enumerate(chunks) for req in chunk)
+        pending = deque((k, group) for k, chunk in enumerate(chunks) for group in prompt_groups(chunk, self.share_prefill))
         rows: list[list[dict]] = [[] for _ in chunks]
         for k, chunk in enumerate(chunks):
             if not chunk:
@@ -184,10 +241,10 @@ class RemoteSampler:
 
         async def worker(client):
             while pending and not stop.is_set():
-                k, req = pending.popleft()
-                rows[k].append(await self._one(client, req))
+                k, group = pending.popleft()
+                rows[k].extend(await self._group(client, group))
                 if advance is not None:
-                    advance(1)
+                    advance(len(group))
                 if len(rows[k]) == len(chunks[k]):
                     done.put((k, rows[k]))
 
@@ -239,7 +296,7 @@ class RemoteSampler:
 
                 async def one(req):
                     async with sem:
-                        row = await self._one(client, req, max_tokens=max_tokens, temperature=temperature)
+                        [row] = await self._group(client, [req], max_tokens=max_tokens, temperature=temperature)
                     if advance is not None:
                         advance(1)
                     return row

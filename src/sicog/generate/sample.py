@@ -2,7 +2,7 @@
 
 Input: validated source records of one task (images under `image_root`), a model directory (the
 perception model for captions, the reasoning model for VQA, the backbone LLM for text-only: a
-causal-LM folder, see `sicog.generate.backbone`) or, with `backend: remote`, an OpenAI-compatible
+causal-LM folder, see `sicog.generate.backbone`) or, with a served `engine`, an OpenAI-compatible
 endpoint serving it.
 Output: per shard, chunk files + manifest in the store (`sicog.generate.shards`); collected, a
 candidates JSONL (`{"id", "task", "format", "index", "seed", "prompt", "image"?, "text", "model"}`,
@@ -16,6 +16,7 @@ prompts are answered by the backbone LLM).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -35,17 +36,42 @@ def _plan_of(task: Task, cfg: SampleConfig) -> dict[str, int] | int:
     return {"caption": cfg.caption_plan, "vqa": cfg.vqa_plan, "text": cfg.text_candidates}[task]
 
 
-def make_sampler(cfg: SampleConfig, model_dir: str | Path, image_root: str | Path, model_name: str | None = None):
-    """The configured backend: in-process transformers (a LLaVA or a causal-LM folder; `model_name`
-    is what its candidates record, default: the folder's own name), or a remote OpenAI-compatible server."""
-    if cfg.backend == "remote":
+def model_image_edge(model_uri: str | Path | None) -> int:
+    """The shorter image side the model's processor resizes to (CLIP: size.shortest_edge, else the
+    height of size / crop_size), from preprocessor_config.json or (transformers 5) the image_processor
+    of processor_config.json, in a local folder or the store; 0 when there is none (a text-only LLM).
+    The served engines' client resizes images to it."""
+    from sicog import store
+
+    for name in ("preprocessor_config.json", "processor_config.json") if model_uri else ():
+        uri = store.join(str(model_uri), name)
+        if not store.exists(uri):
+            continue
+        config = json.loads(store.read_text(uri))
+        config = config.get("image_processor", config)
+        size, crop = config.get("size") or {}, config.get("crop_size") or {}
+        if isinstance(size, int):
+            return size
+        for value in (size.get("shortest_edge"), size.get("height"), crop.get("height")):
+            if isinstance(value, int) and value > 0:
+                return value
+    return 0
+
+
+def make_sampler(cfg: SampleConfig, model_dir: str | Path | None, image_root: str | Path, model_name: str | None = None):
+    """The configured engine: in-process transformers (a LLaVA or a causal-LM folder; `model_name`
+    is what its candidates record, default: the folder's own name), or a served OpenAI-compatible
+    engine at `cfg.endpoint` (`model_dir`, when given, only sizes the client-side image resize)."""
+    if cfg.engine != "local":
         from sicog.generate.remote import RemoteSampler
 
         if not cfg.endpoint:
-            raise ValueError("sample.backend=remote needs sample.endpoint (e.g. http://tgi:8080/v1)")
+            raise ValueError(f"sample.engine={cfg.engine} needs sample.endpoint here (e.g. http://vllm:8000/v1); only a pipeline compiled for a cluster deploys its own servers")
+        edge = model_image_edge(model_dir) if cfg.image_edge == -1 else cfg.image_edge
         return RemoteSampler(cfg.endpoint, image_root, served_model=cfg.served_model, concurrency=cfg.concurrency,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts)
+                             timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts, engine=cfg.engine,
+                             share_prefill=cfg.share_prefill, image_edge=edge)
     from sicog.generate.local import LocalSampler
 
     return LocalSampler(model_dir, image_root, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
@@ -55,8 +81,8 @@ def make_sampler(cfg: SampleConfig, model_dir: str | Path, image_root: str | Pat
 def model_fingerprint(cfg: SampleConfig, model_dir: str | Path) -> str:
     """Which model samples: the served model at its endpoint, or a hash of the model folder's config
     and training lineage (loss history included), so a retrained model never resumes stale chunks."""
-    if cfg.backend == "remote":
-        return f"{cfg.endpoint}#{cfg.served_model}"
+    if cfg.engine != "local":
+        return f"{cfg.engine}:{cfg.endpoint}#{cfg.served_model}"
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
     for name in ("config.json", "lineage.json"):
@@ -74,6 +100,8 @@ def _fingerprint(task: str, shard: int, cfg: SampleConfig, cycle_seed: int, reco
         "plan": _plan_of(task, cfg), "records": len(records),
         "ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode("utf-8")).hexdigest(),
         "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+        # served engines: how candidates are requested changes what is sampled (seeds of n-requests, pixels)
+        **({"share_prefill": cfg.share_prefill, "image_edge": cfg.image_edge} if cfg.engine != "local" else {}),
     }
 
 

@@ -128,7 +128,21 @@ def _heldout_section(metrics: Mapping) -> str:
         "conclusion). Caption attribute recall: share of ground-truth objects whose colour and shape the "
         "caption names. The control has the cycle's step budget on labeled data.</p>"
     )
-    return "<h2>Held-out comparison</h2>" + table + note
+    return "<h2>Held-out comparison</h2>" + table + note + _benchmark_table(heldout)
+
+
+HELDOUT_METRICS = ("vqa_accuracy", "caption_attribute_recall")
+
+
+def _benchmark_table(heldout: Mapping) -> str:
+    """lmms-eval scores (eval.benchmarks), one column per benchmark; nothing when none ran."""
+    names = sorted({k for values in heldout.values() for k in (values or {}) if k not in HELDOUT_METRICS})
+    if not names:
+        return ""
+    rows = [[model, *(_num((heldout.get(model) or {}).get(n)) for n in names)] for model in _ordered(heldout, MODEL_ORDER)]
+    note = ('<p class="note">Through lmms-eval, each benchmark\'s primary metric on a 0-1 scale (sicog.evaluate.lmms.BENCHMARKS); '
+            "sicog_heldout_* is this cycle's held-out split as an lmms-eval task, scored like the table above.</p>")
+    return "<h3>Benchmarks</h3>" + _table(["Model", *names], rows) + note
 
 
 def _check_result(check: Mapping) -> str:
