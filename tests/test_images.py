@@ -282,6 +282,21 @@ def test_the_lock_pins_every_requirement_of_pyproject_with_hashes():
     assert not [n for n in pins if n.startswith(("nvidia-", "cuda-")) or n == "triton"], "torch's CPU build is locked"
 
 
+def test_the_eval_lock_pins_its_requirements_with_hashes_and_shares_the_model_code():
+    """requirements-eval.lock (lmms-eval's environment) covers requirements-eval.in, every pin hashed, and
+    reads model folders with the very transformers of the main lock (the folders are written by it)."""
+    lock = ROOT / "requirements-eval.lock"
+    assert "#    make lock" in lock.read_text().splitlines()[1], "requirements-eval.lock is written by `make lock`"
+    pins, main = read_lock(lock), read_lock(ENV_LOCK)
+    for line in (ROOT / "requirements-eval.in").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            name = canonicalize_name(req.name)
+            assert name in pins and req.specifier.contains(pins[name][1], prereleases=True), f"{line}: run `make lock`"
+    assert all(hashes for _, _, hashes in pins.values()), "every pin carries its sha256 hashes"
+    assert pins["transformers"][1] == main["transformers"][1] and {"torchvision", "lmms-eval"} <= set(pins)
+
+
 def test_the_venv_is_the_lock():
     """`make setup` installs exactly the lock (--require-hashes), so the tests run on the locked versions."""
     for name, version, _ in read_lock(ENV_LOCK).values():
