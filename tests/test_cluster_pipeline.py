@@ -178,12 +178,16 @@ def test_a_series_run_starts_from_the_last_successful_cycle(where, tmp_path, req
     # An empty series: the first cycle, a fresh model, a new folder under the series.
     first, work = lineage.start_cycle(config, series, "", "0123456789abcdef")
     assert first["cycle"] == 1 and first["model"]["start"] == "" and work.startswith(f"{series}/cycles/") and work.endswith("-01234567")
+    assert not first["model"]["foundation"]  # a fresh model goes through stages 1 and 2
     _seal(series, "20261101T030000Z-aaaa", 1, 100.0)
     _seal(series, "20261108T030000Z-bbbb", 2, 200.0)
     _seal(series, "20261115T030000Z-cccc", 3, 300.0, status="running")  # not sealed as succeeded: never a start
     store.write_text(store.join(series, "cycles", "20261122T030000Z-dddd", "steps", "world", "x.json"), "{}")  # unfinished
     nxt, work = lineage.start_cycle(config, series, "", "feedbeef")
     assert nxt["cycle"] == 3 and nxt["model"]["start"] == f"{series}/cycles/20261108T030000Z-bbbb/steps/train/cycle/instruct"
+    assert nxt["model"]["foundation"] and nxt["train"]["earlier_curated"] == []  # App. G: the previous model is the foundation
+    carried, _ = lineage.start_cycle({**config, "train": {**config["train"], "carry_curated": True}}, series, "", "feedbeef")
+    assert carried["train"]["earlier_curated"] == []  # these sealed cycles recorded no curated input
     # An explicit work_uri is kept; outside a series nothing changes.
     assert lineage.start_cycle(config, series, "s3://b/run", "x")[1] == "s3://b/run"
     assert lineage.start_cycle(config, "", "", "x") == (config, "")

@@ -231,3 +231,30 @@ def test_series_report_cli_prints_the_table_and_a_one_line_error_for_a_missing_s
     assert not (tmp_path / "o").exists()
     with pytest.raises(UserError):
         series_rows(str(tmp_path / "nowhere"))
+
+
+def test_a_foundation_model_passes_through_the_base_models_stages_untrained(tmp_path):
+    """Paper App. G: from a foundation model (a series' previous cycle) stage 1 and the base model's stage 2
+    are not re-run: the train task hands the model on as it is, 0 steps, and says why; under PyTorchJobs the
+    model's store URI stays the foundation's own (nothing is copied in the store)."""
+    from sicog import steps
+    from sicog.config import SicogConfig
+
+    model = tmp_path / "previous-cycle"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    (model / "lineage.json").write_text('[{"name": "cycle/instruct", "stage": "instruct", "steps": 5}]')
+    cfg = SicogConfig.model_validate({"model": {"start": str(model), "foundation": True}})
+    for name in steps.FOUNDATION_STAGES:
+        log, uri = steps.train_task(cfg, "align", "align", name, str(model), str(tmp_path / "world"), str(tmp_path / name.replace("/", "-")))
+        assert log["steps"] == 0 and log["loss_history"] == [] and "foundation" in log["skipped"]
+        assert (Path(uri) / "config.json").read_text() == (model / "config.json").read_text()
+        assert (Path(uri) / "lineage.json").read_text() == (model / "lineage.json").read_text()  # no stage added
+    cfg.cluster.trainer = "pytorchjob"
+    stored = "s3://sicog/series/cycles/1/steps/train/cycle/instruct"
+    log, uri = steps.train_task(cfg, "align", "align", "stage1/align", str(model), "s3://sicog/w", str(tmp_path / "job"), uris={"model": stored})
+    assert uri == stored and log["steps"] == 0 and (tmp_path / "job" / "config.json").is_file()
+    # Not a foundation model (an assembled base, model.foundation false): stage 1 is not skipped.
+    cfg.model.foundation = False
+    with pytest.raises(ValueError, match="object storage"):
+        steps.train_task(cfg, "align", "align", "stage1/align", str(model), "s3://sicog/w", str(tmp_path / "job2"), work_uri="", uris={"model": stored})

@@ -339,7 +339,8 @@ def train_task(config: SicogConfig | dict, stage: str, data: str, name: str, mod
     if cfg.model.foundation and name in FOUNDATION_STAGES:
         log = {"stage": stage, "name": name, "steps": 0, "loss_history": [], "skipped": "the foundation model is already aligned and instruction-tuned"}
         if cfg.cluster.trainer == "pytorchjob" and (uris or {}).get("model"):
-            write_json(local_path(out) / "train_log.json", log)  # the model stays where it is; later tasks read its store URI
+            # Later tasks read the artifact; later PyTorchJobs the store, where the model already is.
+            shutil.copytree(local_path(model), local_path(out), dirs_exist_ok=True)
             return log, uris["model"]
         with store.published_artifact(out, work_uri, f"train/{name}") as published:
             shutil.copytree(local_path(model), local_path(out), dirs_exist_ok=True)

@@ -7,7 +7,8 @@ from the store into an emptyDir by an init container running `sicog store get`, 
 file against the folder's manifest), waits until it is ready and hands the shard tasks its endpoint.
 A server is expensive (GPUs held for as long as it lives), so every way a run can end removes it:
 
-- the pipeline's exit handler calls `delete_servers(run_id)` (every server labelled with the run);
+- each sampling group's exit handler calls `delete_servers(run_id, role=...)` (its model's server),
+  whether sampling succeeded or failed; `sicog serve teardown RUN_ID` deletes all of a run's;
 - the objects are owned by the run's Argo Workflow (ownerReferences), so Kubernetes' garbage
   collector deletes them with the Workflow;
 - `sweep_servers` (run by every launch, and by the chart's CronJob `sicog serve sweep`) deletes
