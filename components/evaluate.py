@@ -28,6 +28,6 @@ def evaluate(
         results = steps.evaluate(config, models, world.path, evaluation.path)
     for name, result in results.items():
         # Every score (held-out and benchmark: one flat schema), not the counts: the compare-runs table.
-        for key, value in result.items():
-            if isinstance(value, float) and not isinstance(value, bool):
+        for key, value in steps.heldout_scores(result).items():
+            if value is not None:
                 scores.log_metric(f"{name}_{key}", value)

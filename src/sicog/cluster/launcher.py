@@ -56,14 +56,14 @@ def _say(name: str, text: str) -> None:
     print(f"pytorchjob {name}: {text}", flush=True)
 
 
-def _api_status(exc: BaseException) -> int | None:
+def api_status(exc: BaseException) -> int | None:
     """HTTP status of the API error behind an SDK error (the SDK wraps ApiException in RuntimeError)."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     return getattr(cause, "status", None)
 
 
-def _api_message(exc: BaseException) -> str:
-    """One line for an SDK error: the API's own message where there is one."""
+def api_message(exc: BaseException) -> str:
+    """One line for a Kubernetes API error (raised by the client, or wrapped by an SDK): the API's own message where there is one."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     body = getattr(cause, "body", None)
     if body:
@@ -94,8 +94,8 @@ def _delete(client, name: str, namespace: str) -> None:
     try:
         client.delete_job(name, namespace)
     except RuntimeError as exc:
-        if _api_status(exc) != 404:
-            print(f"pytorchjob {name}: could not delete it ({_api_message(exc)}); delete it by hand", file=sys.stderr, flush=True)
+        if api_status(exc) != 404:
+            print(f"pytorchjob {name}: could not delete it ({api_message(exc)}); delete it by hand", file=sys.stderr, flush=True)
 
 
 def _log_tail(client, name: str, namespace: str) -> None:
@@ -106,7 +106,7 @@ def _log_tail(client, name: str, namespace: str) -> None:
                                                            tail_lines=LOG_TAIL_LINES, _request_timeout=REQUEST_TIMEOUT_S)
             print(f"pytorchjob {name}: last lines of {pod.metadata.name}'s log:\n{text.rstrip()}", file=sys.stderr, flush=True)
     except Exception as exc:  # noqa: BLE001 - the job's own error follows; a missing log must not hide it
-        print(f"pytorchjob {name}: could not read the master's log ({_api_message(exc)})", file=sys.stderr, flush=True)
+        print(f"pytorchjob {name}: could not read the master's log ({api_message(exc)})", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -146,8 +146,8 @@ def _create(client, job, name: str, namespace: str) -> None:
             _say(name, f"created in namespace {namespace}")
             return
         except RuntimeError as exc:
-            if _api_status(exc) != 409 or attempt:
-                raise JobError(f"pytorchjob {name}: could not create it in namespace {namespace}: {_api_message(exc)}") from None
+            if api_status(exc) != 409 or attempt:
+                raise JobError(f"pytorchjob {name}: could not create it in namespace {namespace}: {api_message(exc)}") from None
         existing = client.get_job(name, namespace, timeout=REQUEST_TIMEOUT_S)
         if not any(c.type == constants.JOB_CONDITION_FAILED for c in _true_conditions(existing)):
             _say(name, "exists already (an earlier attempt of this task): following it")
@@ -158,7 +158,7 @@ def _create(client, job, name: str, namespace: str) -> None:
             try:
                 client.get_job(name, namespace, timeout=REQUEST_TIMEOUT_S)
             except RuntimeError as gone:
-                if _api_status(gone) == 404:
+                if api_status(gone) == 404:
                     break
             time.sleep(1)
 
@@ -177,9 +177,9 @@ def _wait(client, name: str, namespace: str, timeout_s: float, poll_s: float):
         try:
             job = client.get_job(name, namespace, timeout=max(1, math.ceil(min(REQUEST_TIMEOUT_S, remaining))))
         except (RuntimeError, TimeoutError) as exc:
-            if _api_status(exc) == 404:
+            if api_status(exc) == 404:
                 raise JobError(f"pytorchjob {name} was deleted before it finished (last condition: {state})") from None
-            message = _api_message(exc)
+            message = api_message(exc)
             if message != last_error:  # an API server blip must not fail a week of training: retry until the deadline
                 _say(name, f"cannot read its status ({message}); retrying")
                 last_error = message

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sicog.cluster.launcher import cleanup_on_signal, job_namespace
+from sicog.cluster.launcher import api_message, api_status, cleanup_on_signal, job_namespace
 from sicog.errors import UserError
 from sicog.generate.sample import model_image_edge
 
@@ -294,23 +294,6 @@ class KubeApi:
         return cls(client.AppsV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api))
 
 
-def _status(exc: BaseException) -> int | None:
-    return getattr(exc, "status", None)
-
-
-def _message(exc: BaseException) -> str:
-    """One line for an API error: the API's own message where there is one."""
-    body = getattr(exc, "body", None)
-    if body:
-        try:
-            return f"{exc.status} {json.loads(body).get('message', '')}".strip()
-        except (ValueError, AttributeError):
-            pass
-    if getattr(exc, "status", None):
-        return f"{exc.status} {exc.reason}"
-    return " ".join(str(exc).split())[:300]
-
-
 def _say(name: str, text: str) -> None:
     print(f"server {name}: {text}", flush=True)
 
@@ -334,7 +317,7 @@ def _delete_server(api: KubeApi, name: str, namespace: str) -> bool:
             found = True
         except ApiException as exc:
             if exc.status != 404:
-                raise ServerError(f"server {name}: could not delete it in namespace {namespace} ({_message(exc)}); delete it by hand") from None
+                raise ServerError(f"server {name}: could not delete it in namespace {namespace} ({api_message(exc)}); delete it by hand") from None
     return found
 
 
@@ -360,7 +343,7 @@ def find_owner(api: KubeApi, namespace: str) -> dict | None:
         print(f"servers: no owner Workflow ({exc}); the {EXPIRES_LABEL} label is their backstop", flush=True)
         return None
     except _api_errors() as exc:
-        print(f"servers: no owner Workflow (reading pod {pod_name} or its Workflow: {_message(exc)}); "
+        print(f"servers: no owner Workflow (reading pod {pod_name} or its Workflow: {api_message(exc)}); "
               f"the {EXPIRES_LABEL} label is their backstop", flush=True)
         return None
     return {"apiVersion": "/".join(WORKFLOW[:2]), "kind": "Workflow", "name": workflow, "uid": obj["metadata"]["uid"]}
@@ -377,9 +360,9 @@ def _workflow_state(api: KubeApi, namespace: str, owner: dict, cache: dict) -> s
             else:
                 cache[key] = "ended" if (obj.get("status") or {}).get("phase") in ENDED_PHASES else "live"
         except _api_errors() as exc:
-            cache[key] = "gone" if _status(exc) == 404 else "unknown"
-            if _status(exc) != 404:
-                print(f"servers: cannot read Workflow {name} ({_message(exc)}); its servers live until they expire", flush=True)
+            cache[key] = "gone" if api_status(exc) == 404 else "unknown"
+            if api_status(exc) != 404:
+                print(f"servers: cannot read Workflow {name} ({api_message(exc)}); its servers live until they expire", flush=True)
     return cache[key]
 
 
@@ -427,7 +410,7 @@ def sweep_servers(namespace: str = "", api: KubeApi | None = None, now: float | 
     try:
         objects = _server_objects(api, namespace, _selector({NAME_LABEL: "sicog", COMPONENT_LABEL: COMPONENT}))
     except _api_errors() as exc:
-        raise ServerError(f"servers: cannot list sampler servers in namespace {namespace} ({_message(exc)})") from None
+        raise ServerError(f"servers: cannot list sampler servers in namespace {namespace} ({api_message(exc)})") from None
     cache: dict[tuple, str] = {}
     doomed: dict[str, str] = {}
     for obj in objects:
@@ -446,7 +429,7 @@ def delete_servers(run_id: str, namespace: str = "", api: KubeApi | None = None,
     try:
         names = sorted({obj.metadata.name for obj in _server_objects(api, namespace, selector)})
     except _api_errors() as exc:
-        raise ServerError(f"servers of run {run_id}: cannot list them in namespace {namespace} ({_message(exc)})") from None
+        raise ServerError(f"servers of run {run_id}: cannot list them in namespace {namespace} ({api_message(exc)})") from None
     return _delete_all(api, namespace, {name: "" for name in names})
 
 
@@ -496,7 +479,7 @@ def _create(api: KubeApi, name: str, namespace: str, deployment: dict, service: 
             _say(name, f"{kind} created in namespace {namespace}")
         except ApiException as exc:
             if exc.status != 409:
-                raise ServerError(f"server {name}: could not create its {kind} in namespace {namespace}: {_message(exc)}") from None
+                raise ServerError(f"server {name}: could not create its {kind} in namespace {namespace}: {api_message(exc)}") from None
             _say(name, f"{kind} exists already (an earlier attempt of this task): using it")
 
 
@@ -555,11 +538,11 @@ def _wait_ready(api: KubeApi, name: str, namespace: str, selector: str, timeout_
             fatal, summary = _pods_state(api, namespace, selector)
             last_error = None
         except _api_errors() as exc:
-            if _status(exc) == 404:
+            if api_status(exc) == 404:
                 raise ServerError(f"server {name} was deleted before it was ready ({last or 'no pod yet'})") from None
             fatal, summary = None, last
-            if _message(exc) != last_error:  # an API server blip must not fail the launch: retry until the deadline
-                last_error = _message(exc)
+            if api_message(exc) != last_error:  # an API server blip must not fail the launch: retry until the deadline
+                last_error = api_message(exc)
                 _say(name, f"cannot read its status ({last_error}); retrying")
         if fatal:
             raise ServerError(f"server {name} cannot start: {fatal}")
@@ -576,7 +559,7 @@ def _endpoint(api: KubeApi, name: str, namespace: str) -> str:
     try:
         service = api.core.read_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
     except _api_errors() as exc:
-        raise ServerError(f"server {name}: cannot read its service ({_message(exc)})") from None
+        raise ServerError(f"server {name}: cannot read its service ({api_message(exc)})") from None
     return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
 
 

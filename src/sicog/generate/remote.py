@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import queue
 import random
@@ -51,6 +52,7 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 N_ENGINES = {"vllm", "sglang"}
 
 
+@functools.lru_cache(maxsize=64)  # a record's candidates go as 2 requests (CoD, DD): read and resize its image once
 def image_data_uri(image: str, root: str | Path | None, edge: int = 0) -> str:
     """`data:<mime>;base64,...` of a record's image (a path under `root` or an absolute URI, read and
     checked by image_data); ValueError (with the reason) for a bad image. `edge` > 0: an image whose
