@@ -7,15 +7,14 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def extract_backbone(config: dict, model: Input[Model], backbone: Output[Model], work_uri: str = "") -> str:
-    """Input: the base LLaVA. Output: its language model (language_model + lm_head) as a causal-LM
-    folder with the tokenizer, or only backbone.json when the config names a separate backbone LLM
-    (sample.backbone) or a served engine at sample.endpoint answers the text task.
-    Returns the backbone's store URI (sample.backbone, else the extracted folder): what its server loads."""
-    from sicog import steps, store
+def extract_backbone(config: dict, model: Input[Model], backbone: Output[Model]) -> str:
+    """Input: the base LLaVA. Output: its language model as a causal-LM folder with the tokenizer, or
+    only backbone.json when sample.backbone or a served engine at sample.endpoint answers the text task.
+    Returns the backbone's URI (sample.backbone, else this artifact's): what its server loads."""
+    from sicog.steps import StepIO
+    from sicog.steps.model import extract_backbone as run
+    from sicog.steps._io import as_config
 
-    with store.published_artifact(backbone.path, work_uri, "backbone") as published:
-        figures = steps.extract_backbone(config, model.path, backbone.path)
+    figures = run(config, StepIO("extract-backbone", backbone.path, {"model": model.path}))
     backbone.metadata["backbone"] = figures["backbone"]
-    backbone.metadata["store_uri"] = published or backbone.path
-    return steps.as_config(config).sample.backbone or published or backbone.path
+    return as_config(config).sample.backbone or backbone.uri

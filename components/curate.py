@@ -7,13 +7,13 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def curate(config: dict, world: Input[Dataset], scored: Input[Dataset], curated: Output[Dataset], work_uri: str = ""):
+def curate(config: dict, world: Input[Dataset], scored: Input[Dataset], curated: Output[Dataset]) -> str:
     """Output: curated.jsonl (stage-1.5 data with provenance), uncurated.jsonl (ablation),
-    rejected.jsonl and curation.json (quality per task)."""
-    from sicog import steps, store
+    rejected.jsonl and curation.json (quality per task). Returns its URI (what training jobs read)."""
+    from sicog.steps import StepIO
+    from sicog.steps.curate import curate as run
 
-    with store.published_artifact(curated.path, work_uri, "curate") as published:
-        quality = steps.curate(config, world.path, [scored.path], curated.path)
+    quality = run(config, StepIO("curate", curated.path, {"world": world.path, "scored": [scored.path]}))
     for task, q in quality.items():
         curated.metadata[f"{task}_kept"] = q.get("kept")
-    curated.metadata["store_uri"] = published or curated.path  # where PyTorchJobs and later cycles read it
+    return curated.uri

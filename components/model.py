@@ -7,11 +7,13 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def init_model(config: dict, world: Input[Dataset], model: Output[Model], work_uri: str = ""):
-    """Input: the world (its text trains a fresh model's tokenizer). Output: model + processor: random weights,
-    or a copy of `model.start` (an assembled base model, or the last cycle's model in a series)."""
-    from sicog import steps, store
+def init_model(config: dict, world: Input[Dataset], model: Output[Model]) -> str:
+    """Input: the world (its text trains a fresh model's tokenizer). Output: a fresh model + processor.
+    Returns the starting model's URI: this artifact's, or `model.start` as it is (an assembled base
+    model, or the last cycle's model in a series: read where it is, never copied)."""
+    from sicog.steps import StepIO
+    from sicog.steps.model import init_model as run
 
-    with store.published_artifact(model.path, work_uri, "model") as published:
-        steps.init_model(config, world.path, model.path)
-    model.metadata["store_uri"] = published or model.path  # where PyTorchJobs and later cycles read it
+    start = run(config, StepIO("model-init", model.path, {"world": world.path}))
+    model.metadata["start"] = start or "fresh"
+    return start or model.uri

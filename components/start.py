@@ -8,13 +8,13 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def start_cycle(config: dict, series_uri: str, work_uri: str, run_id: str) -> NamedTuple("Cycle", config=dict, work_uri=str):
-    """Output: the config every later step uses (in a series: the last successful cycle's model as
-    model.start, cycle number + 1) and the run's work_uri (in a series, unless given:
+def start_cycle(config: dict, series_uri: str, run_uri: str, run_id: str) -> NamedTuple("Cycle", config=dict, run_uri=str):
+    """Output: the config every later step uses (in a series: the last successful cycle's model as the
+    foundation model, cycle number + 1) and the run's folder (in a series, unless given:
     SERIES/cycles/<UTC time>-<run id>). Resolved at run time, so a schedule's runs chain up."""
     from collections import namedtuple
 
-    from sicog import lineage
+    from sicog.steps.series import start_cycle as run
 
-    config, work_uri = lineage.start_cycle(config, series_uri, work_uri, run_id)
-    return namedtuple("Cycle", ["config", "work_uri"])(config, work_uri)
+    config, run_uri = run(config, series_uri, run_uri, run_id)
+    return namedtuple("Cycle", ["config", "run_uri"])(config, run_uri)

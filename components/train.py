@@ -1,35 +1,27 @@
-"""Component: one training stage (step 1 warm-up, or step 4 stage 1 / 1.5 / 2)."""
+"""Component: one training stage (step 1 warm-up, or stage 1 / 1.5 / 2 of step 4)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
-
+from kfp.dsl import Model, Output
 from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def train(
-    config: dict,
-    stage: str,
-    data: str,
-    name: str,
-    model: Input[Model],
-    world: Input[Dataset],
-    trained: Output[Model],
-    curated: Input[Dataset] = None,
-    work_uri: str = "",
-) -> str:
-    """Input: a model and the data named by `data` (see sicog.steps.TRAIN_DATA; with train.step1=dpo the
-    warm-up makes its DPO pairs first and trains DPO + SFT).
-    Output: the trained model with its lineage (every stage it went through, with loss history).
-    Runs the `sicog train` entry point under torchrun (train.nproc ranks) in this pod, or, with
-    cluster.trainer pytorchjob, as a PyTorchJob that reads the inputs at their `store_uri`s.
-    Returns where the trained model is kept (its store URI): what a served engine's server loads."""
-    from sicog import steps
+def train(config: dict, stage: str, data: str, name: str, model: str, world: str, trained: Output[Model], curated: str = "") -> str:
+    """Input: URIs (upstream tasks' return values) of the model, the world and, for stage 1.5, the
+    curated data: read where they are, so a task that only launches a cluster job downloads nothing.
+    `stage` warmup is step 1 (`data`: perception | reasoning; with train.step1=dpo, DPO pairs first),
+    else a stage of sicog.train.request.STAGES on a training-data name of sicog.data.training.TRAIN_DATA.
+    Output: the trained model with its lineage, written once at this artifact's URI (by torchrun's rank 0
+    in this pod, or by a PyTorchJob's rank 0 with cluster.trainer pytorchjob); the local folder stays
+    empty. Returns that URI: what later training tasks and a served engine read."""
+    import os
 
-    inputs = {"model": model, "world": world, "curated": curated}
-    uris = {key: artifact.metadata.get("store_uri", "") for key, artifact in inputs.items() if artifact is not None}
-    log, published = steps.train_task(config, stage, data, name, model.path, world.path, trained.path,
-                                      curated.path if curated else None, work_uri, uris)
-    trained.metadata.update({"stage": stage, "data": data, "steps": log["steps"], "final_loss": log["loss_history"][-1][1] if log["loss_history"] else None})
-    trained.metadata["store_uri"] = published  # where PyTorchJobs and later cycles read it
-    return published
+    from sicog.steps import StepIO
+    from sicog.steps.train import train as train_stage
+    from sicog.steps.warmup import warmup
+
+    os.makedirs(trained.path, exist_ok=True)  # KFP uploads this folder afterwards: it must exist
+    io = StepIO(f"train:{name}", trained.uri, {"model": model, "world": world, "curated": curated or None})
+    result = warmup(config, io, data) if stage == "warmup" else train_stage(config, io, stage, data)
+    trained.metadata.update(result["figures"])
+    return trained.uri

@@ -8,14 +8,14 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def make_world(config: dict, world: Output[Dataset], work_uri: str = ""):
-    """Input: the cycle config. Output: a folder with catalog.yaml (and the world's files, without a
-    user catalog: base, annotated, pools, held-out, truth) that every later step reads its roles from."""
-    from sicog import steps, store
+def make_world(config: dict, world: Output[Dataset]) -> str:
+    """Output: a folder with catalog.yaml (and, without a user catalog, the world's files) that every
+    later step reads its roles from. Returns its URI (what training jobs read)."""
+    from sicog.steps import StepIO
+    from sicog.steps.world import make_world as run
 
-    with store.published_artifact(world.path, work_uri, "world") as published:
-        # Published: the world's images are read from the store, one batch at a time, by every pod.
-        manifest = steps.make_world(config, world.path, images=published or ".")
+    # The world's images are read from the artifact's own URI: on a cluster, one batch at a time from the store.
+    manifest = run(config, StepIO("world", world.path), images=world.uri)
     for split, count in manifest.get("counts", {}).items():  # world splits, or catalog roles
         world.metadata[split] = count
-    world.metadata["store_uri"] = published or world.path  # where PyTorchJobs and later cycles read it
+    return world.uri

@@ -14,23 +14,26 @@ import logging
 import shutil
 import sys
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
 from sicog import store
 from sicog.config import SicogConfig, parameter_dict
+from sicog.errors import UserError
 
 
-def compile_pipeline(out: str | Path, config: SicogConfig) -> Path:
-    """Write the KFP IR YAML, with `config` as the default of the pipeline's config parameter."""
+def compile_pipeline(out: str | Path, config: SicogConfig, root: str = "") -> Path:
+    """Write the KFP IR YAML, with `config` as the default of the pipeline's config parameter and `root`
+    (the store folder runs keep their outputs in) as its default pipeline root."""
     from kfp import compiler
 
     from sicog.pipelines.cycle import cycle_pipeline
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(cycle_pipeline(config), str(out), pipeline_parameters={"config": parameter_dict(config),
-                                                                                       "sample_shards": list(range(config.sample.shards))})
+    compiler.Compiler().compile(cycle_pipeline(config, root=root), str(out), pipeline_parameters={
+        "config": parameter_dict(config), "sample_shards": list(range(config.sample.shards))})
     return out
 
 
@@ -59,27 +62,26 @@ class _LogFilter(io.TextIOBase):
 
 def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, verbose: bool = False, series: str = "") -> dict:
     """Run one cycle under kfp.local; metrics.json, report.html and cycle.log land in `out`, a local
-    folder or an s3:// URI. kfp.local keeps the artifacts it hands between components under a local
-    pipeline root: the out folder itself, or for s3:// a temporary work folder (removed after a
-    successful run). With s3:// every step also publishes its output to OUT/steps/<step> (work_uri),
-    and the store is checked first, so wrong credentials fail before any work. With a `series` (a store
-    folder), the cycle starts from the series' newest promoted cycle and keeps its steps and lineage
-    in a new folder of the series (sicog.lineage); the report still lands in `out`."""
+    folder or an s3:// URI. The run works in one folder: `out`, or with a `series` (a store folder) a
+    new folder of the series (SERIES/cycles/<time>-<id>; the cycle starts from the series' newest
+    promoted cycle, sicog.lineage). kfp.local keeps every artifact under that folder's `pipeline/`.
+    A run folder in object storage is worked in locally and published once at the end, lineage.json
+    last (its URIs are relative to the folder), so a cycle is sealed only when all of it is there."""
     from kfp import local
 
+    from sicog.lineage import LINEAGE, cycle_folder
     from sicog.pipelines.cycle import cycle_pipeline
 
-    remote = store.is_remote(out)
-    if remote:
-        store.check_access(out)
-        work = Path(tempfile.mkdtemp(prefix="sicog-cycle-"))
-    else:
-        work = store.local_path(out).resolve()
-        work.mkdir(parents=True, exist_ok=True)
-    out = str(out) if remote else str(work)
+    run_uri = cycle_folder(series, uuid.uuid4().hex) if series else str(out)
+    for uri in {run_uri, str(out)}:
+        if store.is_remote(uri):
+            store.check_access(uri)  # wrong credentials fail before any work
+    remote = store.is_remote(run_uri)
+    work = Path(tempfile.mkdtemp(prefix="sicog-cycle-")) if remote else store.local_path(run_uri).resolve()
+    work.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "pipeline"), raise_on_error=True)
-    params = dict(config=parameter_dict(config), ablations=ablations, publish_uri=out, work_uri="" if series else out,
-                  sample_shards=list(range(config.sample.shards)), series_uri=series)
+    params = dict(config=parameter_dict(config), ablations=ablations, run_uri=str(work), sample_shards=list(range(config.sample.shards)),
+                  series_uri=series)
     sicog_cycle = cycle_pipeline()
     # kfp.local swaps the root logger's handlers per task, and its ParallelFor threads can restore one
     # bound to this run's log; the next run of the process (--cycles N, evidence) would write there.
@@ -98,11 +100,25 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
                     raise
     finally:
         logging.getLogger().handlers[:] = root_handlers
-        if remote and (work / "cycle.log").is_file():
-            store.write_bytes(store.join(out, "cycle.log"), (work / "cycle.log").read_bytes())
     if remote:
+        _publish(work, run_uri, last=LINEAGE)
         shutil.rmtree(work, ignore_errors=True)
+    if store.join(out, "") != store.join(run_uri, ""):  # a series run: its report also lands in `out`
+        for name in ("metrics.json", "report.html", "cycle.log"):
+            if store.exists(store.join(run_uri, name)):
+                store.write_bytes(store.join(out, name), store.read_bytes(store.join(run_uri, name)))
     return json.loads(store.read_text(store.join(out, "metrics.json")))
+
+
+def _publish(folder: Path, uri: str, last: str) -> None:
+    """Upload a local run folder to the store (every step's output folder carries its own manifest
+    already), the file `last` (lineage.json: the seal of a finished cycle) after everything else."""
+    seal = folder / last
+    data = seal.read_bytes() if seal.is_file() else None
+    seal.unlink(missing_ok=True)
+    store.upload_dir(folder, uri)
+    if data is not None:
+        store.write_bytes(store.join(uri, last), data)
 
 
 # --- Kubeflow Pipelines: one run, or a recurring schedule ------------------------------------------
@@ -115,18 +131,19 @@ def check_cron(expression: str) -> str:
     fields = expression.split()
     if len(fields) != len(CRON_FIELDS):
         hint = f" (did you mean '0 {expression}'?)" if len(fields) == 5 else ""
-        raise ValueError(f"--cron needs six fields ({' '.join(CRON_FIELDS)}), got {len(fields)}{hint}; e.g. '0 0 3 * * 1' is Mondays 03:00")
+        raise UserError(f"--cron needs six fields ({' '.join(CRON_FIELDS)}), got {len(fields)}{hint}; e.g. '0 0 3 * * 1' is Mondays 03:00")
     return " ".join(fields)
 
 
-def _check_cluster_store(config: SicogConfig, series: str, work_uri: str) -> None:
-    # Cluster pods share nothing but the object store: a series or work_uri there is required for
-    # PyTorchJobs (their pods read inputs from it) and for a series (runs find each other through it).
-    for name, uri in (("--series", series), ("--work-uri", work_uri)):
+def _pipeline_root(series: str, run_uri: str) -> str:
+    """The store folder a cluster run keeps every output in: its own folder, else its series' folder.
+    Cluster pods share nothing but the object store, so one of them is required, in object storage."""
+    for name, uri in (("--series", series), ("--run-uri", run_uri)):
         if uri and not store.is_remote(uri):
-            raise ValueError(f"{name} must be in object storage (s3://bucket/prefix) for a cluster run, not {uri}")
-    if config.cluster.trainer == "pytorchjob" and not (series or work_uri):
-        raise ValueError("cluster.trainer pytorchjob needs --series or --work-uri in object storage: the jobs' pods read their inputs there")
+            raise UserError(f"{name} must be in object storage (s3://bucket/prefix) for a cluster run, not {uri}")
+    if not (series or run_uri):
+        raise UserError("a cluster run needs --series or --run-uri in object storage: its outputs live there")
+    return run_uri or series
 
 
 def _client(host: str | None, namespace: str | None):
@@ -136,39 +153,40 @@ def _client(host: str | None, namespace: str | None):
     return kfp.Client(host=host, namespace=namespace or "kubeflow")
 
 
-def _arguments(config: SicogConfig, series: str, work_uri: str, scorer: str, ablations: bool) -> dict:
-    return dict(config=parameter_dict(config), series_uri=series, work_uri=work_uri, scorer=scorer, ablations=ablations,
+def _arguments(config: SicogConfig, series: str, run_uri: str, scorer: str, ablations: bool) -> dict:
+    return dict(config=parameter_dict(config), series_uri=series, run_uri=run_uri, scorer=scorer, ablations=ablations,
                 sample_shards=list(range(config.sample.shards)))
 
 
-def submit(config: SicogConfig, *, host: str | None, series: str = "", work_uri: str = "", scorer: str = "", ablations: bool = False,
+def submit(config: SicogConfig, *, host: str | None, series: str = "", run_uri: str = "", scorer: str = "", ablations: bool = False,
            experiment: str = "sicog", run_name: str | None = None, namespace: str | None = None) -> str:
-    """Compile the pipeline for `config.cluster` and start one run on Kubeflow Pipelines; returns its id."""
-    _check_cluster_store(config, series, work_uri)
+    """Compile the pipeline for `config.cluster` and start one run on Kubeflow Pipelines, its pipeline
+    root the run's (or the series') store folder; returns its id."""
+    root = _pipeline_root(series, run_uri)
     client = _client(host, namespace)
     with tempfile.TemporaryDirectory(prefix="sicog-submit-") as tmp:
-        package = compile_pipeline(Path(tmp) / "sicog-cycle.yaml", config)
+        package = compile_pipeline(Path(tmp) / "sicog-cycle.yaml", config, root=root)
         result = client.create_run_from_pipeline_package(
-            str(package), arguments=_arguments(config, series, work_uri, scorer, ablations), run_name=run_name,
-            experiment_name=experiment, namespace=namespace, service_account=config.cluster.service_account)
+            str(package), arguments=_arguments(config, series, run_uri, scorer, ablations), run_name=run_name,
+            experiment_name=experiment, namespace=namespace, pipeline_root=root, service_account=config.cluster.service_account)
     return result.run_id
 
 
 def schedule(config: SicogConfig, *, host: str | None, cron: str, series: str, name: str, scorer: str = "", ablations: bool = False,
              experiment: str = "sicog", namespace: str | None = None) -> str:
     """A recurring run: every firing is one cycle of the series, started from its last successful
-    cycle (resolved at run time by the pipeline's first step). One run at a time, no catch-up of
-    missed firings. Returns the recurring run's id."""
+    cycle (resolved at run time by the pipeline's first step), its outputs under the series' folder.
+    One run at a time, no catch-up of missed firings. Returns the recurring run's id."""
     cron = check_cron(cron)
     if not series:
-        raise ValueError("a schedule needs --series: it is how each run finds the last cycle's model")
-    _check_cluster_store(config, series, "")
+        raise UserError("a schedule needs --series: it is how each run finds the last cycle's model")
+    root = _pipeline_root(series, "")
     client = _client(host, namespace)
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
     with tempfile.TemporaryDirectory(prefix="sicog-schedule-") as tmp:
-        package = compile_pipeline(Path(tmp) / "sicog-cycle.yaml", config)
+        package = compile_pipeline(Path(tmp) / "sicog-cycle.yaml", config, root=root)
         recurring = client.create_recurring_run(
             experiment_id=experiment_id, job_name=name, description=f"SICOG cycles of {series}", cron_expression=cron,
             max_concurrency=1, no_catchup=True, params=_arguments(config, series, "", scorer, ablations),
-            pipeline_package_path=str(package), service_account=config.cluster.service_account)
+            pipeline_package_path=str(package), pipeline_root=root, service_account=config.cluster.service_account)
     return recurring.recurring_run_id

@@ -10,7 +10,10 @@ import shutil
 import pytest
 from transformers import AutoModelForCausalLM
 
-from sicog import steps
+from sicog.errors import UserError
+from sicog.steps import StepIO
+from sicog.steps.model import extract_backbone as extract_step
+from sicog.steps.sample import sample
 from sicog.generate.backbone import extract_backbone, is_multimodal
 from sicog.generate.local import LocalSampler
 from sicog.generate.plan import plan_requests
@@ -57,20 +60,20 @@ def test_the_backbone_is_the_llavas_language_model(llava, tmp_path):
     # The backbone is a text-only LLM: an image request is an error row, not a crash.
     (bad,) = LocalSampler(backbone, tmp_path, max_new_tokens=4).generate([{**reqs[0], "image": "0.png"}])
     assert bad["text"] is None and "takes no image" in bad["error"]
-    with pytest.raises(ValueError, match="not an image-text"):
+    with pytest.raises(UserError, match="not an image-text"):
         extract_backbone(backbone, tmp_path / "again")
 
 
 def test_the_text_task_samples_from_the_backbone(llava, tmp_path):
     world = _text_world(tmp_path / "world")
-    steps.sample(_config(), "text", str(llava), str(world), str(tmp_path / "direct"))
+    sample(_config(), StepIO("sample", str(tmp_path / "direct"), {"world": str(world), "model": str(llava)}), "text")
     direct = _rows(tmp_path / "direct")
     assert len(direct) == 9 and {r["model"] for r in direct} == {"tiny-model:backbone"}  # was "tiny-model": the LLaVA
     assert all(r["seed"] == candidate_seed(3, r["id"], r["index"]) for r in direct)
     # The pipeline's way: the extract-backbone step, then the text task samples from its output.
-    figures = steps.extract_backbone(_config(), str(llava), str(tmp_path / "bb"))
+    figures = extract_step(_config(), StepIO("extract-backbone", str(tmp_path / "bb"), {"model": str(llava)}))
     assert figures["backbone"] == "tiny-model:backbone" and (tmp_path / "bb/model.safetensors").is_file()
-    steps.sample(_config(), "text", str(tmp_path / "bb"), str(world), str(tmp_path / "piped"))
+    sample(_config(), StepIO("sample", str(tmp_path / "piped"), {"world": str(world), "model": str(tmp_path / "bb")}), "text")
     assert _rows(tmp_path / "piped") == direct
     assert "extract-backbone" in json.loads((tmp_path / "piped/timings.json").read_text())
 
@@ -81,8 +84,8 @@ def test_a_backbone_named_in_the_config_answers_instead(llava, tmp_path):
     extract_backbone(llava, tmp_path / "bb")
     shutil.copytree(tmp_path / "bb", other, ignore=shutil.ignore_patterns("backbone.json", "lineage.json"))
     cfg = _config(backbone=str(other))
-    figures = steps.extract_backbone(cfg, str(llava), str(tmp_path / "pointer"))
+    figures = extract_step(cfg, StepIO("extract-backbone", str(tmp_path / "pointer"), {"model": str(llava)}))
     assert figures["backbone"] == str(other) and not (tmp_path / "pointer/model.safetensors").exists()
-    steps.sample(cfg, "text", str(tmp_path / "pointer"), str(world), str(tmp_path / "out"))
+    sample(cfg, StepIO("sample", str(tmp_path / "out"), {"world": str(world), "model": str(tmp_path / "pointer")}), "text")
     rows = _rows(tmp_path / "out")
     assert len(rows) == 9 and {r["model"] for r in rows} == {str(other)}

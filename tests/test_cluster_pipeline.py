@@ -60,7 +60,7 @@ def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
     for name, spec in tasks.items():
         retried = spec.get("retryPolicy", {}).get("maxRetryCount", 0)
         cached = spec.get("cachingOptions", {}).get("enableCache", False)
-        if name.startswith(("train", "sample-shard", "collect-candidates", "score")):
+        if name.startswith(("train", "sample-shard", "collect-candidates", "score")) and name != "sample-shards":  # not the fan-out's sub-DAG
             assert retried == cfg.cluster.retries and spec["retryPolicy"]["backoffDuration"] == "60s", name
         if name.startswith(("start-cycle", "sample-shard", "collect-candidates", "report")):
             assert not cached, name  # they read the store's current state or publish the run
@@ -97,7 +97,7 @@ def test_served_engine_deploys_a_server_per_sampling_model_inside_an_exit_handle
         dag = group["dag"]["tasks"]
         handler, = (t for t in dag if t.startswith("exit-handler"))
         teardown, = (t for t in dag if t.startswith("delete-server"))
-        collect, = (t for t in dag if t.startswith("collect-stored"))
+        collect, = (t for t in dag if t.startswith("collect-candidates"))
         assert dag[teardown]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs when sampling failed too
         assert dag[teardown]["dependentTasks"] == [handler] and dag[collect]["dependentTasks"] == [handler]
         inner = ir["components"][dag[handler]["componentRef"]["name"]]["dag"]["tasks"]
@@ -136,7 +136,9 @@ def test_submit_starts_one_run_of_the_compiled_pipeline(kfp_api, tmp_path):
     (run,) = kfp_api.posted("/apis/v2beta1/runs")
     assert run["display_name"] == "cycle-now" and run["service_account"] == "sicog-pipeline"
     params = run["runtime_config"]["parameters"]
-    assert params["series_uri"] == "s3://sicog/series" and params["work_uri"] == ""
+    assert params["series_uri"] == "s3://sicog/series" and params["run_uri"] == ""
+    # One address per output: every artifact of the run lives under the series' store folder.
+    assert run["runtime_config"]["pipeline_root"] == "s3://sicog/series"
     assert params["config"] == parameter_dict(load_config(PAPER))
     # The submitted spec is the compiled pipeline with its Kubernetes placement.
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "sicog-cycle"
@@ -188,28 +190,27 @@ def test_a_series_run_starts_from_the_last_successful_cycle(where, tmp_path, req
     assert nxt["model"]["foundation"] and nxt["train"]["earlier_curated"] == []  # App. G: the previous model is the foundation
     carried, _ = lineage.start_cycle({**config, "train": {**config["train"], "carry_curated": True}}, series, "", "feedbeef")
     assert carried["train"]["earlier_curated"] == []  # these sealed cycles recorded no curated input
-    # An explicit work_uri is kept; outside a series nothing changes.
+    # An explicit run folder is kept; outside a series nothing changes.
     assert lineage.start_cycle(config, series, "s3://b/run", "x")[1] == "s3://b/run"
     assert lineage.start_cycle(config, "", "", "x") == (config, "")
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_the_starting_model_is_model_start_when_set(where, tmp_path, request):
-    from sicog import steps
+def test_the_starting_model_is_model_start_read_where_it_is(where, tmp_path, request):
+    from sicog.steps import StepIO
+    from sicog.steps.model import init_model
 
     previous = tmp_path / "previous"
     previous.mkdir()
     (previous / "model.safetensors").write_bytes(b"weights")
-    (previous / "lineage.json").write_text('[{"stage": "instruct"}]')
     start = str(previous)
     if where == "s3":
-        start = f"s3://{request.getfixturevalue('bucket')}/cycles/c1/steps/train/cycle/instruct"
+        start = f"s3://{request.getfixturevalue('bucket')}/cycles/c1/pipeline/train-cycle-instruct/trained"
         store.upload_dir(previous, start)
     config = load_config(ROOT / "tests/micro.yaml", [f"model.start={start}"])
     (tmp_path / "world").mkdir()  # a fresh model's tokenizer would train on it; a started one ignores it
-    steps.init_model(config, str(tmp_path / "world"), str(tmp_path / "out"))
+    # A 7B starting model is not copied: the step hands its URI on and writes only its own figures.
+    assert init_model(config, StepIO("model-init", str(tmp_path / "out"), {"world": str(tmp_path / "world")})) == start
     out = tmp_path / "out"
-    assert (out / "model.safetensors").read_bytes() == b"weights" and json.loads((out / "lineage.json").read_text()) == [{"stage": "instruct"}]
+    assert not (out / "model.safetensors").exists() and json.loads((out / "step.json").read_text())["start"] == start
     assert "model-init" in json.loads((out / "timings.json").read_text())
-    # The step seals its own output: the manifest is this step's (it lists step.json), not the copied one.
-    assert "step.json" in json.loads((out / store.MANIFEST).read_text())["files"]

@@ -12,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the default embedder must load with no mod
 
 from sicog.curate.consistency import best_in_groups, consistency_scores, exact_scores  # noqa: E402
 from sicog.curate.select import score_instances, select_instances, to_curated  # noqa: E402
+from sicog.errors import UserError  # noqa: E402
 from sicog.prompts import COD_TURN_QUESTIONS, format_cod, format_cot  # noqa: E402
 
 
@@ -185,7 +186,7 @@ def test_exact_and_hybrid_similarity():
     np.testing.assert_allclose(scored[1]["scores"], _brute_force(emb.encode([c["text"] for c in long]), [3]), atol=1e-6)
     with pytest.raises(ValueError, match="needs an embedder"):
         score_instances(long, "hybrid", None)
-    with pytest.raises(ValueError, match="valid: embedding, exact, hybrid"):
+    with pytest.raises(UserError, match="valid: embedding, exact, hybrid"):
         score_instances(long, "cosine", emb)
 
 
@@ -212,7 +213,7 @@ def test_instances_with_duplicate_indices_or_mixed_tasks_are_rejected():
              _cand("b", 0, "dd", "x"), _cand("b", 1, "da", "x")]
     scored, rejected = score_instances(cands, "exact", None)
     assert scored == [] and [r["reason"].split()[0] for r in rejected] == ["duplicate", "candidates"]
-    with pytest.raises(ValueError, match="lacks index"):
+    with pytest.raises(UserError, match="candidate row 0: .*lacks index"):
         score_instances([{"id": "z", "task": "text", "format": "text", "text": "t"}], "exact", None)
 
 
@@ -294,7 +295,9 @@ STEP_CONFIG = {"curate": {"text": {"similarity": "exact", "threshold": 0.5}, "te
 
 
 def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
-    from sicog import steps
+    from sicog.steps import StepIO
+    from sicog.steps.curate import curate
+    from sicog.steps.score import score
 
     # exact similarity: 3 equal answers score 1.0, 2 of 3 score 0.5 (best), all different 0.0
     first = _text_instance("a", ["x", "x", "x"]) + _text_instance("b", ["x", "x", "y"]) + _text_instance("c", ["x", "y", "z"])
@@ -302,11 +305,11 @@ def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
     world = tmp_path / "world"
     _write(world / "truth.jsonl", [])
     for name, rows in (("one", first), ("two", second)):
-        figures = steps.score(STEP_CONFIG, [_write(tmp_path / f"cand-{name}.jsonl", rows)], str(tmp_path / f"scored-{name}"))
+        figures = score(STEP_CONFIG, StepIO("score", str(tmp_path / f"scored-{name}"), {"candidates": [_write(tmp_path / f"cand-{name}.jsonl", rows)]}))
         assert figures["text"]["threshold"] == 0.5
     one = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "scored-one/rejected.jsonl").read_text().splitlines())}
     assert one == {"c": "best score 0.0000 < threshold 0.5"}  # the threshold applies before the top-K
-    quality = steps.curate(STEP_CONFIG, str(world), [str(tmp_path / "scored-one"), str(tmp_path / "scored-two")], str(tmp_path / "cur"))
+    quality = curate(STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored-one"), str(tmp_path / "scored-two")]}))
     curated = [json.loads(line) for line in (tmp_path / "cur/curated.jsonl").read_text().splitlines()]
     # Each scored input kept 2 (its own top-K); together the top-K is 2 of the whole pool: a and d (1.0), by score then id.
     assert sorted(r["id"] for r in curated) == ["a", "d"] and quality["text"]["kept"] == 2
@@ -316,15 +319,17 @@ def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
 
 
 def test_the_curate_step_converts_high_consistency_cod_winners(tmp_path):
-    from sicog import steps
+    from sicog.steps import StepIO
+    from sicog.steps.curate import curate
+    from sicog.steps.score import score
 
     cod = format_cod(COD_STEPS)
     cands = [_cand("img1", 0, "cod", cod), _cand("img1", 1, "cod", cod), _cand("img1", 2, "dd", COD_STEPS[4]),  # all agree: 1.0
              _cand("img2", 0, "cod", cod), _cand("img2", 1, "dd", COD_STEPS[4]), _cand("img2", 2, "dd", "other")]  # best 0.5
     world = tmp_path / "world"
     _write(world / "truth.jsonl", [])
-    steps.score(STEP_CONFIG, [_write(tmp_path / "cand.jsonl", cands)], str(tmp_path / "scored"))
-    quality = steps.curate(STEP_CONFIG, str(world), [str(tmp_path / "scored")], str(tmp_path / "cur"))
+    score(STEP_CONFIG, StepIO("score", str(tmp_path / "scored"), {"candidates": [_write(tmp_path / "cand.jsonl", cands)]}))
+    quality = curate(STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored")]}))
     curated = {r["id"]: r for r in map(json.loads, (tmp_path / "cur/curated.jsonl").read_text().splitlines())}
     assert set(curated) == {"img1", "img2"}  # one record per instance: no "-conv" record beside the single-turn one
     assert curated["img1"]["sicog"]["conversation"] is True and len(curated["img1"]["conversations"]) == 10

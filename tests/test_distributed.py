@@ -1,5 +1,5 @@
-"""The real `sicog train` entry point under torchrun on CPU: 2 ranks, kill -9 and resume, ZeRO-3 save,
-global batch arithmetic."""
+"""The training entry point `python -m sicog.train REQUEST` under torchrun on CPU: 2 ranks (through the
+torchrun backend), kill -9 and resume, ZeRO-3 save, global batch arithmetic."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from sicog.models import load_model
+from sicog.train.backends import torchrun
 from sicog.train.batch import BatchError, batch_plan
+from sicog.train.request import TrainRequest
 
 from tiny import colour_world, tiny_model
 
@@ -34,26 +35,29 @@ def world(tmp_path_factory):
     return root, tiny_model(tmp_path_factory.mktemp("model"), records)
 
 
-def _config(tmp_path, name="cfg.yaml", **train) -> Path:
+def _config(**train) -> dict:
     stage = {"learning_rate": 1e-2, "max_steps": 8, "batch_size": 4, "per_device_batch_size": 1, "warmup_ratio": 0.1}
     stage.update(train.pop("stage", {}))
-    data = {"seed": 3, "train": {"max_length": 256, "instruct": stage, **train}}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return {"seed": 3, "train": {"max_length": 256, "instruct": stage, **train}}
 
 
-def _train_argv(world, out, config, nproc=None):
+def _request(world, out: Path, config: dict, resume: bool = False) -> TrainRequest:
     root, model_dir = world
+    return TrainRequest.of(config, stage="instruct", data="base", name="instruct/base", model=str(model_dir), world=str(root),
+                           out=str(out), resume=resume)
+
+
+def _argv(request: TrainRequest, nproc=None) -> list[str]:
+    """`python -m sicog.train REQUEST` (under torchrun with `nproc` ranks), the request beside its output."""
+    path = request.save(f"{request.out}.request.json")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
-    return [*launcher, "-m", "sicog.cli", "train", "--stage", "instruct", "--data", "base", "--model", str(model_dir),
-            "--world", str(root), "--out", str(out), "--config", str(config)]
+    return [*launcher, "-m", "sicog.train", path]
 
 
 def _run(argv, timeout=300):
     proc = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((Path(argv[argv.index("--out") + 1]) / "train_log.json").read_text())
+    return json.loads(Path(argv[-1].removesuffix(".request.json"), "train_log.json").read_text())
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -72,16 +76,23 @@ def test_batch_plan_keeps_the_global_batch():
 
 
 def test_impossible_batch_is_refused_in_one_line(world, tmp_path):
-    argv = _train_argv(world, tmp_path / "out", _config(tmp_path, stage={"batch_size": 4, "per_device_batch_size": 1}))
+    argv = _argv(_request(world, tmp_path / "out", _config(stage={"batch_size": 4, "per_device_batch_size": 1})))
     proc = subprocess.run(argv, env=dict(ENV, WORLD_SIZE="3"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert " ".join(proc.stderr.split()) == "error: global batch 4 is not per-device batch 1 x world size 3 x an integer accumulation >= 1"  # rich wraps lines at the console width
+    assert proc.stderr.strip().splitlines()[-1] == "error: global batch 4 is not per-device batch 1 x world size 3 x an integer accumulation >= 1"
 
 
-def test_two_ranks_on_cpu_match_one_rank(world, tmp_path):
-    config = _config(tmp_path)
-    one = _run(_train_argv(world, tmp_path / "one", config, nproc=1))
-    two = _run(_train_argv(world, tmp_path / "two", config, nproc=2))
+def test_the_entry_point_takes_one_request():
+    proc = subprocess.run([sys.executable, "-m", "sicog.train", "--stage", "instruct"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m sicog.train REQUEST_URI")
+
+
+@pytest.mark.slow
+def test_two_ranks_on_cpu_match_one_rank(world, tmp_path, monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    one = _run(_argv(_request(world, tmp_path / "one", _config()), nproc=1))
+    two = torchrun(_request(world, tmp_path / "two", _config(nproc=2)))  # the backend: train.nproc ranks here
     assert (one["world_size"], one["gradient_accumulation_steps"]) == (1, 4)
     assert (two["world_size"], two["gradient_accumulation_steps"]) == (2, 2)  # accumulation halves, global batch kept
     assert one["steps"] == two["steps"] == 8
@@ -92,11 +103,12 @@ def test_two_ranks_on_cpu_match_one_rank(world, tmp_path):
     assert type(model).__name__ == "LlavaForConditionalGeneration"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
-    config = _config(tmp_path, save_steps=5, stage={"max_steps": 60})
-    full = _run(_train_argv(world, tmp_path / "full", config))
+    config = _config(save_steps=5, stage={"max_steps": 60})
+    full = _run(_argv(_request(world, tmp_path / "full", config)))
     out = tmp_path / "killed"
-    argv = _train_argv(world, out, config)
+    argv = _argv(_request(world, out, config))
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list(out.glob("checkpoints/checkpoint-*/trainer_state.json")):
@@ -105,7 +117,7 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "train_log.json").exists()  # killed mid-run
-    resumed = _run(argv + ["--resume"])
+    resumed = _run(_argv(_request(world, out, config, resume=True)))
     assert resumed["resumed_from"] and resumed["resumed_from"].startswith("checkpoint-")
     assert resumed["steps"] == full["steps"] == 60
     a, b = _weights(tmp_path / "full"), _weights(out)
@@ -114,9 +126,9 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
     assert not (out / "checkpoints").exists()  # removed once the stage has finished
 
 
+@pytest.mark.slow
 def test_zero3_saves_a_usable_consolidated_model(world, tmp_path):
-    config = _config(tmp_path, deepspeed="zero3", stage={"max_steps": 3})
-    log = _run(_train_argv(world, tmp_path / "z3", config, nproc=1), timeout=600)
+    log = _run(_argv(_request(world, tmp_path / "z3", _config(deepspeed="zero3", stage={"max_steps": 3})), nproc=1), timeout=600)
     assert log["deepspeed"] == 3 and log["steps"] == 3
     saved, initial = _weights(tmp_path / "z3"), _weights(world[1])
     assert len(saved) == len(initial) and sum(v.numel() for v in saved.values()) == sum(v.numel() for v in initial.values())
@@ -125,3 +137,25 @@ def test_zero3_saves_a_usable_consolidated_model(world, tmp_path):
     assert set(a) == set(b) and any(not torch.equal(a[k], b[k]) for k in a)
     # every loaded weight is one of the file's (nothing left at a fresh initialisation; lm_head is tied)
     assert sorted(float(v.abs().sum()) for v in saved.values()) == sorted(float(v.abs().sum()) for k, v in after.state_dict().items() if k != "lm_head.weight")
+
+
+@pytest.mark.slow
+def test_sicog_train_is_a_people_command_over_the_torchrun_backend(world, tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from sicog.cli import app
+
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    root, model_dir = world
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(_config(stage={"max_steps": 2})))
+    out = tmp_path / "out"
+    args = ["train", "--config", str(config), "--stage", "instruct", "--data", "base", "--model", str(model_dir), "--world", str(root), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_log.json").read_text())["steps"] == 2
+    assert json.loads((out / "step.json").read_text())["step"] == "train:instruct/base"  # the default run name
+    bad = CliRunner().invoke(app, [*args[:4], "nonsense", *args[5:]])
+    assert bad.exit_code == 2 and "unknown stage 'nonsense'" in bad.output

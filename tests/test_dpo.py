@@ -133,17 +133,20 @@ def test_dpo_stage_trains_and_saves(world, tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "training_args.bin").exists()
 
 
+@pytest.mark.slow
 def test_step1_dpo_switch_makes_pairs_then_trains_dpo(world, tmp_path):
-    """train.step1=dpo turns the pipeline's warm-up task into the paper's DPO variant, same entry point."""
-    from sicog import steps
+    """train.step1=dpo turns the warm-up step into the paper's DPO variant, same entry point."""
     from sicog.config import validate_config
+    from sicog.steps import StepIO
+    from sicog.steps.warmup import warmup
 
     root, records, model_dir = world
     (root / "perception.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))  # the folder's perception role
     tiny_stage = {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4}
     cfg = validate_config({"train": {"step1": "dpo", "max_length": 256, "dpo": tiny_stage}, "sample": {"max_new_tokens": 8}})
-    log = steps.train_torchrun(cfg, "warmup", "perception", str(model_dir), str(root), str(tmp_path / "out"), "perception/warmup")
-    assert log["steps"] == 2
+    result = warmup(cfg, StepIO("train:perception/warmup", str(tmp_path / "out"), {"model": str(model_dir), "world": str(root)}), "perception")
+    log = result["log"]
+    assert log["steps"] == 2 and result["figures"] == {"stage": "dpo", "data": "perception", "steps": 2, "final_loss": log["loss_history"][-1][1]}
     pairs = [json.loads(line) for line in (tmp_path / "out" / "dpo-pairs" / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == len(records)
     lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
@@ -152,15 +155,17 @@ def test_step1_dpo_switch_makes_pairs_then_trains_dpo(world, tmp_path):
     load_model(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_dpo_runs_on_two_ranks(world, tmp_path):
     """The DPO stage under torchrun with 2 CPU ranks (gloo): same entry point, global batch kept."""
-    from sicog import steps
-    from sicog.config import validate_config
+    from sicog.train.backends import torchrun
+    from sicog.train.request import TrainRequest
 
     root, records, model_dir = world
     make_pairs(records, model_dir, root, tmp_path / "pairs", seed=0, max_new_tokens=8, batch_size=4)
     stage = {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}
-    cfg = validate_config({"train": {"nproc": 2, "max_length": 256, "dpo": stage}})
-    log = steps.train_torchrun(cfg, "dpo", "perception", str(model_dir), str(root), str(tmp_path / "out"), "dpo", pairs=str(tmp_path / "pairs"))
+    config = {"train": {"nproc": 2, "max_length": 256, "dpo": stage}}
+    log = torchrun(TrainRequest.of(config, stage="dpo", data="perception", name="dpo", model=str(model_dir), world=str(root),
+                                   out=str(tmp_path / "out"), pairs=str(tmp_path / "pairs")))
     assert log["steps"] == 2 and log["gradient_accumulation_steps"] == 2
     load_model(tmp_path / "out")

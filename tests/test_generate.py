@@ -13,6 +13,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from sicog.config import SampleConfig
+from sicog.errors import UserError
 from sicog.generate.local import GumbelNoise, LocalSampler
 from sicog.generate.plan import plan_requests
 from sicog.generate.sample import failures_path, sample_candidates
@@ -88,9 +89,9 @@ def test_text_plan_has_no_image_and_rejects_bad_plans():
     reqs = plan_requests(recs, "text", 3, cycle_seed=0)
     assert [(r["format"], r["index"], r["prompt"]) for r in reqs] == [("text", k, "Name a colour.") for k in range(3)]
     assert all("image" not in r for r in reqs)
-    with pytest.raises(ValueError, match="unknown caption formats"):
+    with pytest.raises(UserError, match="unknown caption formats"):
         plan_requests(_records(), "caption", {"cot": 2}, cycle_seed=0)
-    with pytest.raises(ValueError, match="needs an image"):
+    with pytest.raises(UserError, match="needs an image"):
         plan_requests(recs, "vqa", {"cot": 1}, cycle_seed=0)
 
 

@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from sicog.config import EvalConfig, StageConfig, TrainConfig
+from sicog.errors import UserError
 from sicog.evaluate.heldout import evaluate_heldout
 from sicog.generate.local import LocalSampler
 from sicog.generate.plan import plan_requests
@@ -355,6 +356,6 @@ def test_a_stage_saves_weights_in_the_dtype_it_trained_in(clip_dir, data, tmp_pa
 def test_an_unknown_chat_template_is_refused_before_any_weight_loads(clip_dir, tmp_path):
     mistral = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
     hub_tokenizer(_texts(), ["<s>", "</s>"], mistral, eos="</s>", bos="<s>").save_pretrained(tmp_path / "lm")  # no weights at all
-    with pytest.raises(ValueError, match="no {% generation %} markers") as refused:
+    with pytest.raises(UserError, match="no {% generation %} markers") as refused:
         assemble_model(clip_dir, tmp_path / "lm", tmp_path / "llava")
     assert "\n" not in str(refused.value) and not (tmp_path / "llava").exists()

@@ -26,11 +26,12 @@ import pytest
 import yaml
 
 from sicog.config import EvalConfig, WorldConfig
+from sicog.errors import UserError
 from sicog.evaluate import lmms
 from sicog.evaluate.heldout import evaluate_heldout
 from sicog.evaluate.metrics import normalize_answer, vqa_correct
 from sicog.prompts import da_question
-from sicog.steps import _catalog, _role
+from sicog.data import read_role, run_catalog
 from sicog.world import build_world, world_texts
 from tiny import tiny_sampler_model
 
@@ -54,7 +55,7 @@ def _eval_python() -> Path:
 def world_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms")
     build_world(root / "world", WorldConfig(seed=7, **SMALL))
-    rows = _role(_catalog(root / "world"), "heldout", [])
+    rows = read_role(run_catalog(root / "world"), "heldout")[0]
     # Scaled random weights: greedy outputs depend on image and prompt (plain init answers "\n" to all).
     model = tiny_sampler_model(root / "model", list(world_texts(root / "world")))
     return root, rows, model
@@ -235,9 +236,9 @@ def test_parse_results_maps_primary_metrics_to_0_1():
 
 def test_arguments_are_checked_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(lmms.EVAL_PYTHON_ENV, str(tmp_path / "no-python"))
-    with pytest.raises(ValueError, match="unknown benchmarks"):
+    with pytest.raises(UserError, match="unknown benchmarks"):
         lmms.run_benchmarks(tmp_path, ["mmstarr"], tmp_path / "out")
-    with pytest.raises(ValueError, match="judge"):
+    with pytest.raises(UserError, match="judge"):
         lmms.run_benchmarks(tmp_path, ["mmvet"], tmp_path / "out")
     with pytest.raises(ValueError, match="batch_size"):
         lmms.run_benchmarks(tmp_path, ["ai2d"], tmp_path / "out", batch_size=8)
@@ -261,16 +262,18 @@ def test_evaluate_step_merges_benchmarks_into_the_heldout_schema(world_model, tm
     """eval.benchmarks in a cycle's evaluate step: lmms-eval's scores land in the same per-model dict
     as the held-out metrics (eval.json, metrics.json's `heldout`, the promotion gate, KFP Metrics),
     and the step's timings say what each part cost."""
-    from sicog import steps
     from sicog.config import SicogConfig
+    from sicog.report.metrics import heldout_scores
+    from sicog.steps import StepIO
+    from sicog.steps.evaluate import evaluate
 
     _eval_python()
     root, rows, model = world_model
     cfg = SicogConfig(eval=EvalConfig(max_new_tokens=MAX_NEW_TOKENS, batch_size=1, benchmarks=["sicog_heldout_vqa"]))
-    results = steps.evaluate(cfg, {"base": str(model)}, str(root / "world"), str(tmp_path / "eval"))
+    results = evaluate(cfg, StepIO("evaluate", str(tmp_path / "eval"), {"world": str(root / "world"), "models": {"base": str(model)}}))
     base = results["base"]
     assert base["sicog_heldout_vqa"] == base["vqa_accuracy"] and base["sicog_heldout_vqa_n"] == base["vqa_n"] > 0
-    assert steps.heldout_scores(base) == {"vqa_accuracy": base["vqa_accuracy"], "caption_attribute_recall": base["caption_attribute_recall"],
+    assert heldout_scores(base) == {"vqa_accuracy": base["vqa_accuracy"], "caption_attribute_recall": base["caption_attribute_recall"],
                                           "sicog_heldout_vqa": base["sicog_heldout_vqa"]}
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["base"]["sicog_heldout_vqa"] == base["sicog_heldout_vqa"]
     assert (tmp_path / "eval" / "base" / "lmms" / "scores.json").is_file()

@@ -36,7 +36,10 @@ def test_pipeline_compiles_with_every_step(tmp_path):
     base = tasks["extract-backbone"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
     assert tasks[base]["inputs"]["parameters"]["name"]["runtimeValue"]["constant"] == "base/instruct"
     sub = ir["components"]["comp-sample-task"]["dag"]["tasks"]
-    (loop,) = [spec for spec in sub.values() if "parameterIterator" in spec]
+    assert set(sub) == {"sample-shards", "collect-candidates"}  # the fan-out, then the one collector after it
+    assert sub["collect-candidates"]["dependentTasks"] == ["sample-shards"]
+    fanout = ir["components"]["comp-sample-shards"]["dag"]["tasks"]
+    (loop,) = [spec for spec in fanout.values() if "parameterIterator" in spec]
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("sample_shards")
     every = {t: spec for comp in [ir["root"], *ir["components"].values()] for t, spec in comp.get("dag", {}).get("tasks", {}).items()}
     sampling = [t for t in every if t.startswith(("sample-shard", "collect-candidates"))]

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from sicog.errors import UserError
 from sicog.report import evidence_markdown, evidence_table, plots, write_evidence, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -194,7 +195,7 @@ def test_evidence_markdown_and_files(tmp_path):
     assert path.read_text(encoding="utf-8") == md
     saved = json.loads((tmp_path / "ev" / "evidence.json").read_text())
     assert saved["command"] == command and saved["seeds"] == [0, 1] and saved["n_runs"] == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="at least one seed"):
         evidence_table([])
 
 

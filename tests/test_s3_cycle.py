@@ -1,6 +1,6 @@
 """`--out s3://...` end to end against a real S3 API server on loopback (moto): single steps read
-and write the bucket through sicog.store, a whole micro cycle publishes every step's output with its
-manifest, and wrong credentials are one line before any work."""
+and write the bucket through sicog.store, a whole micro cycle publishes its run folder once (every
+step's output sealed with its manifest, lineage.json last), and wrong credentials are one line before any work."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import moto.settings
 from typer.testing import CliRunner
 
-from sicog import store
+from sicog import lineage, store
 from sicog.cli import app
 from sicog.store import MANIFEST
 
@@ -58,22 +58,23 @@ def test_cycle_with_out_in_s3(bucket, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out}/report.html" in proc.stdout
     files = store.list_files(out)
-    for name in ("metrics.json", "report.html", "cycle.log", MANIFEST):
+    for name in ("metrics.json", "report.html", "cycle.log", "lineage.json", MANIFEST):
         assert name in files, name
     metrics = json.loads(store.read_text(f"{out}/metrics.json"))
     assert set(metrics["heldout"]) == {"base", "cycle", "control"}
-    steps = {f.rsplit("/", 1)[0] for f in files if f.startswith("steps/") and f.endswith("/" + MANIFEST)}
-    models = ("stage1/align", "base/instruct", "perception/warmup", "reasoning/warmup", "cycle/pretrain", "cycle/instruct",
-              "control/pretrain", "control/instruct")
-    expected = {"steps/world", "steps/model", "steps/score", "steps/curate", "steps/evaluate", "steps/report",
-                *(f"steps/sample/{t}" for t in ("caption", "vqa", "text")), *(f"steps/train/{m}" for m in models)}
-    assert expected <= steps, expected - steps
-    for model in models:
-        assert f"steps/train/{model}/model.safetensors" in files
-        manifest = json.loads(store.read_text(f"{out}/steps/train/{model}/{MANIFEST}"))["files"]
+    # One address per output: every step's output is its artifact folder under pipeline/, sealed with its
+    # manifest and published once; lineage.json names the models relative to the run's folder.
+    record = json.loads(store.read_text(f"{out}/lineage.json"))
+    models = record["models"]
+    assert set(models) == {"base", "cycle", "perception", "reasoning"}
+    for name, uri in models.items():
+        assert uri.startswith("pipeline/") and uri.endswith("/trained"), (name, uri)
+        manifest = json.loads(store.read_text(f"{out}/{uri}/{MANIFEST}"))["files"]
         assert len(manifest["model.safetensors"]["sha256"]) == 64
+    trained = [f for f in files if f.endswith("/trained/model.safetensors")]
+    assert len(trained) == 8, trained  # stage 1, base, 2 warm-ups, cycle and control stages 1.5 + 2: each written once
     assert not [f for f in files if f.endswith((".tmp", ".part"))]  # no temporary objects left
-    with store.local_input(f"{out}/steps/train/cycle/instruct") as model:  # sha256-verified download
+    with store.local_input(lineage.resolve_uri(models["cycle"], f"{out}/lineage.json")) as model:  # sha256-verified download
         assert json.loads((model / "lineage.json").read_text())[-1]["name"] == "cycle/instruct"
     # The local kfp.local work folder and the store's staging folders are gone (KFP's own
     # lightweight-component launcher leaves its `mktemp -d` folders of component code).

@@ -21,7 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 os.environ["HF_HUB_OFFLINE"] = "1"  # the default embedder must load with no model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sicog import steps  # noqa: E402
+from sicog.errors import UserError  # noqa: E402
+from sicog.steps import StepIO  # noqa: E402
+from sicog.steps.score import score  # noqa: E402
 from sicog.curate.consistency import best_in_groups, consistency_scores  # noqa: E402
 from sicog.prompts import format_cod, format_cot  # noqa: E402
 from sicog.scorer.batcher import DeadlineExpired, MicroBatcher  # noqa: E402
@@ -251,8 +253,8 @@ def test_score_step_through_the_service_equals_in_process(tmp_path, address):
     _candidates(src)
     config = {"curate": {"caption": {"similarity": "embedding", "threshold": 0.5}, "vqa": {"similarity": "hybrid", "threshold": 0.5},
                          "text": {"similarity": "exact", "threshold": -1.0}}}
-    local = steps.score(config, [str(src)], str(tmp_path / "local"))
-    remote = steps.score(config, [str(src)], str(tmp_path / "remote"), scorer=address)
+    local = score(config, StepIO("score", str(tmp_path / "local"), {"candidates": [str(src)]}))
+    remote = score(config, StepIO("score", str(tmp_path / "remote"), {"candidates": [str(src)]}), scorer=address)
     assert local == remote
     read = lambda d: {r["id"]: r for r in map(json.loads, (tmp_path / d / "scored.jsonl").read_text().splitlines())}  # noqa: E731
     a, b = read("local"), read("remote")
@@ -272,8 +274,8 @@ def test_score_step_through_the_service_equals_in_process(tmp_path, address):
                                       "--set", "curate.caption.threshold=0.5"])
     assert result.exit_code == 0, result.output
     assert {r["id"] for r in map(json.loads, (tmp_path / "cli.jsonl").read_text().splitlines())} == {"img0", "img1", "img2", "q0", "q1", "t0"}
-    with pytest.raises(ValueError, match="serves 'all-MiniLM-L6-v2', but curate.embedder is 'other'"):
-        steps.score({"curate": {"embedder": "other", "scorer": address}}, [str(src)], str(tmp_path / "other"))
+    with pytest.raises(UserError, match="serves 'all-MiniLM-L6-v2', but curate.embedder is 'other'"):
+        score({"curate": {"embedder": "other", "scorer": address}}, StepIO("score", str(tmp_path / "other"), {"candidates": [str(src)]}))
 
 
 # --- batching, deadlines, loading, retries, draining ----------------------------------------------

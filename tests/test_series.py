@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from sicog import lineage, store
 from sicog.cli import app
-from sicog.config import PromoteConfig, load_config, parameter_dict
+from sicog.config import ConfigError, PromoteConfig, load_config, parameter_dict, validate_config
 from sicog.errors import UserError
 from sicog.report.series import series_png, series_rows, to_csv, to_markdown, write_series_report
 
@@ -101,9 +101,9 @@ def test_gate_on_every_reported_metric_by_default_so_new_benchmarks_flow_through
 def test_promote_config_is_typed_and_documented():
     cfg = load_config(ROOT / "tests/micro.yaml", ["promote.tolerance=0.05", "promote.metrics=[vqa_accuracy]"])
     assert (cfg.promote.tolerance, cfg.promote.metrics, cfg.promote.against) == (0.05, ["vqa_accuracy"], ["previous", "base"])
-    with pytest.raises(ValueError, match="promote.against"):
+    with pytest.raises(ConfigError, match="promote.against"):
         load_config(None, ["promote.against=[control]"])
-    with pytest.raises(ValueError, match="promote.tolerance"):
+    with pytest.raises(ConfigError, match="promote.tolerance"):
         load_config(None, ["promote.tolerance=-0.1"])
     assert all(field.description for field in PromoteConfig.model_fields.values())
 
@@ -140,6 +140,21 @@ def test_start_cycle_skips_a_refused_cycle(where, tmp_path, request):
     _seal(only_refused, "20261101T030000Z-eeee", 1, 100.0, promoted=False)
     nxt, _ = lineage.start_cycle(config, only_refused, "", "feedbeef")
     assert (nxt["cycle"], nxt["model"]["start"], nxt["promote"]["previous"]) == (1, "", "")
+
+
+def test_a_cycle_folder_records_its_own_outputs_relative_to_itself(tmp_path, bucket):
+    """A kfp.local run works in a local folder and publishes it whole; URIs under the folder are recorded
+    relative to it, so the next cycle finds the model where the folder was published."""
+    local = tmp_path / "series" / "cycles" / "c1"
+    model = f"{local}/pipeline/sicog-cycle-1/train-cycle-instruct/trained"
+    assert lineage.relative_uri(model, str(local)) == "pipeline/sicog-cycle-1/train-cycle-instruct/trained"
+    assert lineage.relative_uri("s3://b/elsewhere/model", str(local)) == "s3://b/elsewhere/model"
+    published = f"s3://{bucket}/series/cycles/c1/lineage.json"
+    assert lineage.resolve_uri("pipeline/m", published) == f"s3://{bucket}/series/cycles/c1/pipeline/m"
+    assert lineage.resolve_uri("/abs/m", published) == "/abs/m" and lineage.resolve_uri(None, published) is None
+    store.write_text(published, json.dumps({"cycle": 1, "status": "succeeded", "finished_at": 1.0, "models": {"cycle": "pipeline/m"}}))
+    nxt, _ = lineage.start_cycle(validate_config({}).model_dump(mode="json"), f"s3://{bucket}/series", "", "feedbeef")
+    assert nxt["model"]["start"] == f"s3://{bucket}/series/cycles/c1/pipeline/m" and nxt["cycle"] == 2
 
 
 def _metrics(cycle_vqa: float, promoted: bool, quarantined: int = 2) -> dict:
@@ -231,30 +246,3 @@ def test_series_report_cli_prints_the_table_and_a_one_line_error_for_a_missing_s
     assert not (tmp_path / "o").exists()
     with pytest.raises(UserError):
         series_rows(str(tmp_path / "nowhere"))
-
-
-def test_a_foundation_model_passes_through_the_base_models_stages_untrained(tmp_path):
-    """Paper App. G: from a foundation model (a series' previous cycle) stage 1 and the base model's stage 2
-    are not re-run: the train task hands the model on as it is, 0 steps, and says why; under PyTorchJobs the
-    model's store URI stays the foundation's own (nothing is copied in the store)."""
-    from sicog import steps
-    from sicog.config import SicogConfig
-
-    model = tmp_path / "previous-cycle"
-    model.mkdir()
-    (model / "config.json").write_text('{"model_type": "llava"}')
-    (model / "lineage.json").write_text('[{"name": "cycle/instruct", "stage": "instruct", "steps": 5}]')
-    cfg = SicogConfig.model_validate({"model": {"start": str(model), "foundation": True}})
-    for name in steps.FOUNDATION_STAGES:
-        log, uri = steps.train_task(cfg, "align", "align", name, str(model), str(tmp_path / "world"), str(tmp_path / name.replace("/", "-")))
-        assert log["steps"] == 0 and log["loss_history"] == [] and "foundation" in log["skipped"]
-        assert (Path(uri) / "config.json").read_text() == (model / "config.json").read_text()
-        assert (Path(uri) / "lineage.json").read_text() == (model / "lineage.json").read_text()  # no stage added
-    cfg.cluster.trainer = "pytorchjob"
-    stored = "s3://sicog/series/cycles/1/steps/train/cycle/instruct"
-    log, uri = steps.train_task(cfg, "align", "align", "stage1/align", str(model), "s3://sicog/w", str(tmp_path / "job"), uris={"model": stored})
-    assert uri == stored and log["steps"] == 0 and (tmp_path / "job" / "config.json").is_file()
-    # Not a foundation model (an assembled base, model.foundation false): stage 1 is not skipped.
-    cfg.model.foundation = False
-    with pytest.raises(ValueError, match="object storage"):
-        steps.train_task(cfg, "align", "align", "stage1/align", str(model), "s3://sicog/w", str(tmp_path / "job2"), work_uri="", uris={"model": stored})

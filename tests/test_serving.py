@@ -420,7 +420,7 @@ def test_cli_sweep_and_teardown(kube):
 
 def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_sampling_fails(kube, model, tmp_path):
     """The compiled cycle's sampling group for a served engine (sicog.pipelines.cycle.served_sampling:
-    launch the server, fan out the shards, delete the server in a dsl.ExitHandler, collect from work_uri),
+    launch the server, fan out the shards, delete the server in a dsl.ExitHandler, collect from the run's folder),
     run by kfp.local with its real components against the kube API stand-in and the engine stand-in.
     It samples every candidate through the run's own server; when a shard task fails (its store cannot
     be written), the exit handler still deletes the server and nothing of the run is left."""
@@ -438,19 +438,19 @@ def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_samp
     cfg.sample.shards, cfg.sample.chunk_size, cfg.sample.max_new_tokens = 2, 2, 6
     group = served_sampling(None)
 
-    def check(config, work_uri, model_uri, run_id):
+    def check(config, run_uri, model_uri, run_id):
         world = dsl.importer(artifact_uri=str(world_dir), artifact_class=Dataset, reimport=False)
-        group(config=config, work_uri=work_uri, task="caption", sample_shards=[0, 1], role="perception", model_uri=model_uri,
+        group(config=config, run_uri=run_uri, task="caption", sample_shards=[0, 1], role="perception", model_uri=model_uri,
               run_id=run_id, world=world.output)
 
     # KFP reads parameter types from annotations, which this module's `from __future__ import annotations` makes strings.
-    check.__annotations__ = {"config": dict, "work_uri": str, "model_uri": str, "run_id": str}
+    check.__annotations__ = {"config": dict, "run_uri": str, "model_uri": str, "run_id": str}
     check = dsl.pipeline(name="served-sampling-check")(check)
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline"), raise_on_error=False)
     work = tmp_path / "work"
-    check(config=parameter_dict(cfg), work_uri=str(work), model_uri=model_uri, run_id="run-kfp-local-ok")
-    candidates = sorted((tmp_path / "pipeline").glob("served-sampling-check-*/collect-stored/candidates/candidates.jsonl"))
+    check(config=parameter_dict(cfg), run_uri=str(work), model_uri=model_uri, run_id="run-kfp-local-ok")
+    candidates = sorted((tmp_path / "pipeline").glob("served-sampling-check-*/collect-candidates/candidates/candidates.jsonl"))
     assert len(candidates) == 1, sorted(p.relative_to(tmp_path) for p in (tmp_path / "pipeline").rglob("*.jsonl"))
     rows = [json.loads(line) for line in candidates[0].read_text().splitlines()]
     assert len(rows) == 4 * 3 and all(r["model"] == "perception" and isinstance(r["text"], str) for r in rows)  # 4 images x (2 CoD + 1 DD)
@@ -460,8 +460,8 @@ def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_samp
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "sampling").write_text("not a folder")
-    check(config=parameter_dict(cfg), work_uri=str(broken), model_uri=model_uri, run_id="run-kfp-local-fails")
-    assert not list((tmp_path / "pipeline").glob("served-sampling-check-*/collect-stored-*/candidates/candidates.jsonl"))
+    check(config=parameter_dict(cfg), run_uri=str(broken), model_uri=model_uri, run_id="run-kfp-local-fails")
+    assert not list((tmp_path / "pipeline").glob("served-sampling-check-*/collect-candidates*/candidates/candidates.jsonl"))
     failed_server = server_name("run-kfp-local-fails", "perception")
     assert any(o.get("kind") == "Deployment" and o["metadata"]["name"] == failed_server for o in kube.created)  # it was up
     assert _left(kube) == []  # ... and the exit handler deleted it all the same

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sicog import store
 from sicog.config import SampleConfig
+from sicog.errors import UserError
 from sicog.generate.sample import collect_candidates, sample_shard
 from sicog.generate.shards import MANIFEST, read_shard, shard_dir, shard_of, shard_records
 from sicog.prompts import CAPTION_DD
@@ -97,7 +98,7 @@ def test_resume_skips_finished_chunks_and_verifies_them(tmp_path):
     # an unfinished shard cannot be read (nor collected)
     with pytest.raises(KeyboardInterrupt):
         _run(records, str(tmp_path / "half"), cfg, EchoSampler(die_after=1))
-    with pytest.raises(ValueError, match="not finished"):
+    with pytest.raises(UserError, match="not finished"):
         list(read_shard(str(tmp_path / "half")))
 
 
@@ -121,7 +122,7 @@ def test_collected_candidates_do_not_depend_on_the_shard_count(tmp_path):
         assert stats == {"candidates": 69, "failures": 0, "shards": n}
         outs.append((tmp_path / f"c{n}.jsonl").read_bytes())
     assert outs[0] == outs[1]
-    with pytest.raises(ValueError, match="twice"):  # the same shard given twice: a duplicate, refused
+    with pytest.raises(UserError, match="twice"):  # the same shard given twice: a duplicate, refused
         collect_candidates([uris[0], uris[0]], tmp_path / "dup.jsonl")
 
 

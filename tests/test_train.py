@@ -222,3 +222,62 @@ def test_paper_config_loads_and_keeps_global_batches_on_32_ranks():
     assert (t.max_length, t.bf16, t.gradient_checkpointing, t.deepspeed) == (4096, True, True, "zero2")
     assert (t.dpo_beta, t.dpo_sft_weight) == (0.1, 1.0)
 
+
+# --- what a stage reads, and the train step's own decisions -----------------------------------------
+
+
+def _text(rid: str) -> dict:
+    return _rec(rid, None, "Say something.", f"Something {rid}.")
+
+
+def test_training_data_is_read_by_role_and_mixed_by_source_weight(tmp_path):
+    from collections import Counter
+
+    from sicog.config import validate_config
+    from sicog.data.training import training_records
+    from sicog.errors import UserError
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(_text(str(i))) + "\n" for i in range(4)))
+    (tmp_path / "catalog.yaml").write_text("instruct:\n  - {name: a, uri: a.jsonl, weight: 2}\n  - {name: b, uri: b.jsonl, weight: 0.5, seed: 1}\n"
+                                           "perception: {name: p, uri: a.jsonl}\n")
+    cfg = validate_config({"seed": 5})
+    records, quarantine = training_records(cfg, "base", tmp_path, None)
+    counts = Counter(r["id"] for r in records)
+    assert quarantine == [] and {k: v for k, v in counts.items() if k.startswith("a/")} == {f"a/{i}": 2 for i in range(4)}
+    drawn = sorted(k for k in counts if k.startswith("b/"))
+    assert len(drawn) == 2 and all(counts[k] == 1 for k in drawn)  # a seeded half of b
+    assert sorted(r["id"] for r in training_records(cfg, "base", tmp_path, None)[0]) == sorted(r["id"] for r in records)
+    assert [r["id"] for r in training_records(cfg, "perception", tmp_path, None)[0]] == [f"p/{i}" for i in range(4)]
+
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    (curated / "curated.jsonl").write_text(json.dumps(_text("c0")) + "\n")
+    mixed = validate_config({"seed": 5, "train": {"pretrain_mix": ["perception"]}})
+    assert [r["id"] for r in training_records(mixed, "curated", tmp_path, curated)[0]] == ["c0"] + [f"p/{i}" for i in range(4)]
+    with pytest.raises(UserError, match="training data 'curated' needs the curated dataset"):
+        training_records(cfg, "curated", tmp_path, None)
+    with pytest.raises(UserError, match="unknown training data 'everything'"):
+        training_records(cfg, "everything", tmp_path, None)
+
+
+def test_a_foundation_model_passes_its_base_stages_through_untrained(world, tmp_path):
+    from sicog.config import validate_config
+    from sicog.errors import UserError
+    from sicog.steps import StepIO
+    from sicog.steps.train import train
+    from sicog.steps.warmup import warmup
+
+    root, _, model_dir = world
+    cfg = validate_config({"model": {"start": str(model_dir), "foundation": True}})
+    for name, stage, data in (("stage1/align", "align", "align"), ("base/instruct", "instruct", "base")):
+        out = tmp_path / name.replace("/", "-")
+        result = train(cfg, StepIO(f"train:{name}", str(out), {"model": str(model_dir), "world": str(root)}), stage, data)
+        assert result["model"] == str(out) and result["figures"] == {"stage": stage, "data": data, "steps": 0, "final_loss": None}
+        assert (out / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+        assert json.loads((out / "train_log.json").read_text())["steps"] == 0 and (out / "_manifest.json").is_file()
+        assert json.loads((out / "step.json").read_text())["step"] == f"train:{name}"
+    with pytest.raises(UserError, match="unknown stage 'stage2'"):
+        train(cfg, StepIO("train:x", str(tmp_path / "x"), {"model": str(model_dir), "world": str(root)}), "stage2", "base")
+    with pytest.raises(UserError, match="unknown step-1 task 'vision': choose perception or reasoning"):
+        warmup(cfg, StepIO("train:vision/warmup", str(tmp_path / "w"), {"model": str(model_dir), "world": str(root)}), "vision")

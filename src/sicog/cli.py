@@ -19,10 +19,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from sicog import steps, store
-from sicog.config import ConfigError, SicogConfig, load_config
+from sicog import store
+from sicog.config import SicogConfig, load_config
+from sicog.data.training import TRAIN_DATA
 from sicog.errors import UserError
-from sicog.store import StoreError
+from sicog.steps import StepIO
+from sicog.train.request import STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SICOG: self-improving systematic cognition for multimodal LLMs.")
 model_app = typer.Typer(no_args_is_help=True, help="Model factory.")
@@ -48,20 +50,18 @@ ModelOpt = Annotated[str, typer.Option("--model", help="Model folder (save_pretr
 
 
 def user_errors(fn):
-    """Turn user errors into one line on stderr and exit status 2."""
+    """Turn user errors into one line on stderr and exit status 2 (SICOG_DEBUG=1: their traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StoreError, UserError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-        except FileNotFoundError as exc:
-            err.print(f"[red]error:[/red] no such file: {exc.filename or exc}", highlight=False)
-        except ValueError as exc:
+        except UserError as exc:  # ConfigError and StoreError are UserErrors too; anything else is a bug
             if os.environ.get("SICOG_DEBUG"):
                 raise
             err.print(f"[red]error:[/red] {exc}", highlight=False)
+        except FileNotFoundError as exc:
+            err.print(f"[red]error:[/red] no such file: {exc.filename or exc}", highlight=False)
         raise typer.Exit(2)
 
     return wrapper
@@ -82,15 +82,19 @@ def _print(obj) -> None:
 @app.command()
 @user_errors
 def world(out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None):
-    """Write the procedural demo world: images, splits and ground truth."""
-    _print(steps.make_world(_config(config, set_), str(out)).get("counts", {}))
+    """Write the cycle's data: the catalog of data.catalog, or the procedural demo world (images, splits, ground truth)."""
+    from sicog.steps.world import make_world
+
+    _print(make_world(_config(config, set_), StepIO("world", str(out))).get("counts", {}))
 
 
 @model_app.command("init")
 @user_errors
 def model_init(world: WorldOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None):
-    """A fresh tiny LLaVA whose tokenizer is trained on the world's text."""
-    typer.echo(steps.init_model(_config(config, set_), str(world), str(out)))
+    """A fresh tiny LLaVA whose tokenizer is trained on the world's text (or model.start, as it is)."""
+    from sicog.steps.model import init_model
+
+    typer.echo(init_model(_config(config, set_), StepIO("model-init", str(out), {"world": str(world)})) or str(out))
 
 
 @model_app.command("assemble")
@@ -109,64 +113,67 @@ def model_assemble(
     typer.echo(assemble_model(vision, llm, out, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code))
 
 
+TrainDataOpt = Annotated[str, typer.Option("--data", help=f"Training data, one of: {', '.join(TRAIN_DATA)} (stage dpo: names the task).")]
+Step1TaskOpt = Annotated[str, typer.Option("--task", help="perception (DD + CoD) or reasoning (DA + CoT) annotated records.")]
+TRAIN_SUMMARY = ("steps", "records", "train_seconds", "tokens_per_second", "world_size", "gradient_accumulation_steps", "skipped")
+
+
+def _trained(run, *args):
+    """Run a training backend (or step); a failed training process is one line and exit status 1 (its own error is above)."""
+    from sicog.train.backends import TrainError
+
+    try:
+        return run(*args)
+    except TrainError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 @user_errors
 def train(
-    stage: Annotated[str, typer.Option(help="warmup | align | pretrain | instruct | dpo")],
-    data: Annotated[str, typer.Option(help=f"one of: {', '.join(steps.TRAIN_DATA)} (dpo: names the task)")],
+    stage: Annotated[str, typer.Option(help=" | ".join(STAGES))],
+    data: TrainDataOpt,
     model: ModelOpt,
     world: WorldOpt,
     out: OutOpt,
     curated: Annotated[Optional[str], typer.Option(help="Curated folder (for data curated/uncurated); local path or s3:// URI.")] = None,
     pairs: Annotated[Optional[str], typer.Option(help="Preference pairs folder from `sicog dpo-pairs` (stage dpo); local path or s3:// URI.")] = None,
-    name: Annotated[str, typer.Option(help="Run name in logs and lineage.")] = "",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint under OUT/checkpoints, if any.")] = False,
+    name: Annotated[str, typer.Option(help="Run name in logs and lineage (default STAGE/DATA).")] = "",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Train one stage (step 1 warm-up or DPO, step 4 stage 1 / 1.5 / 2); the entry point torchrun runs on every rank."""
-    if stage not in ("warmup", "align", "pretrain", "instruct", "dpo"):
-        raise ValueError(f"unknown stage {stage!r}: choose warmup, align, pretrain, instruct or dpo")
-    log = steps.train(_config(config, set_), stage, data, str(model), str(world), str(out), name or f"{stage}/{data}",
-                      curated or None, pairs or None, resume=resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        _print({k: log[k] for k in ("steps", "records", "train_seconds", "tokens_per_second", "world_size", "gradient_accumulation_steps", "skipped") if k in log})
+    """Train one stage (step 1 warm-up or DPO, step 4 stage 1 / 1.5 / 2) under torchrun with train.nproc ranks
+    on this machine; a rerun into the same OUT continues from its last checkpoint."""
+    from sicog.train.backends import torchrun
+    from sicog.train.request import TrainRequest
 
-
-def _check_step1_task(task: str) -> None:
-    if task not in ("perception", "reasoning"):
-        raise ValueError(f"unknown step-1 task {task!r}: choose perception or reasoning")
+    request = TrainRequest.of(_config(config, set_), stage=stage, data=data, name=name or f"{stage}/{data}", model=str(model),
+                              world=str(world), out=str(out), curated=curated or None, pairs=pairs or None)
+    log = _trained(torchrun, request)
+    _print({k: log[k] for k in TRAIN_SUMMARY if k in log})
 
 
 @app.command("dpo-pairs")
 @user_errors
-def dpo_pairs(
-    task: Annotated[str, typer.Option(help="perception (DD + CoD) or reasoning (DA + CoT) annotated records")],
-    model: ModelOpt,
-    world: WorldOpt,
-    out: OutOpt,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-):
+def dpo_pairs(task: Step1TaskOpt, model: ModelOpt, world: WorldOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None):
     """DPO variant of step 1: chosen = annotated answer, rejected = MODEL's answer on a corrupted image."""
-    _check_step1_task(task)
-    _print(steps.dpo_pairs(_config(config, set_), task, str(model), str(world), str(out)))
+    from sicog.steps.warmup import dpo_pairs as run
+
+    _print(run(_config(config, set_), StepIO(f"dpo-pairs:{task}", str(out), {"model": str(model), "world": str(world)}), task))
 
 
 @app.command()
 @user_errors
-def warmup(
-    task: Annotated[str, typer.Option(help="perception (DD + CoD) or reasoning (DA + CoT)")],
-    model: ModelOpt,
-    world: WorldOpt,
-    out: OutOpt,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-):
-    """Step 1: warm-up of the perception or reasoning model (SFT, or DPO with train.step1=dpo), through torchrun."""
-    _check_step1_task(task)
-    log = steps.train_torchrun(_config(config, set_), "warmup", task, str(model), str(world), str(out), f"{task}/warmup")
-    _print({k: log[k] for k in ("steps", "records", "train_seconds", "skipped") if k in log})
+def warmup(task: Step1TaskOpt, model: ModelOpt, world: WorldOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None):
+    """Step 1: warm-up of the perception or reasoning model (SFT, or DPO with train.step1=dpo: pairs first,
+    into OUT/dpo-pairs), under torchrun on this machine; a rerun into the same OUT continues from its last checkpoint."""
+    from sicog.steps.warmup import warmup as run
+    from sicog.train.backends import torchrun
+
+    io = StepIO(f"train:{task}/warmup", str(out), {"model": str(model), "world": str(world)})
+    log = _trained(run, _config(config, set_), io, task, torchrun)["log"]
+    _print({k: log[k] for k in TRAIN_SUMMARY if k in log})
 
 
 @app.command()
@@ -188,8 +195,10 @@ def sample(
     """Step 2: sample candidates for a task's unlabeled pool into OUT/candidates.jsonl, shard by shard;
     re-running the same command resumes finished chunks. Text-only prompts are answered by the
     backbone LLM (paper App. A); candidates record the model that produced them."""
-    if task not in steps.POOLS:
-        raise ValueError(f"unknown task {task!r}: choose caption, vqa or text")
+    from sicog.steps.sample import POOLS, sample as sample_all, sample_shard
+
+    if task not in POOLS:
+        raise UserError(f"unknown task {task!r}: choose caption, vqa or text")
     extra = [f"sample.shards={shards}"] if shards is not None else []
     extra += [f"sample.endpoint={endpoint}"] if endpoint else []
     extra += [f"sample.served_model={served_model}"] if served_model else []
@@ -198,10 +207,12 @@ def sample(
     if endpoint and cfg.sample.engine == "local":
         cfg.sample.engine = "openai"
     if cfg.sample.engine == "local" and not model and not (task == "text" and cfg.sample.backbone):
-        raise ValueError("--model is needed with the local engine (or pass --endpoint URL)")
-    if shard is not None and not 0 <= shard < cfg.sample.shards:
-        raise ValueError(f"--shard {shard} is outside 0..{cfg.sample.shards - 1} (sample.shards={cfg.sample.shards})")
-    _print(steps.sample(cfg, task, model, world, out, shard=shard, work=work))
+        raise UserError("--model is needed with the local engine (or pass --endpoint URL)")
+    inputs = {"world": world, "model": model or None}
+    if shard is not None:
+        _print(sample_shard(cfg, StepIO(f"sample:{task}:shard-{shard:05d}", out, inputs), task, shard, work or out))
+        return
+    _print(sample_all(cfg, StepIO(f"collect:{task}", out, inputs), task, work))
 
 
 annotate_app = typer.Typer(no_args_is_help=True, help="Step-1 training data: CoD from a teacher, DA + CoT from LLaVA-CoT.")
@@ -224,7 +235,9 @@ def annotate_cod(
         raise FileNotFoundError(2, "no such file", str(in_))
     extra = [f"annotate.endpoint={endpoint}"] if endpoint else []
     extra += [f"annotate.served_model={model}"] if model else []
-    _print(steps.annotate_cod(_config(config, (set_ or []) + extra), str(in_), out, str(images) if images else None))
+    from sicog.steps.annotate import annotate_cod as run
+
+    _print(run(_config(config, (set_ or []) + extra), StepIO("annotate:cod", out, {"captions": str(in_)}), str(images) if images else None))
 
 
 @annotate_app.command("cot")
@@ -238,7 +251,9 @@ def annotate_cot(
     """DA + structured CoT records from LLaVA-CoT data into OUT/annotated.jsonl (failures in OUT/quarantine.jsonl)."""
     if not in_.is_file():
         raise FileNotFoundError(2, "no such file", str(in_))
-    _print(steps.annotate_cot(_config(config, set_), str(in_), out))
+    from sicog.steps.annotate import annotate_cot as run
+
+    _print(run(_config(config, set_), StepIO("annotate:cot", out, {"llava_cot": str(in_)})))
 
 
 @app.command()
@@ -253,16 +268,18 @@ def score(
     """Step 3: self-consistency scores, best candidate and keep decision per instance."""
     import tempfile
 
+    from sicog.steps.score import REJECTED_FILE, SCORED_FILE, score as run, scored_files
+
     for uri in in_:
         if not store.is_remote(uri) and not store.local_path(uri).exists():
             raise FileNotFoundError(2, "no such file", uri)
     cfg = _config(config, set_)
     if not out.rstrip("/").endswith(".jsonl"):
-        _print(steps.score(cfg, list(in_), out, scorer=scorer))
+        _print(run(cfg, StepIO("score", out, {"candidates": list(in_)}), scorer=scorer))
         return
     with tempfile.TemporaryDirectory(prefix="sicog-score-") as tmp:
-        figures = steps.score(cfg, list(in_), tmp, scorer=scorer)
-        for name, uri in zip((steps.SCORED_FILE, steps.REJECTED_FILE), steps.scored_files(out)):
+        figures = run(cfg, StepIO("score", tmp, {"candidates": list(in_)}), scorer=scorer)
+        for name, uri in zip((SCORED_FILE, REJECTED_FILE), scored_files(out)):
             store.write_bytes(uri, (Path(tmp) / name).read_bytes())
     _print(figures)
 
@@ -279,6 +296,9 @@ def curate(
     """Step 3: curated training records, ablation data and curation quality against ground truth."""
     import tempfile
 
+    from sicog.steps.curate import curate as run
+    from sicog.steps.score import REJECTED_FILE, SCORED_FILE, scored_files
+
     cfg = _config(config, set_)
     with tempfile.TemporaryDirectory(prefix="sicog-scored-") as tmp:
         folders = []
@@ -288,12 +308,12 @@ def curate(
                 continue
             folder = Path(tmp) / str(n)  # a scored file and its rejected rows, as the folder curate reads
             folder.mkdir()
-            for name, part in zip((steps.SCORED_FILE, steps.REJECTED_FILE), steps.scored_files(uri)):
+            for name, part in zip((SCORED_FILE, REJECTED_FILE), scored_files(uri)):
                 if not store.exists(part):
                     raise FileNotFoundError(2, "no such file", part)
                 (folder / name).write_bytes(store.read_bytes(part))
             folders.append(str(folder))
-        _print(steps.curate(cfg, str(world), folders, str(out)))
+        _print(run(cfg, StepIO("curate", str(out), {"world": str(world), "scored": folders})))
 
 
 @app.command("eval")
@@ -307,8 +327,10 @@ def eval_(
 ):
     """Held-out VQA accuracy and caption attribute recall of one or more models, plus the lmms-eval
     benchmarks of eval.benchmarks (e.g. --set 'eval.benchmarks=[mmstar, sicog_heldout_vqa]')."""
+    from sicog.steps.evaluate import evaluate
+
     models = dict(m.split("=", 1) if "=" in m else (m.rstrip("/").rsplit("/", 1)[-1], m) for m in model)
-    results = steps.evaluate(_config(config, set_), models, str(world), str(out))
+    results = evaluate(_config(config, set_), StepIO("evaluate", str(out), {"world": str(world), "models": models}))
     _print({name: {k: v for k, v in r.items() if k != "lineage"} for name, r in results.items()})
 
 
@@ -435,7 +457,7 @@ def serve_scorer(
     from sicog.scorer.server import ServerOptions, run
 
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}: choose cpu or cuda")
+        raise UserError(f"unknown device {device!r}: choose cpu or cuda")
     options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, threads=threads,
                             grace_s=grace_s, max_message_bytes=max_message_mb * 2**20, max_wait_s=max_wait_ms / 1000)
     run(options, model, device, batch_size, torch_threads, trust_remote_code)
@@ -507,11 +529,12 @@ def store_put(src: Annotated[Path, typer.Argument(help="Local folder.")],
 
 @pipeline_app.command("compile")
 @user_errors
-def pipeline_compile(out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None):
+def pipeline_compile(out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None,
+                     root: Annotated[str, typer.Option(help="Default pipeline root: the store folder (s3://...) runs keep their outputs in.")] = ""):
     """Write the KFP IR YAML that Kubeflow runs (config as the default parameter)."""
     from sicog.pipelines.run import compile_pipeline
 
-    typer.echo(compile_pipeline(out, _config(config, set_)))
+    typer.echo(compile_pipeline(out, _config(config, set_), root=root))
 
 
 HostOpt = Annotated[Optional[str], typer.Option(help="Kubeflow Pipelines API, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT, else in-cluster).")]
@@ -526,7 +549,7 @@ def pipeline_submit(
     set_: SetOpt = None,
     host: HostOpt = None,
     series: SeriesOpt = "",
-    work_uri: Annotated[str, typer.Option(help="The run's store folder (s3://...); default: a new folder of --series.")] = "",
+    run_uri: Annotated[str, typer.Option(help="The run's store folder (s3://...), its pipeline root; default: a new folder of --series.")] = "",
     scorer: ScorerOpt = None,
     ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
     experiment: ExperimentOpt = "sicog",
@@ -536,7 +559,7 @@ def pipeline_submit(
     """Start one cycle on Kubeflow Pipelines (compiled for the config's `cluster` section)."""
     from sicog.pipelines.run import submit
 
-    run_id = submit(_config(config, set_), host=host, series=series, work_uri=work_uri, scorer=scorer or "", ablations=ablations,
+    run_id = submit(_config(config, set_), host=host, series=series, run_uri=run_uri, scorer=scorer or "", ablations=ablations,
                     experiment=experiment, run_name=run_name, namespace=namespace)
     typer.echo(f"run {run_id}")
 
@@ -564,54 +587,56 @@ def pipeline_schedule(
 
 
 StageOpt = Annotated[str, typer.Option(help="align | pretrain | instruct | warmup")]
-DataOpt = Annotated[str, typer.Option(help=f"one of: {', '.join(steps.TRAIN_DATA)}")]
 JobNameOpt = Annotated[str, typer.Option(help="The stage's run name (lineage, logs; the job is named from it).")]
 JobModelOpt = Annotated[str, typer.Option("--model", help="Model folder in the store (s3://...).")]
 JobWorldOpt = Annotated[str, typer.Option("--world", help="World folder in the store (s3://...).")]
-JobOutOpt = Annotated[str, typer.Option("--out", "-o", help="Where the job publishes the trained model (s3://...).")]
+JobOutOpt = Annotated[str, typer.Option("--out", "-o", help="Where the job writes the trained model (s3://...); its pods read the request at OUT.request.json.")]
 JobCuratedOpt = Annotated[Optional[str], typer.Option(help="Curated folder in the store (data curated/uncurated).")]
-ConfigUriOpt = Annotated[Optional[str], typer.Option(help="Where the job's pods read the config (s3://...); default: OUT.config.yaml.")]
 
 
-def _job_args(stage: str, data: str, name: str, model: str, world: str, out: str, curated: Optional[str], config_uri: Optional[str]) -> dict:
-    """build_pytorchjob's stage arguments, checked: every URI must be one the job's pods can reach."""
-    if stage not in ("align", "pretrain", "instruct", "warmup"):
-        raise ValueError(f"unknown stage {stage!r}: choose align, pretrain, instruct or warmup (dpo runs with torchrun only)")
-    if data not in steps.TRAIN_DATA:
-        raise ValueError(f"unknown training data {data!r}; choose from {', '.join(steps.TRAIN_DATA)}")
-    for label, uri in (("--model", model), ("--world", world), ("--out", out), ("--curated", curated), ("--config-uri", config_uri)):
-        if uri is not None and not store.is_remote(uri):
-            raise ValueError(f"{label} {uri}: a PyTorchJob's pods read and write the store only; give an s3:// URI")
-    return dict(stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated,
-                config_uri=config_uri or f"{out.rstrip('/')}.config.yaml")
+def _job_args(cfg: SicogConfig, stage: str, data: str, name: str, model: str, world: str, out: str, curated: Optional[str]):
+    """The stage's TrainRequest, checked: names known, every URI one the job's pods can reach (s3://)."""
+    from sicog.train.backends import check_cluster_uris
+    from sicog.train.request import TrainRequest
+
+    request = TrainRequest.of(cfg, stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated or None)
+    check_cluster_uris(request)
+    return request
 
 
 @job_app.command("render")
 @user_errors
-def job_render(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
-               curated: JobCuratedOpt = None, config_uri: ConfigUriOpt = None,
+def job_render(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
+               curated: JobCuratedOpt = None,
                trainjob: Annotated[bool, typer.Option("--trainjob", help="A Kubeflow Trainer v2 TrainJob instead (experimental).")] = False,
+               write_request: Annotated[bool, typer.Option("--write-request", help="Also write the request where the pods read it (OUT.request.json), so the printed job can be applied as it is.")] = False,
                config: ConfigOpt = None, set_: SetOpt = None):
-    """Print the stage's PyTorchJob (or TrainJob) as YAML for review or GitOps (its pods read the config at --config-uri)."""
+    """Print the stage's PyTorchJob (or TrainJob) as YAML for review or GitOps; its pods run
+    `torchrun -m sicog.train OUT.request.json` and write the model once, at OUT."""
     import yaml
 
     from sicog.cluster.pytorchjob import build_pytorchjob, build_trainjob, manifest
+    from sicog.train.backends import request_uri
 
     cfg = _config(config, set_)
-    args = _job_args(stage, data, name, model, world, out, curated, config_uri)
+    request = _job_args(cfg, stage, data, name, model, world, out, curated)
+    args = {"stage": request.stage, "name": request.name, "out": request.out, "request_uri": request_uri(request.out)}
+    if write_request:
+        request.model_copy(update={"resume": True}).save(args["request_uri"])
     typer.echo(yaml.safe_dump(build_trainjob(cfg, **args) if trainjob else manifest(build_pytorchjob(cfg, **args)), sort_keys=False), nl=False)
 
 
 @job_app.command("run")
 @user_errors
-def job_run(stage: StageOpt, data: DataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
-            curated: JobCuratedOpt = None, config_uri: ConfigUriOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
-    """Upload the config to --config-uri, create the stage's PyTorchJob and wait for it (Ctrl-C / SIGTERM delete it)."""
-    from sicog.cluster.launcher import JobError, run_stage
+def job_run(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
+            curated: JobCuratedOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
+    """Write the request to OUT.request.json, create the stage's PyTorchJob and wait for it (Ctrl-C / SIGTERM delete it)."""
+    from sicog.cluster.launcher import JobError
+    from sicog.train.backends import pytorchjob
 
-    cfg = _config(config, set_)
+    request = _job_args(_config(config, set_), stage, data, name, model, world, out, curated)
     try:
-        run_stage(cfg, **_job_args(stage, data, name, model, world, out, curated, config_uri))
+        pytorchjob(request)
     except JobError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

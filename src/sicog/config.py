@@ -14,9 +14,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sicog.errors import UserError
+from sicog.evaluate.benchmarks import BENCHMARKS, JUDGED
 
-class ConfigError(ValueError):
-    """A user error in the configuration: reported as one line, never as a traceback."""
+
+class ConfigError(UserError):
+    """A user error in the configuration: reported as one line, never as a traceback. (Validators raise
+    ValueError, as pydantic wants; validate_config turns what they say into a ConfigError.)"""
 
 
 class _Section(BaseModel):
@@ -261,7 +265,7 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
     benchmarks: list[str] = Field(
         default_factory=list, description="lmms-eval tasks run on every evaluated model, scored into the same per-model dict as the "
-        "held-out metrics (names of sicog.evaluate.lmms.BENCHMARKS: mmstar, ai2d, scienceqa_img, pope, mmbench_en_dev, chartqa, "
+        "held-out metrics (names of sicog.evaluate.benchmarks.BENCHMARKS: mmstar, ai2d, scienceqa_img, pope, mmbench_en_dev, chartqa, "
         "docvqa_val, ocrbench, seedbench, mmvet, mathvista_testmini_format; and sicog_heldout_vqa / sicog_heldout_caption: this "
         "cycle's held-out split through lmms-eval). They run in the eval environment (.venv-eval locally, cluster.eval_image on a "
         "cluster): lmms-eval needs torchvision, which the main environment's torch cannot load. Empty: held-out only.",
@@ -274,8 +278,6 @@ class EvalConfig(_Section):
     @field_validator("benchmarks")
     @classmethod
     def _known(cls, benchmarks: list[str]) -> list[str]:
-        from sicog.evaluate.lmms import BENCHMARKS
-
         unknown = [b for b in benchmarks if b not in BENCHMARKS]
         if unknown:
             raise ValueError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(sorted(BENCHMARKS))}")
@@ -283,8 +285,6 @@ class EvalConfig(_Section):
 
     @model_validator(mode="after")
     def _judged(self) -> "EvalConfig":
-        from sicog.evaluate.lmms import JUDGED
-
         judged = [b for b in self.benchmarks if b in JUDGED]
         if judged and not (self.judge_endpoint and self.judge_model):
             raise ValueError(f"{judged[0]} is scored by a judge model: set eval.judge_endpoint and eval.judge_model")

@@ -1,8 +1,8 @@
 """Cycles in a series: where each cycle starts, what it was made of, and whether it may start the next.
 
 A *series* is a store folder (an s3:// prefix, or a local folder) that recurring runs share. Each run
-is one cycle in its own folder, SERIES/cycles/<UTC time>-<run id>/, holding every step's output (the
-run's work_uri) and, written last by the report step, `lineage.json`: the cycle's number, the model it
+is one cycle in its own folder, SERIES/cycles/<UTC time>-<run id>/, holding the run's outputs (its
+run_uri) and, written last by the report step, `lineage.json`: the cycle's number, the model it
 started from, its inputs, its models, its held-out scores, its data counts, its config, the code
 version and the promotion decision. A cycle without lineage.json did not finish and is never a
 starting point.
@@ -63,29 +63,47 @@ def latest_cycle(series_uri: str) -> tuple[str, dict] | None:
     return starts[-1] if starts else None
 
 
-def start_cycle(config: dict, series_uri: str, work_uri: str, run_id: str) -> tuple[dict, str]:
-    """This run's config and work_uri. Outside a series both come back unchanged. In a series the
+def cycle_folder(series_uri: str, run_id: str) -> str:
+    """A new cycle's folder in its series: SERIES/cycles/<UTC time>-<run id>."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return store.join(series_uri, CYCLES, f"{stamp}-{run_id[:8]}")
+
+
+def relative_uri(uri: str, folder: str) -> str:
+    """`uri` relative to `folder` when it lies under it (so a cycle's folder can be moved or published
+    whole), else as it is."""
+    prefix = str(folder).rstrip("/") + "/"
+    return str(uri)[len(prefix):] if str(uri).startswith(prefix) else str(uri)
+
+
+def resolve_uri(uri: str | None, lineage_uri: str) -> str | None:
+    """A URI of a lineage record: absolute (s3://..., file://..., /...) as it is, else relative to the
+    folder lineage.json is in."""
+    if not uri or store.is_remote(uri) or uri.startswith(("/", "file://")):
+        return uri
+    return store.join(lineage_uri.rsplit("/", 1)[0], uri)
+
+
+def start_cycle(config: dict, series_uri: str, run_uri: str, run_id: str) -> tuple[dict, str]:
+    """This run's config and folder. Outside a series both come back unchanged. In a series the
     config starts from the newest promoted cycle's model as its foundation model (cycle number + 1;
     stages 1 and 2 are not re-run, see ModelConfig.foundation), is gated against that
-    cycle's scores (`promote.previous`) and, unless given, the work_uri is a new folder under
+    cycle's scores (`promote.previous`) and, unless given, the run's folder is a new folder under
     SERIES/cycles/."""
     if not series_uri:
-        return config, work_uri
+        return config, run_uri
     cfg = validate_config(config)
     newest = latest_cycle(series_uri)
     if newest is not None:
         uri, previous = newest
         cfg.cycle = previous["cycle"] + 1
-        cfg.model.start = previous["models"]["cycle"]
+        cfg.model.start = resolve_uri(previous["models"]["cycle"], uri)
         cfg.model.foundation = True  # paper App. G: the previous cycle's model is this cycle's foundation model
         cfg.promote.previous = uri
         if cfg.train.carry_curated:
-            cfg.train.earlier_curated = [record["inputs"]["curated"] for _, record in read_series(series_uri)
+            cfg.train.earlier_curated = [resolve_uri(record["inputs"]["curated"], lineage_uri) for lineage_uri, record in read_series(series_uri)
                                          if is_start(record) and record.get("inputs", {}).get("curated")]
-    if not work_uri:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        work_uri = store.join(series_uri, CYCLES, f"{stamp}-{run_id[:8]}")
-    return parameter_dict(cfg), work_uri
+    return parameter_dict(cfg), run_uri or cycle_folder(series_uri, run_id)
 
 
 # --- the promotion gate ---------------------------------------------------------------------------
@@ -171,10 +189,11 @@ def data_summary(metrics: dict) -> dict:
             "rejected": sum((counts.get("rejected") or {}).values())}
 
 
-def write_lineage(config: SicogConfig, work_uri: str, run_id: str, models: dict[str, str], inputs: dict[str, str],
+def write_lineage(config: SicogConfig, run_uri: str, run_id: str, models: dict[str, str], inputs: dict[str, str],
                   metrics: dict) -> dict:
-    """Seal the cycle: lineage.json at work_uri, the last file a successful cycle writes. `metrics` is the
-    report step's metrics.json, whose `promotion` decides whether the cycle may start the next one."""
+    """Seal the cycle: lineage.json in the run's folder, the last file a successful cycle writes. `metrics`
+    is the report step's metrics.json, whose `promotion` decides whether the cycle may start the next one.
+    URIs under the run's folder are recorded relative to it (see resolve_uri)."""
     decision = metrics["promotion"]
     record = {
         "cycle": config.cycle,
@@ -184,10 +203,10 @@ def write_lineage(config: SicogConfig, work_uri: str, run_id: str, models: dict[
         "run_id": run_id,
         "finished_at": time.time(),
         "finished_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "work_uri": work_uri,
+        "work_uri": run_uri,  # the run's folder (key kept from earlier releases, so older series still read)
         "started_from": config.model.start or None,  # None: a fresh model
-        "models": models,
-        "inputs": inputs,
+        "models": {name: relative_uri(uri, run_uri) for name, uri in models.items()},
+        "inputs": {name: relative_uri(uri, run_uri) for name, uri in inputs.items()},
         "heldout": metrics["heldout"],
         "data": data_summary(metrics),
         "steps": metrics.get("steps", {}),
@@ -195,5 +214,5 @@ def write_lineage(config: SicogConfig, work_uri: str, run_id: str, models: dict[
         "config": config.model_dump(mode="json"),
         "code": code_version(),
     }
-    store.write_text(store.join(work_uri, LINEAGE), json.dumps(record, indent=2))
+    store.write_text(store.join(run_uri, LINEAGE), json.dumps(record, indent=2))
     return record

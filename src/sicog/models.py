@@ -39,6 +39,7 @@ from transformers.utils import logging as hf_logging
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from sicog.config import ModelConfig
+from sicog.errors import UserError
 from sicog.records import IMAGE_TOKEN
 
 IM_START = "<|im_start|>"
@@ -140,7 +141,7 @@ def init_model(out_dir: str | Path, texts: Iterable[str], cfg: ModelConfig, imag
     """A randomly initialised tiny LLaVA + processor saved to `out_dir`; returns `out_dir`."""
     hf_logging.disable_progress_bar()  # sicog shows rich progress; tqdm bars would interleave with it
     if image_size % cfg.patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {cfg.patch_size}")
+        raise UserError(f"image_size {image_size} is not a multiple of patch_size {cfg.patch_size}")
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -279,7 +280,7 @@ def training_chat_template(tokenizer, llm_dir: str | Path) -> str:
         return LLAMA3_CHAT_TEMPLATE
     if IM_START in template or IM_START in tokenizer.get_vocab():
         return CHAT_TEMPLATE
-    raise ValueError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is neither ChatML nor Llama 3's; add the markers")
+    raise UserError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is neither ChatML nor Llama 3's; add the markers")
 
 
 def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0,

@@ -30,10 +30,8 @@ import hashlib
 import io
 import json
 import os
-import random
 import shutil
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +39,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
+
+from sicog import retry
+from sicog.errors import UserError
 
 MANIFEST = "_manifest.json"
 # The credentials a Kubernetes Secret gives every pod that reads or writes the store (same key and env names).
@@ -50,7 +51,7 @@ CHUNK = 1024 * 1024
 T = TypeVar("T")
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A URI this store cannot serve, or a store it cannot reach (reported as one line)."""
 
 
@@ -181,23 +182,19 @@ def _explain(exc: Exception, uri: str) -> Exception:
 
 
 def _retrying(uri: str, fn: Callable[[], T]) -> T:
-    """Run one S3 operation; retry connection errors and 5xx with exponential backoff and jitter
-    for SICOG_S3_RETRY_SECONDS; anything else (or a spent budget) becomes one clear error."""
+    """Run one S3 operation under the project's retry policy (sicog.retry): connection errors and 5xx
+    are retried with exponential backoff and jitter for SICOG_S3_RETRY_SECONDS; anything else (or a
+    spent budget) becomes one clear error."""
     budget = s3_settings().retry_seconds
-    deadline, delay = time.monotonic() + budget, 0.25
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            if isinstance(exc, (StoreError, FileNotFoundError)):
-                raise
-            if not _retryable(exc):
-                raise _explain(exc, uri) from None
-            if time.monotonic() + delay > deadline:
-                error = _explain(exc, uri)
-                raise StoreError(f"{error} (gave up after retrying for {budget:g}s)") from None
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 8.0)
+    try:
+        return retry.call(fn, _retryable, budget_s=budget, first_s=0.25, max_s=8.0, what=f"store: {uri}",
+                          describe=lambda exc: str(_explain(exc, uri)))
+    except (StoreError, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear error, never a credential
+        if _retryable(exc):  # still failing when the budget ran out
+            raise StoreError(f"{_explain(exc, uri)} (gave up after retrying for {budget:g}s)") from None
+        raise _explain(exc, uri) from None
 
 
 def check_access(uri: str | Path) -> None:

@@ -16,6 +16,7 @@ failed after its retries is quarantined with the server's reason.
 
 from __future__ import annotations
 
+from sicog.errors import UserError
 from sicog.generate.seeds import candidate_seed
 from sicog.prompts import CAPTION_COD, CAPTION_DD, COD_HEADERS, FormatError, format_cod, parse_cod
 from sicog.records import IMAGE_TOKEN
@@ -65,7 +66,7 @@ def original_caption(rec: dict) -> str:
     for turn in rec.get("conversations", []):
         if turn.get("from") == "gpt" and turn.get("value", "").strip():
             return turn["value"].strip()
-    raise ValueError(f"record {rec.get('id')}: no original caption (gpt turn)")
+    raise UserError(f"record {rec.get('id')}: no original caption (gpt turn)")
 
 
 def cod_records(rec: dict, steps: list[str], teacher: str) -> list[dict]:

@@ -17,18 +17,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sicog.prompts import FormatError, convert_llava_cot_record
+from sicog.errors import UserError
+from sicog.prompts.cot import convert_llava_cot_items
+
+__all__ = ["annotate_cot", "read_llava_cot"]
 
 
 def read_llava_cot(path: str | Path) -> tuple[list[tuple[int, object]], list[dict]]:
     """((line or array position, item) pairs, quarantine rows for malformed JSONL lines) of a JSON array
-    or JSONL file; a malformed JSON array is a one-line ValueError (nothing in it can be trusted)."""
+    or JSONL file; a malformed JSON array is a one-line UserError (nothing in it can be trusted)."""
     text = Path(path).read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
             return list(enumerate(json.loads(text), start=1)), []
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: malformed JSON array ({exc.msg}, line {exc.lineno})") from None
+            raise UserError(f"{path}: malformed JSON array ({exc.msg}, line {exc.lineno})") from None
     items, bad = [], []
     for line, raw in enumerate(text.splitlines(), start=1):
         if raw.strip():
@@ -40,24 +43,6 @@ def read_llava_cot(path: str | Path) -> tuple[list[tuple[int, object]], list[dic
 
 
 def annotate_cot(items: list[tuple[int, object]]) -> tuple[list[dict], list[dict]]:
-    """(DA + CoT records, quarantine rows) for (line, LLaVA-CoT record) pairs, in input order."""
-    out: list[dict] = []
-    quarantine: list[dict] = []
-    seen: set[str] = set()
-    for line, rec in items:
-        try:
-            if not isinstance(rec, dict):
-                raise FormatError("not a JSON object")
-            if str(rec.get("id")) in seen:
-                raise FormatError("duplicate id")
-            da, cot = convert_llava_cot_record(rec)
-        except FormatError as exc:
-            rid = rec.get("id") if isinstance(rec, dict) else None
-            quarantine.append({"line": line, "id": rid, "reason": str(exc), "raw": json.dumps(rec, ensure_ascii=False)[:2000]})
-            continue
-        seen.add(str(rec["id"]))
-        meta = {"task": "vqa", "source_id": rec["id"]}
-        da["meta"] = {**rec.get("meta", {}), **meta, "format": "da"}
-        cot["meta"] = {**rec.get("meta", {}), **meta, "format": "cot"}
-        out += [da, cot]
-    return out, quarantine
+    """(DA + CoT records, quarantine rows) for (line, LLaVA-CoT record) pairs, in input order
+    (sicog.prompts.cot.convert_llava_cot_items, which catalog sources of format llava-cot use too)."""
+    return convert_llava_cot_items(items)

@@ -1,12 +1,13 @@
 """Run a PyTorchJob to its end: create it, follow it, and never leave one behind by accident.
 
-The pipeline's train task (or `sicog job run` on a workstation) creates the job with the
-kubeflow-training SDK's TrainingClient (in-cluster credentials in a pod, else KUBECONFIG), then polls
-it until Succeeded or Failed, printing each new condition and each change of the Master replica
-("pytorchjob NAME: Running (master active 1)"). The wait has a real overall deadline (the SDK's
-wait_for_job_conditions counts polls, not time): past it the job is deleted and the task fails. A
-Failed job fails the task with the job's reason and message, after the tail of the master's log.
-A cancelled KFP run terminates its task's pod: SIGTERM (and SIGINT: Ctrl-C of `sicog job run`)
+The cluster backend of a training stage (sicog.train.backends.pytorchjob: the pipeline's train task,
+or `sicog job run` on a workstation) creates the job with the kubeflow-training SDK's TrainingClient
+(credentials from sicog.cluster.kube: KUBECONFIG, else in-cluster ones in a pod), then polls it
+(sicog.retry.poll) until Succeeded or Failed, printing each new condition and each change of the
+Master replica ("pytorchjob NAME: Running (master active 1)"). The wait has a real overall deadline
+(the SDK's wait_for_job_conditions counts polls, not time): past it the job is deleted and the task
+fails. A Failed job fails the task with the job's reason and message, after the tail of the master's
+log. A cancelled KFP run terminates its task's pod: SIGTERM (and SIGINT: Ctrl-C of `sicog job run`)
 delete the job before the process exits non-zero. A job whose launcher was killed outright still
 ends at its activeDeadlineSeconds (= cluster.job_timeout_s). A retried task finds the job its
 earlier attempt created (the name is a function of the output URI) and follows it instead of
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from sicog import retry
+from sicog.console import say
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LOG_TAIL_LINES = 100  # torchrun's own failure report takes ~10 lines per rank after the ranks' errors
@@ -53,7 +56,7 @@ def job_namespace(configured: str = "") -> str:
 
 
 def _say(name: str, text: str) -> None:
-    print(f"pytorchjob {name}: {text}", flush=True)
+    say(f"pytorchjob {name}", text)
 
 
 def api_status(exc: BaseException) -> int | None:
@@ -154,81 +157,80 @@ def _create(client, job, name: str, namespace: str) -> None:
             return
         _say(name, "an earlier attempt's job has failed: deleting it and starting again")
         _delete(client, name, namespace)
-        for _ in range(60):  # the API removes it once the operator's finalizers (if any) are done
-            try:
-                client.get_job(name, namespace, timeout=REQUEST_TIMEOUT_S)
-            except RuntimeError as gone:
-                if api_status(gone) == 404:
-                    break
-            time.sleep(1)
+        retry.poll(lambda: _gone(client, name, namespace), every_s=1, budget_s=60)  # the operator's finalizers (if any) run first
+
+
+def _gone(client, name: str, namespace: str) -> bool | None:
+    """True once the API answers 404 for the job; None while it (or an unreadable status) is still there."""
+    try:
+        client.get_job(name, namespace, timeout=REQUEST_TIMEOUT_S)
+    except RuntimeError as exc:
+        if api_status(exc) == 404:
+            return True
+    return None
+
+
+class _Follow:
+    """One poll of the job: prints each new condition and each change of the Master replica; the
+    finished job once it Succeeded, JobError once it Failed (after the master's log) or vanished."""
+
+    def __init__(self, client, name: str, namespace: str, deadline: float):
+        self.client, self.name, self.namespace, self.deadline = client, name, namespace, deadline
+        self.seen: set[tuple] = set()
+        self.state, self.master, self.last_error = "none", "master pending", None
+
+    def __call__(self):
+        from kubeflow.training.constants import constants
+
+        remaining = max(1, math.ceil(min(REQUEST_TIMEOUT_S, self.deadline - time.monotonic())))
+        try:
+            job = self.client.get_job(self.name, self.namespace, timeout=remaining)
+        except (RuntimeError, TimeoutError) as exc:
+            if api_status(exc) == 404:
+                raise JobError(f"pytorchjob {self.name} was deleted before it finished (last condition: {self.state})") from None
+            if api_message(exc) != self.last_error:  # an API server blip must not fail a week of training: polled again
+                self.last_error = api_message(exc)
+                _say(self.name, f"cannot read its status ({self.last_error}); retrying")
+            return None
+        self.last_error = None
+        master = _master(job)
+        conditions = _true_conditions(job)
+        fresh = [c for c in conditions if (c.type, str(c.last_transition_time)) not in self.seen]
+        for c in fresh:
+            self.seen.add((c.type, str(c.last_transition_time)))
+            self.state = c.type
+            _say(self.name, f"{c.type} ({master})")
+        if not fresh and master != self.master:
+            _say(self.name, f"{self.state} ({master})")
+        self.master = master
+        failed = [c for c in conditions if c.type == constants.JOB_CONDITION_FAILED]
+        if failed:
+            _log_tail(self.client, self.name, self.namespace)
+            reason, message = failed[-1].reason or "Failed", " ".join((failed[-1].message or "").split())
+            raise JobError(f"pytorchjob {self.name} failed: {reason}: {message}")
+        if any(c.type == constants.JOB_CONDITION_SUCCEEDED for c in conditions):
+            return job
+        return None
 
 
 def _wait(client, name: str, namespace: str, timeout_s: float, poll_s: float):
-    from kubeflow.training.constants import constants
-
-    deadline = time.monotonic() + timeout_s
-    seen: set[tuple] = set()
-    state, master, last_error = "none", "master pending", None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            _delete(client, name, namespace)
-            raise JobError(f"pytorchjob {name}: not finished within the {timeout_s:g} s timeout (last condition: {state}); deleted it")
-        try:
-            job = client.get_job(name, namespace, timeout=max(1, math.ceil(min(REQUEST_TIMEOUT_S, remaining))))
-        except (RuntimeError, TimeoutError) as exc:
-            if api_status(exc) == 404:
-                raise JobError(f"pytorchjob {name} was deleted before it finished (last condition: {state})") from None
-            message = api_message(exc)
-            if message != last_error:  # an API server blip must not fail a week of training: retry until the deadline
-                _say(name, f"cannot read its status ({message}); retrying")
-                last_error = message
-            job = None
-        if job is not None:
-            last_error = None
-            now_master = _master(job)
-            conditions = _true_conditions(job)
-            fresh = [c for c in conditions if (c.type, str(c.last_transition_time)) not in seen]
-            for c in fresh:
-                seen.add((c.type, str(c.last_transition_time)))
-                state = c.type
-                _say(name, f"{c.type} ({now_master})")
-            if not fresh and now_master != master:
-                _say(name, f"{state} ({now_master})")
-            master = now_master
-            failed = [c for c in conditions if c.type == constants.JOB_CONDITION_FAILED]
-            if failed:
-                _log_tail(client, name, namespace)
-                reason, message = failed[-1].reason or "Failed", " ".join((failed[-1].message or "").split())
-                raise JobError(f"pytorchjob {name} failed: {reason}: {message}")
-            if any(c.type == constants.JOB_CONDITION_SUCCEEDED for c in conditions):
-                return job
-        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+    """Poll every poll_s until the job Succeeded (returned) or Failed (JobError); past timeout_s it is deleted (JobError)."""
+    follow = _Follow(client, name, namespace, time.monotonic() + timeout_s)
+    job = retry.poll(follow, every_s=poll_s, budget_s=timeout_s)
+    if job is None:
+        _delete(client, name, namespace)
+        raise JobError(f"pytorchjob {name}: not finished within the {timeout_s:g} s timeout (last condition: {follow.state}); deleted it")
+    return job
 
 
 def training_client(namespace: str):
-    """The SDK's client: $KUBECONFIG's context when set, else in-cluster credentials inside a pod, else ~/.kube/config.
-    (KUBECONFIG is read here, not by the kubernetes client, which reads it once, when imported.)"""
+    """The SDK's client on sicog.cluster.kube's credentials ($KUBECONFIG's context when set, else in-cluster
+    credentials inside a pod, else ~/.kube/config); UserError when there are none."""
     from kubeflow.training import TrainingClient
-    from kubernetes.config import ConfigException
 
-    try:
-        return TrainingClient(config_file=os.environ.get("KUBECONFIG") or None, namespace=namespace)
-    except ConfigException as exc:
-        raise JobError(f"no access to a Kubernetes cluster: {' '.join(str(exc).split())}") from None
+    from sicog.cluster import kube
 
-
-def run_stage(cfg, *, config_uri: str, **stage) -> None:
-    """Publish `cfg` where the job's pods read it (`config_uri`), then run the stage's PyTorchJob
-    (build_pytorchjob's `stage` arguments) to its end in the configured namespace."""
-    import yaml
-
-    from sicog import store
-    from sicog.cluster.pytorchjob import build_pytorchjob
-
-    store.write_text(config_uri, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    job = build_pytorchjob(cfg, config_uri=config_uri, **stage)
-    run_pytorchjob(job, job_namespace(cfg.cluster.namespace), cfg.cluster.job_timeout_s, cfg.cluster.poll_s)
+    return TrainingClient(client_configuration=kube.configuration(), namespace=namespace)
 
 
 def run_pytorchjob(job, namespace: str, timeout_s: float, poll_s: float, client=None):

@@ -1,12 +1,13 @@
-"""One SICOG training stage as a Kubeflow PyTorchJob (`kubeflow.org/v1`): the cluster twin of sicog.train.launch.
+"""One SICOG training stage as a Kubeflow PyTorchJob (`kubeflow.org/v1`): the cluster backend of sicog.train.backends.
 
-Locally the train component runs `torchrun --standalone --nproc_per_node N -m sicog.cli train ...`;
-on a cluster it submits this job, whose pods run the same `sicog train` entry point under `torchrun`:
-one Master and `cluster.nodes - 1` Workers of `train.nproc` ranks each (paper scale: 4 x 8 A100).
-torchrun reads the node count, ranks per node, node rank and master address from the PET_* variables
-the Training Operator sets in every pod, so the command names no topology. The pods share no files
-with the pipeline: config, inputs and output are store URIs, S3 credentials come from an existing
-Secret, and only global rank 0 publishes the output (see sicog.steps.rank_output).
+Locally a stage runs `torchrun --standalone --nproc_per_node N -m sicog.train REQUEST`; on a cluster
+its pods run the same entry point, `torchrun -m sicog.train REQUEST_URI`: one Master and
+`cluster.nodes - 1` Workers of `train.nproc` ranks each (paper scale: 4 x 8 A100). torchrun reads the
+node count, ranks per node, node rank and master address from the PET_* variables the Training
+Operator sets in every pod, so the command names no topology. The pods share no files with the
+pipeline: the request (sicog.train.request.TrainRequest: config, inputs, output) is read from the
+store, S3 credentials come from an existing Secret, and only global rank 0 publishes the output, once,
+at the request's `out` (see sicog.train.run.rank_output).
 
 The job is made of the kubeflow-training SDK's typed models (whose pod template is the kubernetes
 client's V1PodTemplateSpec), so a misspelt field fails here rather than on the cluster; tests
@@ -44,14 +45,9 @@ def job_name(name: str, out: str) -> str:
     return f"sicog-{_slug(name, 29)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
 
 
-def train_command(*, config_uri: str, stage: str, data: str, name: str, model: str, world: str, out: str,
-                  curated: str | None = None) -> list[str]:
-    """The pods' command: `torchrun -m sicog.cli train ... --resume` (topology from PET_* variables)."""
-    argv = ["torchrun", "-m", "sicog.cli", "train", "--config", config_uri, "--stage", stage, "--data", data,
-            "--model", model, "--world", world]
-    if curated:
-        argv += ["--curated", curated]
-    return argv + ["--out", out, "--name", name, "--resume"]
+def train_command(request_uri: str) -> list[str]:
+    """The pods' command: `torchrun -m sicog.train REQUEST_URI` (topology from the PET_* variables)."""
+    return ["torchrun", "-m", "sicog.train", request_uri]
 
 
 def _env(cfg: SicogConfig) -> list[k8s.V1EnvVar]:
@@ -92,10 +88,10 @@ def _labels(stage: str, name: str) -> dict[str, str]:
             "sicog.io/stage": stage, "sicog.io/name": _slug(name, 63)}
 
 
-def build_pytorchjob(cfg: SicogConfig, *, stage: str, data: str, name: str, model: str, world: str, out: str,
-                     config_uri: str, curated: str | None = None) -> models.KubeflowOrgV1PyTorchJob:
-    """The PyTorchJob that trains `stage` of `model` on `data` into `out` (all store URIs)."""
-    command = train_command(config_uri=config_uri, stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated)
+def build_pytorchjob(cfg: SicogConfig, *, stage: str, name: str, out: str, request_uri: str) -> models.KubeflowOrgV1PyTorchJob:
+    """The PyTorchJob whose pods run the training request at `request_uri` (stage `stage`, run name
+    `name`, output `out`: the job's labels and name)."""
+    command = train_command(request_uri)
     volumes, mounts = _volumes(cfg)
     labels = _labels(stage, name)
     container = k8s.V1Container(
@@ -151,13 +147,12 @@ def world_size(job: models.KubeflowOrgV1PyTorchJob) -> int:
     return int(job.spec.nproc_per_node) * sum(spec.replicas for spec in job.spec.pytorch_replica_specs.values())
 
 
-def build_trainjob(cfg: SicogConfig, *, stage: str, data: str, name: str, model: str, world: str, out: str,
-                   config_uri: str, curated: str | None = None) -> dict:
+def build_trainjob(cfg: SicogConfig, *, stage: str, name: str, out: str, request_uri: str) -> dict:
     """Experimental: the same stage as a Kubeflow Trainer v2 TrainJob (`trainer.kubeflow.org/v1alpha1`)
     on the `torch-distributed` ClusterTrainingRuntime, which sets the same PET_* variables; node
     selector, tolerations and volumes go in through podSpecOverrides of the runtime's `node` job.
     The pod security context comes from the runtime (a TrainJob cannot set it)."""
-    command = train_command(config_uri=config_uri, stage=stage, data=data, name=name, model=model, world=world, out=out, curated=curated)
+    command = train_command(request_uri)
     volumes, mounts = _volumes(cfg)
     override = {"targetJobs": [{"name": "node"}], "volumes": volumes, "containers": [{"name": "node", "volumeMounts": mounts}]}
     if cfg.cluster.node_selector:

@@ -21,8 +21,9 @@ crash loop, a failed model fetch, a missing Secret) instead of waiting out `star
 the server then, on its timeout, and on SIGTERM (a cancelled run). A retried launch task adopts the
 server an earlier attempt created (the name is a function of the run and the role).
 
-Kubernetes access and namespace follow sicog.cluster.launcher: $KUBECONFIG, else in-cluster
-credentials, else ~/.kube/config; the configured namespace, else the pod's own.
+Kubernetes access comes from sicog.cluster.kube ($KUBECONFIG, else in-cluster credentials, else
+~/.kube/config); the namespace follows sicog.cluster.launcher (the configured one, else the pod's own).
+Status lines go through sicog.console.say, the readiness wait through sicog.retry.poll.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
+from sicog import retry
+from sicog.cluster.kube import KubeClients
 from sicog.cluster.launcher import api_message, api_status, cleanup_on_signal, job_namespace
+from sicog.console import say
 from sicog.errors import UserError
 from sicog.generate.sample import model_image_edge
 
@@ -266,36 +269,13 @@ def server_manifests(cfg, *, run_id: str, role: str, model_uri: str, namespace: 
 # --- Kubernetes access ---------------------------------------------------------------------------
 
 
-@dataclass
-class KubeApi:
-    """The three API groups a server's lifecycle touches, on one authenticated client."""
-
-    apps: Any
-    core: Any
-    custom: Any
-
-    @classmethod
-    def connect(cls) -> "KubeApi":
-        """$KUBECONFIG's context when set, else in-cluster credentials inside a pod, else ~/.kube/config
-        (read here, at call time: the kubernetes client reads KUBECONFIG only once, when imported)."""
-        from kubernetes import client, config
-        from kubernetes.config import ConfigException
-
-        configuration = client.Configuration()
-        path = os.environ.get("KUBECONFIG")
-        try:
-            if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config(client_configuration=configuration)
-            else:
-                config.load_kube_config(config_file=path or None, client_configuration=configuration)
-        except (ConfigException, OSError) as exc:
-            raise ServerError(f"no access to a Kubernetes cluster: {' '.join(str(exc).split())}") from None
-        api = client.ApiClient(configuration)
-        return cls(client.AppsV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api))
+# The three API groups a server's lifecycle touches (apps, core, custom), on one authenticated client:
+# sicog.cluster.kube's; `KubeApi.connect()` is kube.connect() (UserError without credentials).
+KubeApi = KubeClients
 
 
 def _say(name: str, text: str) -> None:
-    print(f"server {name}: {text}", flush=True)
+    say(f"server {name}", text)
 
 
 def _api_errors():
@@ -340,11 +320,11 @@ def find_owner(api: KubeApi, namespace: str) -> dict | None:
             raise LookupError(f"pod {pod_name} has no {WORKFLOW_LABEL} label (not an Argo Workflow pod)")
         obj = api.custom.get_namespaced_custom_object(*WORKFLOW[:2], namespace, WORKFLOW[2], workflow, _request_timeout=REQUEST_TIMEOUT_S)
     except LookupError as exc:
-        print(f"servers: no owner Workflow ({exc}); the {EXPIRES_LABEL} label is their backstop", flush=True)
+        say("servers", f"no owner Workflow ({exc}); the {EXPIRES_LABEL} label is their backstop")
         return None
     except _api_errors() as exc:
-        print(f"servers: no owner Workflow (reading pod {pod_name} or its Workflow: {api_message(exc)}); "
-              f"the {EXPIRES_LABEL} label is their backstop", flush=True)
+        say("servers", f"no owner Workflow (reading pod {pod_name} or its Workflow: {api_message(exc)}); "
+                       f"the {EXPIRES_LABEL} label is their backstop")
         return None
     return {"apiVersion": "/".join(WORKFLOW[:2]), "kind": "Workflow", "name": workflow, "uid": obj["metadata"]["uid"]}
 
@@ -362,7 +342,7 @@ def _workflow_state(api: KubeApi, namespace: str, owner: dict, cache: dict) -> s
         except _api_errors() as exc:
             cache[key] = "gone" if api_status(exc) == 404 else "unknown"
             if api_status(exc) != 404:
-                print(f"servers: cannot read Workflow {name} ({api_message(exc)}); its servers live until they expire", flush=True)
+                say("servers", f"cannot read Workflow {name} ({api_message(exc)}); its servers live until they expire")
     return cache[key]
 
 
@@ -527,31 +507,33 @@ def _pods_state(api: KubeApi, namespace: str, selector: str) -> tuple[str | None
 
 
 def _wait_ready(api: KubeApi, name: str, namespace: str, selector: str, timeout_s: float, poll_s: float) -> None:
-    """Until the Deployment has a ready replica; ServerError on a fatal pod state, a deletion or the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last, last_error = "", None
-    while True:
+    """Until the Deployment has a ready replica (read every poll_s, at most timeout_s: sicog.retry.poll);
+    ServerError on a fatal pod state, a deletion or the deadline. Each new pod summary is said once."""
+    seen = {"summary": "", "error": None}
+
+    def ready() -> bool | None:
         try:
             deployment = api.apps.read_namespaced_deployment(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
             if ((deployment.status and deployment.status.ready_replicas) or 0) >= 1:
-                return
+                return True
             fatal, summary = _pods_state(api, namespace, selector)
-            last_error = None
+            seen["error"] = None
         except _api_errors() as exc:
             if api_status(exc) == 404:
-                raise ServerError(f"server {name} was deleted before it was ready ({last or 'no pod yet'})") from None
-            fatal, summary = None, last
-            if api_message(exc) != last_error:  # an API server blip must not fail the launch: retry until the deadline
-                last_error = api_message(exc)
-                _say(name, f"cannot read its status ({last_error}); retrying")
+                raise ServerError(f"server {name} was deleted before it was ready ({seen['summary'] or 'no pod yet'})") from None
+            fatal, summary = None, seen["summary"]
+            if api_message(exc) != seen["error"]:  # an API server blip must not fail the launch: retry until the deadline
+                seen["error"] = api_message(exc)
+                _say(name, f"cannot read its status ({seen['error']}); retrying")
         if fatal:
             raise ServerError(f"server {name} cannot start: {fatal}")
-        if summary != last:
+        if summary != seen["summary"]:
             _say(name, summary)
-            last = summary
-        if time.monotonic() >= deadline:
-            raise ServerError(f"server {name}: not ready within the {timeout_s:g} s startup limit (sample.server.startup_s; last: {last})")
-        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+            seen["summary"] = summary
+        return None
+
+    if retry.poll(ready, every_s=poll_s, budget_s=timeout_s, what=f"server {name}") is None:
+        raise ServerError(f"server {name}: not ready within the {timeout_s:g} s startup limit (sample.server.startup_s; last: {seen['summary']})")
 
 
 def _endpoint(api: KubeApi, name: str, namespace: str) -> str:
@@ -581,7 +563,7 @@ def launch_server(cfg, *, run_id: str, role: str, model_uri: str, namespace: str
     try:
         sweep_servers(namespace, api, now)
     except ServerError as exc:  # the backstop is best effort; this run's server matters more
-        print(f"servers: sweep skipped ({exc})", flush=True)
+        say("servers", f"sweep skipped ({exc})")
     owner = find_owner(api, namespace)
     deployment, service = server_manifests(cfg, run_id=run_id, role=role, model_uri=model_uri, namespace=namespace, owner=owner, now=now)
     selector = _selector(deployment["spec"]["selector"]["matchLabels"])

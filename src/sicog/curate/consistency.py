@@ -135,7 +135,7 @@ def exact_scores(keys: Sequence[str], sizes: np.ndarray | Sequence[int]) -> np.n
     """Share of the *other* rows of the group whose key equals this row's key -> (N,) float64.
 
     Keys are compared verbatim: normalise them first (the curation step uses
-    `sicog.evaluate.metrics.normalize_answer`). Linear time up to one sort: each key gets an
+    `sicog.prompts.normalize_answer`). Linear time up to one sort: each key gets an
     integer code, (group, code) pairs are counted with np.unique, and a row's score is
     (count of its pair - 1) / (k - 1).
     """

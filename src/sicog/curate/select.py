@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from sicog.curate.consistency import best_in_groups, consistency_scores, exact_scores
-from sicog.evaluate.metrics import normalize_answer
+from sicog.errors import UserError
 from sicog.prompts import FormatError, cod_conversation, compared_text, parse_cod
+from sicog.prompts.answers import normalize_answer
 from sicog.records import IMAGE_TOKEN, Candidate, CuratedRecord, Provenance, ScoredRow
 
 SIMILARITIES = ("embedding", "exact", "hybrid")
@@ -41,8 +42,8 @@ def _group(candidates: Sequence[Mapping]) -> dict[str, list[Mapping]]:
     for n, cand in enumerate(candidates):
         try:
             Candidate.from_row(cand)  # the candidates contract, checked where step 3 reads it
-        except ValueError as exc:
-            raise ValueError(f"row {n}: {exc}") from None
+        except ValueError as exc:  # the contract's own check says what is missing
+            raise UserError(f"candidate row {n}: {exc}") from None
         groups.setdefault(str(cand["id"]), []).append(cand)
     for rows in groups.values():
         rows.sort(key=lambda c: c["index"])
@@ -81,7 +82,7 @@ def score_instances(
     are computed in one vectorised pass per similarity.
     """
     if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}; valid: {', '.join(SIMILARITIES)}")
+        raise UserError(f"unknown similarity {similarity!r}; valid: {', '.join(SIMILARITIES)}")
     scored: list[ScoredRow] = []
     rejected: list[dict] = []
     # Per similarity actually used: the scored rows, their well-formed positions, and the texts.
@@ -199,7 +200,7 @@ def to_curated(kept_rows: Sequence[Mapping], cycle: int, conversation_threshold:
     for row in kept_rows:
         winner = next((c for c in row["candidates"] if c["index"] == row["best"]), None)
         if winner is None:
-            raise ValueError(f"instance {row['id']!r}: best index {row['best']!r} is not one of its candidates")
+            raise UserError(f"instance {row['id']!r}: best index {row['best']!r} is not one of its candidates")
         image = winner.get("image")
         convert = winner["format"] == "cod" and row["score"] is not None and row["score"] >= conversation_threshold
         if convert:

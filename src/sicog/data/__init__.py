@@ -5,6 +5,7 @@ Public API (the pipeline reads data only through these):
     load_catalog(uri) -> Catalog                  YAML/JSON file, local or s3://; UserError on a bad one
     catalog_from_dict(data, base="") -> Catalog   the same from a mapping (relative paths against `base`)
     dump_catalog(catalog) -> str                  YAML text
+    run_catalog(folder) -> Catalog                the world step's output: its catalog.yaml, or its <role>.jsonl files
     Catalog.sources(role) -> list[Source]; Catalog.roles() -> roles with sources; ROLES
     open_role(catalog, role) -> RoleData          lazy: nothing is read until len() or an index
       len(data); data[i] -> dict                  a normalized record, no image read; raises Quarantined
@@ -23,7 +24,7 @@ fetched and checked per batch), dataset (SourceData / RoleData), check (the repo
 The demo world writes its own catalog with `sicog.world.world_catalog(world_dir)`.
 """
 
-from sicog.data.catalog import ROLES, Catalog, Source, catalog_from_dict, dump_catalog, load_catalog
+from sicog.data.catalog import ROLES, Catalog, Source, catalog_from_dict, dump_catalog, load_catalog, run_catalog
 from sicog.data.check import check_catalog, render_report
 from sicog.data.dataset import Batch, RoleData, SourceData, open_role, read_role
 from sicog.data.images import open_image
@@ -46,4 +47,5 @@ __all__ = [
     "open_role",
     "read_role",
     "render_report",
+    "run_catalog",
 ]

@@ -186,3 +186,10 @@ def dump_catalog(catalog: Catalog) -> str:
     """YAML text of a catalog (only the roles that have sources, only non-default fields)."""
     data = {r: [{"name": s.name, **s.model_dump(exclude_defaults=True, exclude={"name"})} for s in getattr(catalog, r)] for r in catalog.roles()}
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def run_catalog(folder: str | Path) -> Catalog:
+    """The run's data catalog, as the world step left it: `folder/catalog.yaml` (relative paths resolve
+    against it), or, in a folder without one, its `<role>.jsonl` files (folder_catalog)."""
+    folder = Path(folder)
+    return load_catalog(folder / "catalog.yaml") if (folder / "catalog.yaml").is_file() else folder_catalog(folder)

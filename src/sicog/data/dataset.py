@@ -38,12 +38,12 @@ import numpy as np
 from PIL import Image
 
 from sicog import store
-from sicog.annotate.cot import annotate_cot
 from sicog.data.catalog import Catalog, Source
 from sicog.data.formats import HFRows, Malformed, detect_format, open_rows
 from sicog.data.images import decode_image, embedded_image_uri, image_uri, read_image_bytes
 from sicog.data.normalize import Quarantined, normalize, record_id
 from sicog.errors import UserError
+from sicog.prompts.cot import convert_llava_cot_items
 
 
 def _key(obj: Any) -> int:
@@ -151,7 +151,7 @@ class SourceData:
             return raw
         if isinstance(raw, dict):
             raw = {**raw, "id": record_id(raw)[0]}
-        converted, bad = annotate_cot([(row, raw)])
+        converted, bad = convert_llava_cot_items([(row, raw)])
         if bad:
             raise Quarantined(bad[0]["reason"])
         return converted[twin]

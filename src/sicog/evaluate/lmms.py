@@ -5,7 +5,8 @@ package index imports beside the main lock's torch 2.13.0+cpu; so lmms-eval live
 (requirements-eval.lock: torch 2.14.1, torchvision 0.29.1, the same transformers 5.23.0) or in the
 eval image, and the main environment never imports it. This module is also the entry point run
 there (`python -m sicog.evaluate.lmms SPEC.json`, with a link to the `sicog` package alone on
-PYTHONPATH); at import time it needs only the standard library.
+PYTHONPATH); at import time it needs only the standard library (and sicog.errors and
+sicog.evaluate.benchmarks, which import nothing).
 
 Why the held-out split also becomes an lmms-eval task: the world's held-out metrics and the public
 benchmarks then go through one harness (prompt rendering, generation, metric, aggregation), so a
@@ -30,32 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HELDOUT_VQA = "sicog_heldout_vqa"
-HELDOUT_CAPTION = "sicog_heldout_caption"
-
-# benchmark -> (its primary metric in lmms-eval 0.7.3's results, factor to a 0-1 score). The keys are
-# those of the task YAMLs' metric_list; judged scores and MMStar's sub-scores are percentages.
-BENCHMARKS: dict[str, tuple[str, float]] = {
-    "mmstar": ("average", 1.0),
-    "ai2d": ("exact_match", 1.0),
-    "scienceqa_img": ("exact_match", 1.0),
-    "pope": ("pope_f1_score", 1.0),
-    "mmbench_en_dev": ("gpt_eval_score", 0.01),
-    "chartqa": ("relaxed_overall", 1.0),
-    "docvqa_val": ("anls", 1.0),
-    "ocrbench": ("ocrbench_accuracy", 1.0),
-    "seedbench": ("seed_all", 1.0),
-    "mmvet": ("gpt_eval_score", 0.01),
-    # mathvista_testmini is a group of three prompt styles; the direct-format one is the benchmark.
-    "mathvista_testmini_format": ("llm_as_judge_eval", 0.01),
-    HELDOUT_VQA: ("exact_match", 1.0),
-    HELDOUT_CAPTION: ("attribute_recall", 1.0),
-}
-# Scored by an OpenAI-compatible judge. MMBench's evaluator posts to OPENAI_API_URL as the full
-# chat-completions URL; lmms_eval.llm_judge (MMVet, MathVista) takes it as the API base URL.
-JUDGED = {"mmbench_en_dev": "full_url", "mmvet": "base_url", "mathvista_testmini_format": "base_url"}
-# Which held-out metric of `evaluate_heldout` each local task reproduces.
-HELDOUT_EQUIVALENT = {HELDOUT_VQA: "vqa_accuracy", HELDOUT_CAPTION: "caption_attribute_recall"}
+# The benchmark table lives in an import-free module that sicog.config reads too; re-exported here.
+from sicog.errors import UserError
+from sicog.evaluate.benchmarks import BENCHMARKS, HELDOUT_CAPTION, HELDOUT_EQUIVALENT, HELDOUT_VQA, JUDGED
 
 EVAL_PYTHON_ENV = "SICOG_EVAL_PYTHON"
 _MODEL_KEY_ENV = "SICOG_LMMS_MODEL_API_KEY"
@@ -246,12 +224,12 @@ def run_benchmarks(
     """
     unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown:
-        raise ValueError(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARKS)}")
+        raise UserError(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARKS)}")
     if backend == "llava_hf" and batch_size != 1:
         raise ValueError("lmms-eval's llava_hf decodes one request at a time: batch_size must be 1")
     missing_judge = [b for b in benchmarks if b in JUDGED and judge is None]
     if missing_judge:
-        raise ValueError(f"{missing_judge} are scored by a judge model: give a judge endpoint")
+        raise UserError(f"{missing_judge} are scored by a judge model: give a judge endpoint")
     python = Path(python) if python else eval_python()
     if python is None or not python.exists():
         raise LmmsEvalError(f"no lmms-eval environment: create .venv-eval from requirements-eval.lock or set {EVAL_PYTHON_ENV}")

@@ -18,6 +18,8 @@ import json
 import shutil
 from pathlib import Path
 
+from sicog.errors import UserError
+
 BACKBONE_FILE = "backbone.json"
 BACKBONE_SUFFIX = ":backbone"
 
@@ -54,7 +56,7 @@ def extract_backbone(llava_dir: str | Path, out_dir: str | Path, trust_remote_co
     hf_logging.disable_progress_bar()
     llava_dir, out_dir = Path(llava_dir), Path(out_dir)
     if not is_multimodal(llava_dir):
-        raise ValueError(f"{llava_dir} is not an image-text (LLaVA) checkpoint: its config has no vision tower")
+        raise UserError(f"{llava_dir} is not an image-text (LLaVA) checkpoint: its config has no vision tower")
     llava = AutoModelForImageTextToText.from_pretrained(str(llava_dir), dtype="auto", trust_remote_code=trust_remote_code)
     processor = AutoProcessor.from_pretrained(str(llava_dir), trust_remote_code=trust_remote_code)
     dtype = next(llava.parameters()).dtype

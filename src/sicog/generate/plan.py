@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from sicog.errors import UserError
 from sicog.generate.seeds import candidate_seed
 from sicog.prompts import CAPTION_COD, CAPTION_DD, cot_question, da_question
 from sicog.records import question_of
@@ -41,16 +42,16 @@ def _counts(task: str, plan: dict[str, int] | int) -> list[tuple[str, int]]:
         if isinstance(plan, dict):
             plan = plan.get("text", 0)
         if not isinstance(plan, int) or plan < 0:
-            raise ValueError(f"text plan must be a non-negative candidate count, got {plan!r}")
+            raise UserError(f"text plan must be a non-negative candidate count, got {plan!r}")
         return [("text", plan)]
     if not isinstance(plan, dict):
-        raise ValueError(f"{task} plan must map formats to counts, e.g. {{'{FORMAT_ORDER[task][0]}': 2}}")
+        raise UserError(f"{task} plan must map formats to counts, e.g. {{'{FORMAT_ORDER[task][0]}': 2}}")
     unknown = set(plan) - set(FORMAT_ORDER[task])
     if unknown:
-        raise ValueError(f"unknown {task} formats {sorted(unknown)}; valid: {', '.join(FORMAT_ORDER[task])}")
+        raise UserError(f"unknown {task} formats {sorted(unknown)}; valid: {', '.join(FORMAT_ORDER[task])}")
     counts = [(fmt, int(plan.get(fmt, 0))) for fmt in FORMAT_ORDER[task]]
     if any(n < 0 for _, n in counts):
-        raise ValueError(f"{task} plan counts must be >= 0, got {plan}")
+        raise UserError(f"{task} plan counts must be >= 0, got {plan}")
     return counts
 
 
@@ -61,7 +62,7 @@ def plan_requests(records: list[dict], task: Task, plan: dict[str, int] | int, c
     for rec in records:
         rid = str(rec["id"])
         if task != "text" and not rec.get("image"):
-            raise ValueError(f"record {rid}: a {task} request needs an image")
+            raise UserError(f"record {rid}: a {task} request needs an image")
         index = 0
         for fmt, n in counts:
             for _ in range(n):

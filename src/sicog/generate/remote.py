@@ -20,8 +20,9 @@ the image root, over the pixel limit -> an error row, no request). With `image_e
 resized so that their shorter side is at most that many pixels (the sampling model's input size):
 a 4000x3000 photo for a 336-pixel CLIP costs the server a 12-MP decode and the wire 50x the bytes.
 
-Failures: 429, 5xx, timeouts and connection errors are retried with exponential backoff and full
-jitter (a `Retry-After` header is honoured); other 4xx are the request's fault and are not retried.
+Failures: 429, 5xx, timeouts and connection errors are retried under the project's retry policy
+(sicog.retry: exponential backoff with jitter, at most `max_attempts`; a `Retry-After` header is
+honoured); other 4xx are the request's fault and are not retried.
 After the last attempt the candidate becomes an error row (`"text": None, "error": reason`), never an
 empty candidate.
 """
@@ -32,8 +33,8 @@ import asyncio
 import base64
 import functools
 import io
+import logging
 import queue
-import random
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -41,9 +42,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from sicog import retry
 from sicog.data.images import image_data
+from sicog.errors import UserError
 
-BACKOFF_BASE_S = 0.5  # first retry waits up to 0.5 s, then 1, 2, 4 ... (full jitter)
+BACKOFF_BASE_S = 0.5  # first retry waits 0.25-0.5 s, then up to 1, 2, 4 ... (sicog.retry's jitter)
 BACKOFF_CAP_S = 30.0
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -111,6 +114,19 @@ def _retry_decision(exc: Exception) -> tuple[bool, str, float | None]:
     raise exc  # a bug, not a server condition
 
 
+def _retryable(exc: BaseException) -> bool:
+    """429, 5xx, timeouts and connection errors (not a bug: that one propagates unretried)."""
+    try:
+        return _retry_decision(exc)[0]
+    except Exception:  # noqa: BLE001 - not a server condition: not retried, raised by the caller
+        return False
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The wait a server asked for (Retry-After), else None: the policy's backoff."""
+    return _retry_decision(exc)[2]
+
+
 def _endpoint_client(endpoint: str, timeout_s: float):
     """An AsyncInferenceClient for our own endpoint that works with HF_HUB_OFFLINE=1.
 
@@ -156,7 +172,7 @@ class RemoteSampler:
         image_edge: int = 0,
     ):
         if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"sample.endpoint must be an http(s) URL, got {endpoint!r}")
+            raise UserError(f"sample.endpoint must be an http(s) URL, got {endpoint!r}")
         if concurrency < 1 or max_attempts < 1 or max_new_tokens < 1:
             raise ValueError("concurrency, max_attempts and max_new_tokens must be >= 1")
         self.endpoint = endpoint.rstrip("/")
@@ -181,30 +197,34 @@ class RemoteSampler:
         return row
 
     async def _request(self, client, messages: list[dict], seed: int, n: int, max_tokens: int | None, temperature: float | None):
-        """One chat completion with retries: (response, None) or (None, the last error's reason)."""
-        reason = ""
-        for attempt in range(1, self.max_attempts + 1):
+        """One chat completion under the project's retry policy (sicog.retry: at most max_attempts, backoff
+        with jitter, a Retry-After honoured): (response, None) or (None, the last error's reason)."""
+        tried = 0
+
+        async def attempt():
+            nonlocal tried
+            tried += 1
             self.attempts += 1
-            try:
-                out = await client.chat_completion(
-                    messages,
-                    model=self.served_model,
-                    max_tokens=max_tokens or self.max_new_tokens,
-                    temperature=self.temperature if temperature is None else temperature,
-                    top_p=self.top_p,
-                    seed=seed,
-                    n=n if n > 1 else None,
-                )
-            except Exception as exc:  # classified below; anything unexpected is re-raised there
-                retry, reason, delay = _retry_decision(exc)
-                if not retry or attempt == self.max_attempts:
-                    break
-                await asyncio.sleep(delay if delay is not None else random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
-                continue
-            if out.usage is not None:
-                self.output_tokens += out.usage.completion_tokens
-            return out, None
-        return None, f"after {attempt} attempt(s): {reason}"
+            return await client.chat_completion(
+                messages,
+                model=self.served_model,
+                max_tokens=max_tokens or self.max_new_tokens,
+                temperature=self.temperature if temperature is None else temperature,
+                top_p=self.top_p,
+                seed=seed,
+                n=n if n > 1 else None,
+            )
+
+        try:
+            out = await retry.acall(attempt, _retryable, attempts=self.max_attempts, first_s=BACKOFF_BASE_S, max_s=BACKOFF_CAP_S,
+                                    retry_after=_retry_after, what=f"sample {self.endpoint}", level=logging.INFO,
+                                    describe=lambda exc: _retry_decision(exc)[1])
+        except Exception as exc:  # noqa: BLE001 - classified here; anything that is no server condition is re-raised
+            _, reason, _ = _retry_decision(exc)
+            return None, f"after {tried} attempt(s): {reason}"
+        if out.usage is not None:
+            self.output_tokens += out.usage.completion_tokens
+        return out, None
 
     async def _group(self, client, reqs: list[dict], max_tokens: int | None = None, temperature: float | None = None) -> list[dict]:
         """Rows for candidates that share one prompt: one request with n = len(reqs), seeded by the first

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from sicog.config import SampleConfig
+from sicog.errors import UserError
 from sicog.generate.plan import Task, plan_requests
 from sicog.generate.shards import read_shard, run_shard, shard_dir, shard_records
 from sicog.records import Candidate, write_jsonl
@@ -66,7 +67,7 @@ def make_sampler(cfg: SampleConfig, model_dir: str | Path | None, image_root: st
         from sicog.generate.remote import RemoteSampler
 
         if not cfg.endpoint:
-            raise ValueError(f"sample.engine={cfg.engine} needs sample.endpoint here (e.g. http://vllm:8000/v1); only a pipeline compiled for a cluster deploys its own servers")
+            raise UserError(f"sample.engine={cfg.engine} needs sample.endpoint here (e.g. http://vllm:8000/v1); only a pipeline compiled for a cluster deploys its own servers")
         edge = model_image_edge(model_dir) if cfg.image_edge == -1 else cfg.image_edge
         return RemoteSampler(cfg.endpoint, image_root, served_model=cfg.served_model, concurrency=cfg.concurrency,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -139,7 +140,7 @@ def collect_candidates(shard_uris: list[str], out_path: str | Path) -> dict:
     rows.sort(key=lambda r: (r["id"], r["index"]))
     keys = [(r["id"], r["index"]) for r in rows]
     if len(set(keys)) != len(keys):
-        raise ValueError("collected shards hold a candidate twice; were shards of different runs mixed?")
+        raise UserError("collected shards hold a candidate twice; were shards of different runs mixed?")
     rows = [Candidate.from_row(r).to_row() for r in rows]  # the candidates contract, checked where it is written
     good = [r for r in rows if r.get("error") is None]
     failed = [r for r in rows if r.get("error") is not None]

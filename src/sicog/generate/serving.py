@@ -24,10 +24,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx2
+
+from sicog import retry
 
 _LISTENING = re.compile(r"Uvicorn running on (http://[\d.]+:\d+)")
 
@@ -85,18 +86,21 @@ class TransformersServer:
         os.close(fd)
         with open(self.log_path, "a") as log:  # append mode: the server's writes and our reads never share an offset
             self.proc = subprocess.Popen([str(cli), "serve", *self.args], stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
-        deadline = time.monotonic() + self.startup_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            found = _LISTENING.search(self.output())
-            if found:
-                self.url = found.group(1)
-                if httpx2.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"transformers serve did not start in {self.startup_s:.0f} s:\n{self.output()[-3000:]}")
+        if retry.poll(self._healthy, every_s=0.2, budget_s=self.startup_s) is None:
+            self.stop()
+            raise RuntimeError(f"transformers serve did not start in {self.startup_s:.0f} s:\n{self.output()[-3000:]}")
+        return self
+
+    def _healthy(self) -> bool | None:
+        """True once the server listens and answers /health; None while it starts; RuntimeError if it exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+        found = _LISTENING.search(self.output())
+        if found:
+            self.url = found.group(1)
+            if httpx2.get(f"{self.url}/health", timeout=5).status_code == 200:
+                return True
+        return None
 
     def output(self) -> str:
         return Path(self.log_path).read_text(errors="replace")

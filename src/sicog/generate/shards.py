@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 from sicog import store
+from sicog.errors import UserError
 
 MANIFEST = "manifest.json"
 
@@ -124,13 +125,13 @@ def read_shard(shard_uri: str) -> Iterator[dict]:
     """Every row of a complete shard, chunk by chunk, each chunk verified against its sha256."""
     manifest = read_manifest(shard_uri)
     if manifest is None or not manifest.get("complete"):
-        raise ValueError(f"{shard_uri}: shard not finished (no complete manifest); re-run its sampling task")
+        raise UserError(f"{shard_uri}: shard not finished (no complete manifest); re-run its sampling task")
     for k in range(manifest["n_chunks"]):
         entry = manifest["chunks"].get(chunk_name(k))
         if entry is None:
-            raise ValueError(f"{shard_uri}: {chunk_name(k)} missing from the manifest")
+            raise UserError(f"{shard_uri}: {chunk_name(k)} missing from the manifest")
         data = store.read_bytes(store.join(shard_uri, entry["name"]))
         if _sha256(data) != entry["sha256"]:
-            raise ValueError(f"{shard_uri}: {entry['name']} does not match its manifest sha256")
+            raise UserError(f"{shard_uri}: {entry['name']} does not match its manifest sha256")
         for line in data.decode("utf-8").splitlines():
             yield json.loads(line)

@@ -2,19 +2,17 @@
 
 Each format has a builder and a strict parser (`format_*` / `parse_*`), kept apart from the steps
 that use them. `compared_text` says what self-consistency compares for each format (paper
-Sec. 3.3: CoD step 5, CoT step 4, the whole text otherwise).
+Sec. 3.3: CoD step 5, CoT step 4, the whole text otherwise); `final_answer` what a task is judged
+on, and `normalize_answer` the canonical form of a short answer that exact match compares.
 """
 
 from __future__ import annotations
 
-
-class FormatError(ValueError):
-    """A text that does not follow its format (wrong step count, header, missing tag, ...)."""
-
-
-# The submodules import FormatError from here, so it is defined before they are imported.
-from sicog.prompts.cod import cod_conversation, format_cod, parse_cod  # noqa: E402
-from sicog.prompts.cot import (  # noqa: E402
+# The submodules never import this package (it imports them): FormatError lives in prompts.steps.
+from sicog.prompts.answers import normalize_answer
+from sicog.prompts.cod import cod_conversation, format_cod, parse_cod
+from sicog.prompts.cot import (
+    convert_llava_cot_items,
     convert_llava_cot_record,
     cot_question,
     da_question,
@@ -23,7 +21,8 @@ from sicog.prompts.cot import (  # noqa: E402
     parse_cot,
     steps_to_llava_cot,
 )
-from sicog.prompts.texts import (  # noqa: E402
+from sicog.prompts.steps import FormatError
+from sicog.prompts.texts import (
     CAPTION_COD,
     CAPTION_DD,
     COD_HEADERS,
@@ -80,6 +79,7 @@ __all__ = [
     "all_prompt_texts",
     "cod_conversation",
     "compared_text",
+    "convert_llava_cot_items",
     "convert_llava_cot_record",
     "cot_question",
     "da_question",
@@ -87,6 +87,7 @@ __all__ = [
     "format_cod",
     "format_cot",
     "llava_cot_steps",
+    "normalize_answer",
     "parse_cod",
     "parse_cot",
     "steps_to_llava_cot",

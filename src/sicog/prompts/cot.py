@@ -10,11 +10,11 @@ long form; `convert_llava_cot_record` builds two new records and never touches i
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Sequence
 
-from sicog.prompts import FormatError
-from sicog.prompts.steps import format_steps, parse_steps
+from sicog.prompts.steps import FormatError, format_steps, parse_steps
 from sicog.prompts.texts import COT_HEADERS, COT_SUFFIX, LLAVA_COT_TAGS, SHORT_SUFFIX
 
 
@@ -93,3 +93,33 @@ def convert_llava_cot_record(rec: dict) -> tuple[dict, dict]:
             da_turn["value"] = da_question(da_turn["value"])
             cot_turn["value"] = cot_question(cot_turn["value"])
     return da, cot
+
+
+def convert_llava_cot_items(items: list[tuple[int, object]]) -> tuple[list[dict], list[dict]]:
+    """(DA + CoT records, quarantine rows) for (line, LLaVA-CoT record) pairs, in input order.
+
+    Each record goes through convert_llava_cot_record; one that cannot be converted (not an object,
+    a duplicated id, a missing or duplicated tag, an empty section, no id) becomes a quarantine row
+    `{"line", "id", "reason", "raw"}`. The records carry `meta` {task vqa, source_id, format da / cot}.
+    Used by `sicog annotate cot` (sicog.annotate.cot) and by catalog sources of format llava-cot
+    (sicog.data.dataset)."""
+    out: list[dict] = []
+    quarantine: list[dict] = []
+    seen: set[str] = set()
+    for line, rec in items:
+        try:
+            if not isinstance(rec, dict):
+                raise FormatError("not a JSON object")
+            if str(rec.get("id")) in seen:
+                raise FormatError("duplicate id")
+            da, cot = convert_llava_cot_record(rec)
+        except FormatError as exc:
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            quarantine.append({"line": line, "id": rid, "reason": str(exc), "raw": json.dumps(rec, ensure_ascii=False)[:2000]})
+            continue
+        seen.add(str(rec["id"]))
+        meta = {"task": "vqa", "source_id": rec["id"]}
+        da["meta"] = {**rec.get("meta", {}), **meta, "format": "da"}
+        cot["meta"] = {**rec.get("meta", {}), **meta, "format": "cot"}
+        out += [da, cot]
+    return out, quarantine

@@ -10,7 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sicog.prompts import FormatError
+
+class FormatError(ValueError):
+    """A text that does not follow its format (wrong step count, header, missing tag, ...).
+
+    A ValueError, not a sicog.errors.UserError: it describes one sampled or source text, and its
+    callers turn it into a quarantine or rejection row (the package re-exports it as
+    sicog.prompts.FormatError)."""
 
 # A step header line: "Step 3: <header>" on a line of its own (surrounding spaces tolerated).
 _STEP_LINE = re.compile(r"^[ \t]*Step (\d+): (.*?)[ \t]*$", re.MULTILINE)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sicog.errors import UserError
+
 MODEL_ORDER = ("base", "control", "cycle", "uncurated")
 HELDOUT = (("vqa_accuracy", "VQA accuracy"), ("caption_attribute_recall", "caption attribute recall"))
 DELTAS = (("cycle", "base"), ("cycle", "control"), ("cycle", "uncurated"))
@@ -74,7 +76,7 @@ def _row(group: str, key: str, label: str, values: list[float | None]) -> dict:
 def evidence_table(per_seed: Sequence[Mapping]) -> dict:
     """Per-seed metrics -> {"n_runs", "seeds", "steps", "rows": [{group, key, label, values, n, mean, std}]}."""
     if not per_seed:
-        raise ValueError("evidence_table needs the metrics of at least one seed")
+        raise UserError("evidence_table needs the metrics of at least one seed")
     present = {m for metrics in per_seed for m in (metrics.get("heldout") or {})}
     models = [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
     rows = []

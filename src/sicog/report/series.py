@@ -87,7 +87,7 @@ def series_rows(series_uri: str) -> list[dict]:
     sealed = lineage.read_series(series_uri)
     if not sealed:
         raise UserError(f"no finished cycle in series {series_uri} (looked for {store.join(series_uri, lineage.CYCLES, '*', lineage.LINEAGE)})")
-    folders_by_model = {(record.get("models") or {}).get("cycle"): _folder(uri) for uri, record in sealed}
+    folders_by_model = {lineage.resolve_uri((record.get("models") or {}).get("cycle"), uri): _folder(uri) for uri, record in sealed}
     return [_row(run, uri, record, folders_by_model) for run, (uri, record) in enumerate(sealed, start=1)]
 
 

@@ -12,25 +12,31 @@ safe. Other errors are not retried.
 
 from __future__ import annotations
 
-import random
-import time
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
 
+from sicog import retry
+from sicog.errors import UserError
 from sicog.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 
 # Codes a call is retried on (see the module docstring).
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() in RETRYABLE
+
+
 GroupsArg = Mapping[str, Sequence[str]] | Sequence[tuple[str, Sequence[str]]]
 
 
-class ScorerError(ValueError):
+class ScorerError(UserError):
     """A call the service refused or could not answer; `code` is the grpc.StatusCode.
 
-    A ValueError so that the CLI reports it as one line (bad input, or no scorer at the address)."""
+    A UserError so that the CLI reports it as one line (bad input, or no scorer at the address)."""
 
     def __init__(self, address: str, exc: grpc.RpcError) -> None:
         self.code = exc.code()
@@ -75,13 +81,13 @@ class ScorerClient:
         self._info: scorer_pb2.InfoResponse | None = None
 
     def _call(self, method: str, request, timeout_s: float | None = None):
-        for attempt in range(self.retries + 1):
-            try:
-                return getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s)
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self.retries:
-                    raise ScorerError(self.address, exc) from None
-                time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0))
+        """One RPC under the project's retry policy (sicog.retry): RETRYABLE codes are retried."""
+        try:
+            return retry.call(lambda: getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s), _retryable,
+                              attempts=self.retries + 1, first_s=self.backoff_s, max_s=self.max_backoff_s,
+                              what=f"scorer {self.address} {method}", level=logging.INFO)
+        except grpc.RpcError as exc:
+            raise ScorerError(self.address, exc) from None
 
     def info(self) -> scorer_pb2.InfoResponse:
         """The served model and limits (fetched once)."""

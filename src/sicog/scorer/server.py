@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from sicog.errors import UserError
 from sicog.scorer.core import Limits, ScorerCore
 from sicog.scorer.metrics import ScorerMetrics
 from sicog.scorer.servicer import ScorerServicer
@@ -75,14 +76,14 @@ class ScorerServer:
         try:
             self.port = self._server.add_insecure_port(f"{o.host}:{o.port}")
         except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
-            raise ValueError(f"cannot bind {o.host}:{o.port} ({exc})") from None
+            raise UserError(f"cannot bind {o.host}:{o.port} ({exc})") from None
         self._server.start()
         if o.metrics_port is not None:
             try:
                 self._http, _ = start_http_server(o.metrics_port, addr=o.host, registry=self.metrics.registry)
             except OSError as exc:
                 self._server.stop(0)
-                raise ValueError(f"cannot serve metrics on {o.host}:{o.metrics_port} ({exc})") from None
+                raise UserError(f"cannot serve metrics on {o.host}:{o.metrics_port} ({exc})") from None
             self.metrics_port = self._http.server_port
         return self
 
@@ -161,7 +162,7 @@ def run(options: ServerOptions, model: str, device: str, batch_size: int, torch_
         server.load(lambda: Embedder(model, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code))
     except (OSError, ValueError, RuntimeError) as exc:
         server.shutdown(0)
-        raise ValueError(f"cannot load embedder {model!r}: {exc}") from None
+        raise UserError(f"cannot load embedder {model!r}: {exc}") from None
     if not server.wait(0):
         print(f"scorer: serving {model} on {device}", flush=True)
     while not server.wait(0.5):

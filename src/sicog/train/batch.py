@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 
+from sicog.errors import UserError
 
-class BatchError(ValueError):
+
+class BatchError(UserError):
     """A global batch that the per-device batch and world size cannot reach exactly (a user error)."""
 
 

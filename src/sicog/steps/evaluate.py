@@ -1,0 +1,59 @@
+"""The evaluate step: held-out scores of the cycle's models, and the public benchmarks through lmms-eval.
+
+Inputs: the world (its `heldout` role) and the models to compare by name (base, cycle, control, and the
+uncurated ablation when run). Output: `<name>/predictions.jsonl`, `<name>/lmms/` (benchmark runs) and
+`eval.json`: one flat per-model dict of held-out metrics (VQA exact match with the direct-answer
+prompt, caption attribute recall with the DD prompt) and `eval.benchmarks` scores, with each model's
+lineage. Figures: those scores and the wall seconds of both parts per model.
+Paper: Sec. 4 (evaluation on held-out and public benchmarks: MMStar, AI2D, ScienceQA, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sicog.console import progress
+from sicog.data import read_role, run_catalog
+from sicog.records import write_json
+from sicog.steps._io import StepIO, as_config, open_step, read_json
+
+
+def _benchmarks(cfg, model_dir: Path, rows: list[dict], world_dir: Path, out_dir: Path) -> dict:
+    """eval.benchmarks of one model through lmms-eval, in its own environment; the held-out tasks
+    (sicog_heldout_*) read this cycle's held-out rows."""
+    import torch
+
+    from sicog.evaluate.lmms import HELDOUT_EQUIVALENT, Judge, run_benchmarks
+
+    public = [b for b in cfg.eval.benchmarks if b not in HELDOUT_EQUIVALENT]
+    heldout = [b for b in cfg.eval.benchmarks if b in HELDOUT_EQUIVALENT]
+    judge = Judge(cfg.eval.judge_endpoint, cfg.eval.judge_model, cfg.eval.judge_key_env) if cfg.eval.judge_endpoint else None
+    scores = run_benchmarks(model_dir, public, out_dir, heldout_rows=rows if heldout else None, image_root=world_dir,
+                            limit=cfg.eval.benchmark_limit, max_new_tokens=cfg.eval.max_new_tokens, judge=judge,
+                            device="cuda" if torch.cuda.is_available() else "cpu")
+    wanted = set(public) | set(heldout)
+    return {key: value for key, value in scores.items() if key.removesuffix("_n") in wanted}
+
+
+def evaluate(config, io: StepIO) -> dict:
+    """io.inputs: {"world", "models": {name: model URI}}. Returns eval.json's content."""
+    from sicog.evaluate.heldout import evaluate_heldout
+
+    cfg = as_config(config)
+    results = {}
+    with open_step(io) as step, progress() as bar:
+        world_dir = step.input("world")
+        rows = read_role(run_catalog(world_dir), "heldout")[0]
+        for name, model_dir in step.inputs["models"].items():
+            start = time.perf_counter()
+            result = evaluate_heldout(model_dir, rows, world_dir, step.out / name / "predictions.jsonl", cfg.eval, progress=bar)
+            seconds = {"heldout_seconds": round(time.perf_counter() - start, 2)}
+            if cfg.eval.benchmarks:
+                start = time.perf_counter()
+                result.update(_benchmarks(cfg, model_dir, rows, world_dir, step.out / name / "lmms"))
+                seconds["benchmark_seconds"] = round(time.perf_counter() - start, 2)
+            results[name] = {**result, "lineage": read_json(model_dir / "lineage.json", [])}
+            step.figures[name] = {**result, **seconds}
+        write_json(step.out / "eval.json", results)
+    return results
