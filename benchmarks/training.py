@@ -1,4 +1,4 @@
-"""Training throughput of the `sicog train` stage code vs a plain transformers Trainer loop.
+"""Training throughput of sicog's stage code (`python -m sicog.train`) vs a plain transformers Trainer loop.
 
 Claims measured in one run, on the same tiny LLaVA and the same records (one process, 1 thread):
 1. overhead: tokens/s (non-pad tokens) of sicog's stage (lazy encoding, skip accounting, progress,
@@ -30,7 +30,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
@@ -101,15 +100,19 @@ def padding_fraction(records, root, model_dir, batch: int, group: bool, steps: i
 
 
 def torchrun_overhead(model_dir: Path, root: Path, tmp: Path) -> tuple[float, float]:
-    """(in-process seconds, torchrun seconds) of the same 1-step stage through the `sicog train` entry point."""
-    cfg = tmp / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"train": {"max_length": 512, "instruct": {"max_steps": 1, "batch_size": 4}}}))
-    common = ["-m", "sicog.cli", "train", "--stage", "instruct", "--data", "base", "--model", str(model_dir), "--world", str(root), "--config", str(cfg)]
+    """(in-process seconds, torchrun seconds) of the same 1-step stage through the training entry point
+    (`python -m sicog.train REQUEST`, what every rank runs)."""
+    from sicog.train.request import TrainRequest
+
+    config = {"train": {"max_length": 512, "instruct": {"max_steps": 1, "batch_size": 4}}}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     times = []
     for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]):
+        request = TrainRequest.of(config, stage="instruct", data="base", name="bench/instruct", model=str(model_dir), world=str(root),
+                                  out=str(tmp / f"tr{len(times)}"), resume=True)
+        uri = request.save(str(tmp / f"request{len(times)}.json"))
         start = time.perf_counter()
-        subprocess.run([*launcher, *common, "--out", str(tmp / f"tr{len(times)}")], env=env, check=True, capture_output=True)
+        subprocess.run([*launcher, "-m", "sicog.train", uri], env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return times[0], times[1]
 

@@ -384,3 +384,23 @@ def test_minilm_scoring_prefers_the_agreeing_candidates(minilm):
     assert row["best"] in (0, 1) and row["scores"][2] < min(row["scores"][:2])
     vectors = minilm.encode(row["compared"])
     np.testing.assert_allclose(row["scores"], _brute_force(vectors, [3]), atol=1e-5)
+
+
+def test_malformed_counts_include_instances_rejected_for_too_few_well_formed_candidates(tmp_path):
+    """Counts add up: a CoD candidate without its 5 steps is malformed whether its instance was scored
+    or rejected unscored (only 1 well-formed candidate of 3); the score and curate figures count both."""
+    from sicog.steps import StepIO
+    from sicog.steps.curate import curate
+    from sicog.steps.score import score
+
+    cod = format_cod(COD_STEPS)
+    cands = [_cand("img1", 0, "cod", cod), _cand("img1", 1, "cod", cod), _cand("img1", 2, "cod", "no steps"),  # scored, 1 malformed
+             _cand("img2", 0, "cod", "no steps"), _cand("img2", 1, "cod", "none"), _cand("img2", 2, "dd", COD_STEPS[4])]  # unscored, 2
+    world = tmp_path / "world"
+    _write(world / "truth.jsonl", [])
+    figures = score(STEP_CONFIG, StepIO("score", str(tmp_path / "scored"), {"candidates": [_write(tmp_path / "cand.jsonl", cands)]}))
+    assert figures["caption"]["malformed"] == 3 and figures["caption"]["instances"] == 2
+    quality = curate(STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored")]}))
+    assert quality["caption"]["malformed"] == 3
+    rejected = [json.loads(line) for line in (tmp_path / "cur/rejected.jsonl").read_text().splitlines()]
+    assert sum(len(r.get("malformed", [])) for r in rejected if r["id"] == "img2") == 2

@@ -77,16 +77,33 @@ def test_gate_tolerance_edge_a_drop_of_exactly_the_tolerance_passes(base, promot
 
 def test_gate_with_missing_metrics_refuses_unmeasured_scores_and_skips_missing_references():
     gate = PromoteConfig(metrics=["vqa_accuracy", "mmmu_accuracy"])
-    # A gated metric the cycle model did not measure (absent or null) refuses it: nothing to promote on.
+    # A gated metric the cycle model did not measure (absent or null) but its reference did refuses it.
     for cycle in ({"vqa_accuracy": 0.5}, {"vqa_accuracy": 0.5, "mmmu_accuracy": None}):
-        decision = lineage.promotion(gate, _heldout(cycle), _previous({"vqa_accuracy": 0.5}))
+        decision = lineage.promotion(gate, _heldout(cycle, base={"vqa_accuracy": 0.4, "mmmu_accuracy": 0.3}), _previous({"vqa_accuracy": 0.5}))
         assert decision["promoted"] is False
         assert "mmmu_accuracy: not measured for the cycle model, so it cannot pass against base" in decision["reason"]
+        # ... while one that no model of the comparison measured is skipped, not a reason to refuse.
+        decision = lineage.promotion(gate, _heldout(cycle), _previous({"vqa_accuracy": 0.5}))
+        assert decision["promoted"] is True and decision["compared"] == ["vqa_accuracy"]
     # A benchmark the references did not run yet is skipped for them (a new benchmark never blocks a series).
     decision = lineage.promotion(gate, _heldout({"vqa_accuracy": 0.5, "mmmu_accuracy": 0.3}), _previous({"vqa_accuracy": 0.5}))
     assert decision["promoted"] is True
     skipped = [(c["against"], c["metric"]) for c in decision["checks"] if c["passed"] is None]
     assert skipped == [("previous", "mmmu_accuracy"), ("base", "mmmu_accuracy")]
+
+
+def test_gate_compares_what_both_sides_measured_so_a_user_catalog_without_captions_is_promoted():
+    """A user catalog's held-out rows have no caption score: no model of the comparison measured it, so it
+    is not a reason to refuse a cycle that beats its base on VQA; the decision says what it compared."""
+    heldout = _heldout({"vqa_accuracy": 0.55, "caption_attribute_recall": None}, base={"vqa_accuracy": 0.50, "caption_attribute_recall": None})
+    decision = lineage.promotion(PromoteConfig(), heldout, None)
+    assert decision["promoted"] is True and decision["compared"] == ["vqa_accuracy"]
+    assert decision["reason"].startswith("promoted: compared vqa_accuracy: ")
+    assert "caption_attribute_recall: measured by neither the cycle model nor base, skipped" in decision["reason"]
+    # The cycle model lacking a score its reference has is still refused.
+    refused = lineage.promotion(PromoteConfig(), _heldout({"vqa_accuracy": 0.55, "caption_attribute_recall": None},
+                                                          base={"vqa_accuracy": 0.5, "caption_attribute_recall": 0.1}), None)
+    assert refused["promoted"] is False and "caption_attribute_recall: not measured for the cycle model" in refused["reason"]
 
 
 def test_gate_on_every_reported_metric_by_default_so_new_benchmarks_flow_through():

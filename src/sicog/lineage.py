@@ -120,7 +120,9 @@ def _score(scores: dict | None, metric: str) -> float | None:
 def _check(metric: str, value: float | None, against: str, label: str, reference: float | None, tolerance: float) -> dict:
     """One metric against one reference: passed True / False, or None (skipped) when the reference has
     no value for it. `label` names the reference in the reason (e.g. "previous cycle 3")."""
-    if value is None:
+    if value is None and reference is None:
+        passed, reason = None, f"{metric}: measured by neither the cycle model nor {label}, skipped"
+    elif value is None:
         passed, reason = False, f"{metric}: not measured for the cycle model, so it cannot pass against {label}"
     elif reference is None:
         passed, reason = None, f"{metric} {value:.4f}: {label} has no value, skipped"
@@ -138,11 +140,12 @@ def promotion(gate: PromoteConfig, heldout: dict, previous: dict | None) -> dict
     `heldout` is metrics.json's `heldout` ({model: {metric: score}}); `previous` the lineage record of
     the previous promoted cycle (None: the series' first cycle, or no series). Each gated metric of the
     cycle model is checked against each reference of `gate.against`: previous = the previous cycle's
-    model, base = this cycle's base model. Refused when any check regresses beyond the tolerance or a
-    gated metric is not measured for the cycle model (a model is not promoted on a score nobody
-    measured); a check whose reference has no value (the series' first cycle, or a benchmark added
-    since the previous cycle) is skipped and says so. Returns {promoted, reason, tolerance, previous,
-    checks}: the reason names every metric, value, reference and the tolerance."""
+    model, base = this cycle's base model. Only what both sides measured is compared: a check whose
+    reference has no value (the series' first cycle, a benchmark added since the previous cycle, or a
+    metric that neither side measured, such as the caption score of a user catalog whose held-out rows
+    have no captions) is skipped and says so. Refused when any check regresses beyond the tolerance, when
+    the cycle model lacks a score its reference has, or when it measured nothing at all. Returns {promoted, reason, tolerance, previous,
+    compared, checks}: the reason names every metric, value, reference and the tolerance."""
     cycle = heldout.get("cycle") or {}
     metrics = gate.metrics or list(cycle)
     references = {"previous": (previous or {}).get("heldout", {}).get("cycle"), "base": heldout.get("base")}
@@ -151,12 +154,15 @@ def promotion(gate: PromoteConfig, heldout: dict, previous: dict | None) -> dict
     checks = [_check(metric, _score(cycle, metric), against, labels[against], _score(references[against], metric), gate.tolerance)
               for against in gate.against for metric in metrics]
     promoted = all(c["passed"] is not False for c in checks)
+    compared = sorted({c["metric"] for c in checks if c["passed"] is not None})
     reason = "; ".join(c["reason"] for c in checks) or "no gate configured (promote.against is empty)"
-    if not metrics and gate.against:
+    if gate.against and all(_score(cycle, metric) is None for metric in metrics):
         promoted, reason = False, "the cycle model has no held-out metric to gate on"
+    elif gate.against:
+        reason = f"compared {', '.join(compared) or 'nothing'}: {reason}"
     return {"promoted": promoted, "reason": f"{'promoted' if promoted else 'refused'}: {reason}", "tolerance": gate.tolerance,
             "previous": {"cycle": previous["cycle"], "work_uri": previous.get("work_uri"), "lineage": gate.previous} if previous else None,
-            "checks": checks}
+            "compared": compared, "checks": checks}
 
 
 def read_previous(gate: PromoteConfig) -> dict | None:

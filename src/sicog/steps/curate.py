@@ -41,7 +41,7 @@ def curate(config, io: StepIO) -> dict:
     from sicog.evaluate.metrics import curation_quality
 
     cfg = as_config(config)
-    with open_step(io) as step:
+    with open_step(io, cycle=cfg.cycle) as step:
         truth = {row["id"]: row for row in read_role(run_catalog(step.input("world")), "truth")[0]}  # optional
         by_task: dict[str, list[dict]] = {}
         rejected: list[dict] = []
@@ -61,8 +61,10 @@ def curate(config, io: StepIO) -> dict:
             curated += task_curated
             uncurated += uncurated_records(rows, len(task_curated), rng, cfg.cycle, cfg.curate.conversation_threshold)
             task_cfg = getattr(cfg.curate, task)
+            scored_ids = {r["id"] for r in rows}  # + instances rejected unscored (too few well-formed candidates)
+            unscored = [r for r in rejected if r.get("task") == task and r["id"] not in scored_ids]
             quality[task] = {**curation_quality(rows, truth, task, cfg.curate.sweep), "similarity": task_cfg.similarity,
-                             "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in rows),
+                             "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in rows + unscored),
                              # instances that got candidates at all; `total` counts only those with >= 2 well-formed ones
                              "instances": len({r["id"] for r in rows} | {r["id"] for r in rejected if r.get("task") == task})}
             if task == "caption":

@@ -51,7 +51,7 @@ def score(config, io: StepIO, scorer: str | None = None) -> dict:
     from sicog.curate.select import score_instances, select_instances
 
     cfg = as_config(config)
-    with open_step(io) as step:
+    with open_step(io, cycle=cfg.cycle) as step:
         paths = [p / "candidates.jsonl" if p.is_dir() else p for p in step.inputs["candidates"]]
         by_task: dict[str, list[dict]] = {}
         for path in paths:
@@ -68,7 +68,7 @@ def score(config, io: StepIO, scorer: str | None = None) -> dict:
             scored_all += scored
             rejected_all += unscorable + rejected
             step.figures[task] = {"instances": len(scored) + len(unscorable), "kept": len(kept), "similarity": task_cfg.similarity,
-                                  "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in scored)}
+                                  "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in scored + unscorable)}
         write_jsonl(step.out / SCORED_FILE, scored_all)
         write_jsonl(step.out / REJECTED_FILE, rejected_all)
     return {task: step.figures[task] for task in by_task}

@@ -4,7 +4,7 @@ The world writes one mixed `base.jsonl` (DD captions, DA questions, text-only QA
 `annotated.jsonl` (DD, CoD, DA, CoT). A catalog points each role at role-specific records, so next
 to them this writes `align.jsonl` (the base captions: stage 1 pairs images with captions),
 `perception.jsonl` (annotated DD + CoD) and `reasoning.jsonl` (annotated DA + CoT), selected by
-`meta.task` / `meta.format` exactly as `sicog.steps.training_records` selects them, in file order;
+`meta.task` / `meta.format` exactly as `sicog.data.training.training_records` selects them, in file order;
 then `catalog.yaml` with paths relative to the world folder. The world's own files (and its
 manifest) are left as they are: same content, same seeds.
 
