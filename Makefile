@@ -29,7 +29,7 @@ LOCK_FLAGS   := --quiet --generate-hashes --python-version 3.11 --python-platfor
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-eval demo test figures evidence bench compile lock clean
+.PHONY: setup setup-eval demo test test-fast figures evidence bench compile lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,8 +58,17 @@ setup-eval: $(EVAL_STAMP)
 demo: setup
 	$(BIN)/sicog cycle --config configs/demo.yaml --out runs/demo
 
+# Every test runs under a time limit (pyproject.toml, pytest-timeout); PYTEST_FLAGS adds flags, e.g.
+# `make test PYTEST_FLAGS=--durations=25` (what .ci/run does). `make test-fast` leaves out the tests
+# marked slow (kfp.local cycles, torchrun training, lmms-eval end to end, served kfp.local groups): a
+# few minutes, without the evaluation environment.
+PYTEST_FLAGS ?=
+
 test: setup $(HELM) $(EVAL_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+test-fast: setup $(HELM)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_FLAGS)
 
 # The README's figure tables from the demo's and the micro check cycle's metrics.json (sicog figures);
 # the test suite runs the same micro cycle and fails when the committed micro table disagrees.

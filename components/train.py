@@ -12,7 +12,7 @@ def train(config: dict, stage: str, data: str, name: str, model: str, world: str
     `stage` warmup is step 1 (`data`: perception | reasoning; with train.step1=dpo, DPO pairs first),
     else a stage of sicog.train.request.STAGES on a training-data name of sicog.data.training.TRAIN_DATA.
     Output: the trained model with its lineage, written once at this artifact's URI (by torchrun's rank 0
-    in this pod, or by a PyTorchJob's rank 0 with cluster.trainer pytorchjob); the local folder stays
+    in this pod, or by a TrainJob's / PyTorchJob's rank 0 on a cluster); the local folder stays
     empty. Returns that URI: what later training tasks and a served engine read."""
     import os
 

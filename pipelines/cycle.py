@@ -35,7 +35,7 @@ from sicog.components.serve import delete_server, launch_server
 from sicog.components.start import start_cycle
 from sicog.components.train import train
 from sicog.components.world import make_world
-from sicog.config import ClusterConfig, SicogConfig
+from sicog.config import ClusterConfig, SicogConfig, for_cluster
 from sicog.pipelines.placement import place
 
 TASKS = ("caption", "vqa", "text")
@@ -95,9 +95,10 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
     """The cycle pipeline; `compiled_for` (a config with a `cluster` section) places its tasks on a
     cluster, None leaves them unplaced for kfp.local. `root`: the default pipeline root (the store
     folder the runs keep their outputs in); a submitted run may set its own."""
+    compiled_for = for_cluster(compiled_for) if compiled_for is not None else None  # cluster.trainer auto -> trainjob
     cluster = compiled_for.cluster if compiled_for is not None else None
-    # GPUs per task (used only where cluster.accelerator is set). With trainer=pytorchjob a train task
-    # only launches and watches its job; with a served engine, the engine holds the GPUs.
+    # GPUs per task (used only where cluster.accelerator is set). With trainer=trainjob or pytorchjob a
+    # train task only launches and watches its job; with a served engine, the engine holds the GPUs.
     train_gpus = compiled_for.train.nproc if cluster is not None and cluster.trainer == "torchrun" else 0
     sample_gpus = 1 if compiled_for is not None and compiled_for.sample.engine == "local" else 0
     deploy = compiled_for is not None and compiled_for.sample.engine in ("tgi", "vllm", "sglang") and not compiled_for.sample.endpoint

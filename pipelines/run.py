@@ -19,17 +19,19 @@ import warnings
 from pathlib import Path
 
 from sicog import store
-from sicog.config import SicogConfig, parameter_dict
+from sicog.config import SicogConfig, for_cluster, parameter_dict
 from sicog.errors import UserError
 
 
 def compile_pipeline(out: str | Path, config: SicogConfig, root: str = "") -> Path:
-    """Write the KFP IR YAML, with `config` as the default of the pipeline's config parameter and `root`
-    (the store folder runs keep their outputs in) as its default pipeline root."""
+    """Write the KFP IR YAML, with `config` as the default of the pipeline's config parameter (cluster.trainer
+    auto resolved for the cluster: sicog.config.for_cluster) and `root` (the store folder runs keep their
+    outputs in) as its default pipeline root."""
     from kfp import compiler
 
     from sicog.pipelines.cycle import cycle_pipeline
 
+    config = for_cluster(config)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(cycle_pipeline(config, root=root), str(out), pipeline_parameters={
@@ -146,6 +148,17 @@ def _pipeline_root(series: str, run_uri: str) -> str:
     return run_uri or series
 
 
+def check_real_run(config: SicogConfig) -> None:
+    """A cluster run trains a real model on the user's data: refuse, before any task runs, a config that
+    would build the demo world or train the demo's tiny model on a cluster (those are for `sicog cycle`)."""
+    if not config.data.catalog:
+        raise UserError("data.catalog is not set: a cluster run reads your datasets through a catalog (see `sicog data check`); "
+                        "the procedural demo world is for `sicog cycle`")
+    if not config.model.start:
+        raise UserError("model.start is not set: a cluster run starts from a model in the store (e.g. `sicog model assemble`, then "
+                        "`sicog store put`); the tiny demo model is for `sicog cycle`")
+
+
 def _client(host: str | None, namespace: str | None):
     import kfp
 
@@ -154,7 +167,7 @@ def _client(host: str | None, namespace: str | None):
 
 
 def _arguments(config: SicogConfig, series: str, run_uri: str, scorer: str, ablations: bool) -> dict:
-    return dict(config=parameter_dict(config), series_uri=series, run_uri=run_uri, scorer=scorer, ablations=ablations,
+    return dict(config=parameter_dict(for_cluster(config)), series_uri=series, run_uri=run_uri, scorer=scorer, ablations=ablations,
                 sample_shards=list(range(config.sample.shards)))
 
 
@@ -162,6 +175,7 @@ def submit(config: SicogConfig, *, host: str | None, series: str = "", run_uri: 
            experiment: str = "sicog", run_name: str | None = None, namespace: str | None = None) -> str:
     """Compile the pipeline for `config.cluster` and start one run on Kubeflow Pipelines, its pipeline
     root the run's (or the series') store folder; returns its id."""
+    check_real_run(config)
     root = _pipeline_root(series, run_uri)
     client = _client(host, namespace)
     with tempfile.TemporaryDirectory(prefix="sicog-submit-") as tmp:
@@ -180,6 +194,7 @@ def schedule(config: SicogConfig, *, host: str | None, cron: str, series: str, n
     cron = check_cron(cron)
     if not series:
         raise UserError("a schedule needs --series: it is how each run finds the last cycle's model")
+    check_real_run(config)
     root = _pipeline_root(series, "")
     client = _client(host, namespace)
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id

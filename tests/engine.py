@@ -7,8 +7,9 @@ the model the way the engine would for our client, in front of `transformers ser
 
 - the model is served under `--served-model-name` (vLLM / SGLang answer 404 for another `model`);
   TGI ignores `model`;
-- vLLM and SGLang answer `n` choices per chat completion; here choice i is generated with seed + i
-  by fanning out n requests to transformers serve (which refuses `n`). TGI ignores `n`;
+- vLLM and SGLang answer `n` choices per chat completion, by fanning out n requests to transformers
+  serve (which refuses `n`): vLLM seeds choice i with seed + i; SGLang copies the request's seed to
+  every choice, and honours it only with --enable-deterministic-inference (else: unseeded). TGI ignores `n`;
 - `GET /health` is 200 once the model is loaded (the server only listens from then on).
 
 `transformers serve` samples only if the model's generation config says so: the model is served from
@@ -55,6 +56,8 @@ def engine_parser(engine: str) -> argparse.ArgumentParser:
         p.add_argument("--max-running-requests", dest="batch", type=int, default=256)
         p.add_argument("--random-seed", dest="seed", type=int)
         p.add_argument("--tp-size", dest="tp", type=int, default=1)
+        p.add_argument("--enable-metrics", action="store_true")
+        p.add_argument("--enable-deterministic-inference", dest="deterministic", action="store_true")
     elif engine == "tgi":  # `text-generation-launcher ...`
         p.add_argument("--model-id", dest="model", required=True)
         p.add_argument("--hostname", dest="host", default="0.0.0.0")
@@ -93,8 +96,11 @@ class Engine:
             return 400, {"error": {"message": "the stand-in does not stream", "code": 400}}
         n = (body.pop("n", None) or 1) if self.takes_n else 1
         body.pop("n", None)
-        seed = body.get("seed")
-        seeds = [None if seed is None else seed + i for i in range(n)]
+        seed = body.pop("seed", None)
+        if self.engine == "sglang":  # one sampling_seed copied to all n choices; honoured only when deterministic
+            seeds = [seed if getattr(self.args, "deterministic", False) else None] * n
+        else:  # vLLM: choice i is seeded seed + i
+            seeds = [None if seed is None else seed + i for i in range(n)]
         with LOG_LOCK:  # one whole line per request, whatever the threads do
             sys.stdout.write(json.dumps({"n": n, "seeds": seeds, "model": body.get("model")}) + "\n")
             sys.stdout.flush()

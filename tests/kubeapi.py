@@ -14,6 +14,19 @@ Created -> Running -> Succeeded or Failed (by exit status) with the operator's r
 and the Master's replica status. Deleting a job terminates its process group, as the kubelet would.
 `hold` replaces the command by a sleep: a job that runs until deleted.
 
+It serves Kubeflow Trainer v2 TrainJobs too (create / get / list / delete under
+/apis/trainer.kubeflow.org/v1alpha1): a body that does not validate against Trainer v2.2's CRD
+schema (schemas/) gets 422, and so does what the trainer's admission webhook refuses (an unknown
+ClusterTrainingRuntime: `runtimes` holds the known ones, default torch-distributed; reserved PET_*
+env; runtimePatches naming a job or container the runtime lacks, or env for the `node` container).
+Its "controller" runs one local process per node (numNodes), each the trainer's command with what
+the torch plugin adds (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK = the node's index,
+PET_MASTER_ADDR=127.0.0.1, PET_MASTER_PORT = a free port; TMPDIR: the node's own folder), listed as
+pods with the JobSet's labels. Like the real controller it sets no condition while running (only
+the `node` job's jobsStatus counts), then `Complete` (AllJobsCompleted) when every node exits 0, or
+`Failed` (FailedJobs, naming the first failed job) when one fails (the others are terminated), or
+`Failed` (DeadlineExceeded) past activeDeadlineSeconds.
+
 It also serves what sicog.cluster.serving's inference servers need: apps/v1 Deployments and v1
 Services (create / get / list by label selector / delete; bodies must pass kubernetes-validate
 strict for Kubernetes 1.30, else 422), pods (list by label selector, get by name; tests add pods of
@@ -35,6 +48,7 @@ pods Pending (Unschedulable), with no process. Deleting a Deployment ends its po
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -57,6 +71,10 @@ import kubernetes_validate
 import yaml
 
 CRD = Path(__file__).parent / "schemas" / "kubeflow.org_pytorchjobs.yaml"
+TRAINJOB_CRD = Path(__file__).parent / "schemas" / "trainer.kubeflow.org_trainjobs.yaml"
+TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
+RESERVED_TORCH_ENV = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
+WEBHOOK = 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request'
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
@@ -79,6 +97,33 @@ def crd_schema() -> dict:
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
 
 
+@functools.lru_cache(maxsize=1)
+def trainjob_schema() -> dict:
+    """The CRD's openAPIV3Schema of trainer.kubeflow.org/v1alpha1 TrainJob (Kubeflow Trainer v2.2.1)."""
+    crd = yaml.load(TRAINJOB_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
+
+
+def pruned(value, schema: dict, path: str = "") -> list[str]:
+    """Fields of `value` that the schema does not declare: the API server would silently drop them
+    (kubectl's --validate=strict refuses them). jsonschema alone lets them through."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict) and "properties" in schema:
+        found = []
+        for key, item in value.items():
+            if key in schema["properties"]:
+                found += pruned(item, schema["properties"][key], f"{path}.{key}")
+            elif not schema.get("additionalProperties"):
+                found.append(f"{path}.{key}")
+        return found
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return [p for key, item in value.items() for p in pruned(item, schema["additionalProperties"], f"{path}.{key}")]
+    if isinstance(value, list) and "items" in schema:
+        return [p for i, item in enumerate(value) for p in pruned(item, schema["items"], f"{path}[{i}]")]
+    return []
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -87,6 +132,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _node_pod(job: str, index: int) -> str:
+    """The pod of a TrainJob's node `index`: the JobSet's Job `<job>-node-0`, completion index `index`."""
+    return f"{job}-node-0-{index}-{hashlib.sha256(f'{job}/{index}'.encode()).hexdigest()[:5]}"
 
 
 def _status(code: int, reason: str, message: str) -> dict:
@@ -129,6 +179,12 @@ class FakeKube:
         self.logs: dict[str, Path] = {}
         self.lock = threading.Lock()
         self.validator = jsonschema.Draft7Validator(crd_schema())
+        # TrainJobs: (namespace, name) -> object; their node processes, environments and pods.
+        self.trainjobs: dict[tuple[str, str], dict] = {}
+        self.trainjob_validator = jsonschema.Draft7Validator(trainjob_schema())
+        self.runtimes = {"torch-distributed": {"node": {"node"}}}  # ClusterTrainingRuntime -> its jobs -> their containers
+        self.node_procs: dict[str, list[subprocess.Popen]] = {}
+        self.node_envs: dict[str, list[dict[str, str]]] = {}
         self.workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fake-kube-{uuid.uuid4().hex[:8]}"
         self._server: ThreadingHTTPServer | None = None
         # Deployments, Services, pods, Workflows: (namespace, name) -> object.
@@ -172,7 +228,8 @@ class FakeKube:
 
     def stop(self) -> None:
         with self.lock:
-            procs = list(self.procs.values()) + [p for ps in self.pod_procs.values() for p in ps]
+            procs = (list(self.procs.values()) + [p for ps in self.pod_procs.values() for p in ps]
+                     + [p for ps in self.node_procs.values() for p in ps])
         for proc in procs:
             self._terminate(proc)
         if self._server is not None:
@@ -217,6 +274,8 @@ class FakeKube:
         self.requests.append((method, url.path))
         if m := JOBS.match(url.path):
             code, reply = self._jobs(method, m.group(1), m.group(2), body)
+        elif m := TRAINJOBS.match(url.path):
+            code, reply = self._trainjobs(method, m.group(1), m.group(2), body)
         elif (m := PODS.match(url.path)) and method == "GET":
             code, reply = 200, self._pods(m.group(1), query.get("labelSelector", ""))
         elif (m := POD.match(url.path)) and method == "GET":
@@ -287,6 +346,14 @@ class FakeKube:
                     phase = "Running" if proc.poll() is None else ("Succeeded" if proc.returncode == 0 else "Failed")
                     items.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-master-0", "namespace": ns, "labels": labels},
                                   "status": {"phase": phase}})
+            for (ns, name), job in self.trainjobs.items():
+                for i, proc in enumerate(self.node_procs.get(name, [])):
+                    labels = {"jobset.sigs.k8s.io/jobset-name": name, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                              "batch.kubernetes.io/job-completion-index": str(i), "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+                    if ns == namespace and all(labels.get(k) == v for k, v in wanted.items()):
+                        phase = "Running" if proc.poll() is None else ("Succeeded" if proc.returncode == 0 else "Failed")
+                        items.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": _node_pod(name, i), "namespace": ns, "labels": labels},
+                                      "status": {"phase": phase}})
         return {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
 
     def _log(self, pod: str, tail: int | None):
@@ -362,6 +429,137 @@ class FakeKube:
                 self._condition(key, "Failed", "PyTorchJobFailed",
                                 f"PyTorchJob {namespace}/{name} is failed because 1 Master replica(s) failed (exit code {code}).")
 
+    # --- TrainJobs and their controller ---------------------------------------------------------------
+
+    def _trainjobs(self, method: str, namespace: str, name: str | None, body: dict | None):
+        with self.lock:
+            if method == "GET" and name is None:
+                items = [job for (ns, _), job in self.trainjobs.items() if ns == namespace]
+                return 200, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJobList", "metadata": {}, "items": items}
+            if method == "POST" and name is None:
+                return self._create_trainjob(namespace, body)
+            key = (namespace, name)
+            if key not in self.trainjobs:
+                return 404, _status(404, "NotFound", f'trainjobs.trainer.kubeflow.org "{name}" not found')
+            if method == "GET":
+                return 200, self.trainjobs[key]
+            if method == "DELETE":  # the JobSet, its Jobs and pods go with it (the garbage collector's work)
+                job = self.trainjobs.pop(key)
+                self.deleted.append(name)
+                for proc in self.node_procs.get(name, []):
+                    threading.Thread(target=self._terminate, args=(proc,), daemon=True).start()
+                return 200, job
+        return 405, _status(405, "MethodNotAllowed", method)
+
+    def _admit(self, body: dict) -> str | None:
+        """What the CRD's CEL rules and the trainer's validating webhook refuse, or None."""
+        name, spec = body["metadata"].get("name", ""), body.get("spec") or {}
+        if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+            return "metadata.name must match RFC 1035 DNS label format and be no more than 63 characters"
+        ref = spec["runtimeRef"]
+        runtime = self.runtimes.get(ref["name"]) if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime" else None
+        if runtime is None:
+            return (f'{WEBHOOK}: spec.runtimeRef: Invalid value: clustertrainingruntimes.trainer.kubeflow.org "{ref["name"]}" not found: '
+                    "specified clusterTrainingRuntime must be created before the TrainJob is created")
+        reserved = sorted(RESERVED_TORCH_ENV & {e["name"] for e in (spec.get("trainer") or {}).get("env", [])})
+        if reserved:
+            return f"{WEBHOOK}: spec.trainer.env: Invalid value: must not have reserved envs, invalid envs configured: {reserved}"
+        for patch in spec.get("runtimePatches", []):
+            if "/" not in patch["manager"]:
+                return f"{WEBHOOK}: spec.runtimePatches.manager: Invalid value: {patch['manager']!r}: must be a domain-prefixed path"
+            for job in ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec", {}).get("replicatedJobs", []):
+                if job["name"] not in runtime:
+                    return f"{WEBHOOK}: spec.runtimePatches: must not have replicated job that doesn't exist in the runtime job template"
+                pod = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+                for c in pod.get("containers", []):
+                    if c["name"] not in runtime[job["name"]]:
+                        return f"{WEBHOOK}: spec.runtimePatches: must not have container that doesn't exist in the runtime job {job['name']}"
+                    if c.get("env") and c["name"] == "node":
+                        return f"{WEBHOOK}: spec.runtimePatches: must not have envs for the dataset-initializer, model-initializer, node containers"
+        return None
+
+    def _create_trainjob(self, namespace: str, body: dict):
+        name = body.get("metadata", {}).get("name")
+        errors = sorted(self.trainjob_validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+        if errors:
+            where = ".".join(str(p) for p in errors[0].absolute_path)
+            return 422, _status(422, "Invalid", f'TrainJob.trainer.kubeflow.org "{name}" is invalid: {where}: {errors[0].message}')
+        refused = self._admit(body)
+        if refused:
+            return 422, _status(422, "Invalid", refused)
+        if (namespace, name) in self.trainjobs:
+            return 409, _status(409, "AlreadyExists", f'trainjobs.trainer.kubeflow.org "{name}" already exists')
+        job = json.loads(json.dumps(body))
+        job["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), resourceVersion="1", creationTimestamp=_now(), generation=1)
+        job["spec"].setdefault("suspend", False)  # the CRD's defaults
+        job["spec"].setdefault("managedBy", "trainer.kubeflow.org/trainjob-controller")
+        job["status"] = {}
+        self.trainjobs[(namespace, name)] = job
+        self.created.append(job)
+        threading.Thread(target=self._control, args=(namespace, name), daemon=True).start()
+        return 201, job
+
+    def _finish(self, key, ctype: str, reason: str, message: str, counts: dict) -> None:
+        job = self.trainjobs.get(key)
+        if job is not None:
+            job["status"]["conditions"] = [{"type": ctype, "status": "True", "reason": reason, "message": message,
+                                            "lastTransitionTime": _now(), "observedGeneration": 1}]
+            job["status"]["jobsStatus"] = [{"name": "node", "ready": 0, "succeeded": 0, "failed": 0, "active": 0, "suspended": 0, **counts}]
+
+    def _control(self, namespace: str, name: str) -> None:
+        """Run the TrainJob's nodes as local processes, the way the torch runtime would, and report their end."""
+        key = (namespace, name)
+        with self.lock:
+            job = self.trainjobs.get(key)
+            if job is None:
+                return
+            trainer, deadline = job["spec"]["trainer"], job["spec"].get("activeDeadlineSeconds")
+            nodes, nproc = trainer.get("numNodes", 1), trainer.get("numProcPerNode", 1)
+            port = str(_free_port())
+            envs = []
+            for i in range(nodes):
+                try:
+                    env = self._env({"env": trainer.get("env", [])}, str(nproc), nodes)
+                except KeyError as exc:  # a missing Secret key: the pod never starts (CreateContainerConfigError)
+                    self._finish(key, "Failed", "FailedJobs", f"secret key {exc} not found (first failed job: {name}-node-0)", {"failed": 1})
+                    return
+                for var in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"):  # the Training Operator's, not the torch plugin's
+                    env.pop(var)
+                tmp = self.workdir / name / job["metadata"]["uid"][:8] / f"node-{i}" / "tmp"  # the pod's own /tmp (an emptyDir)
+                tmp.mkdir(parents=True)
+                env.update(PET_NNODES=str(nodes), PET_NPROC_PER_NODE=str(nproc), PET_NODE_RANK=str(i), PET_MASTER_ADDR="127.0.0.1",
+                           PET_MASTER_PORT=port, JOB_COMPLETION_INDEX=str(i), TMPDIR=str(tmp))
+                envs.append(env)
+            self.node_envs[name] = envs
+            argv = HOLD if self.hold else trainer.get("command", []) + trainer.get("args", [])
+            procs = []
+            for i, env in enumerate(envs):
+                self.pod_logs[_node_pod(name, i)] = log = self.workdir / name / job["metadata"]["uid"][:8] / f"node-{i}.log"
+                with open(log, "wb") as out:
+                    procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True))
+            self.node_procs[name] = procs
+            job["status"] = {"jobsStatus": [{"name": "node", "ready": 1, "succeeded": 0, "failed": 0, "active": 1, "suspended": 0}]}
+        started = time.monotonic()
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+            late = deadline is not None and time.monotonic() - started > deadline
+            if failed or late or all(code == 0 for code in codes):
+                break
+            time.sleep(0.1)
+        for proc in procs:  # a failed Job's (or a late TrainJob's) other pods are terminated
+            self._terminate(proc)
+        with self.lock:
+            if key not in self.trainjobs:  # deleted meanwhile
+                return
+            if late:
+                self._finish(key, "Failed", "DeadlineExceeded", "TrainJob exceeded its active deadline", {"failed": 1})
+            elif failed:
+                self._finish(key, "Failed", "FailedJobs", f"jobset failed due to one or more job failures (first failed job: {name}-node-0)",
+                             {"failed": 1})
+            else:
+                self._finish(key, "Complete", "AllJobsCompleted", "jobset completed successfully", {"succeeded": 1})
+
     @staticmethod
     def _terminate(proc: subprocess.Popen) -> None:
         """SIGTERM to the process group, SIGKILL after a grace period (the kubelet's way)."""
@@ -377,13 +575,13 @@ class FakeKube:
             pass
 
     def wait_gone(self, name: str, timeout: float = 20) -> bool:
-        """True once the job is deleted and its process has ended."""
+        """True once the job (PyTorchJob or TrainJob) is deleted and its processes have ended."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                proc = self.procs.get(name)
-                gone = all(n != name for _, n in self.jobs)
-            if gone and (proc is None or proc.poll() is not None):
+                procs = [p for p in [self.procs.get(name), *self.node_procs.get(name, [])] if p is not None]
+                gone = all(n != name for _, n in [*self.jobs, *self.trainjobs])
+            if gone and all(p.poll() is not None for p in procs):
                 return True
             time.sleep(0.1)
         return False

@@ -3,12 +3,19 @@
 Its state lives in moto's in-process backends, so like a real S3 server (whose objects are on disk)
 it keeps its buckets and objects across `stop()` and `start()` on the same port; `stop()` also cuts
 the connections in flight, as a crashed server would.
+
+The same port answers as AWS STS (AssumeRoleWithWebIdentity) and as EC2 instance metadata, both
+moto's: the credential sources of the store's chain. `signed_by` records, per request, the access
+key of its signature and its session token: which credentials the client really used.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
+from collections import deque
+from urllib.parse import parse_qs
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -21,6 +28,8 @@ class S3Server:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server = None
+        self.signed_by: deque[tuple[str, str | None]] = deque(maxlen=1000)  # (access key id, X-Amz-Security-Token)
+        self.sts_calls: list[dict[str, str]] = []  # the parameters of each STS call
 
     @property
     def endpoint(self) -> str:
@@ -48,12 +57,27 @@ class S3Server:
             if fail:
                 start_response("503 Service Unavailable", [("Content-Type", "application/xml")])
                 return [b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"]
+            server._observe(environ)
             return moto_app(environ, start_response)
 
         self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=Handler)
         self.port = self._server.server_port
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
+
+    def _observe(self, environ) -> None:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if "Credential=" in auth:
+            self.signed_by.append((auth.split("Credential=", 1)[1].split("/", 1)[0], environ.get("HTTP_X_AMZ_SECURITY_TOKEN")))
+        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        if environ["REQUEST_METHOD"] == "POST" and not auth and query.get("Action") == "AssumeRoleWithWebIdentity":
+            # moto routes an unsigned STS call by the Action in its form body, as botocore sends it;
+            # minio's WebIdentityProvider sends the same parameters as the query string of an empty
+            # POST (which AWS STS accepts too): hand them to moto as the form body.
+            body = environ["QUERY_STRING"].encode()
+            environ.update({"QUERY_STRING": "", "CONTENT_TYPE": "application/x-www-form-urlencoded",
+                            "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)})
+            self.sts_calls.append(query)
 
     def client(self) -> "Minio":
         """A plain client without retries: what another reader of the bucket sees, request by request."""

@@ -32,7 +32,7 @@ def _resources(ir, executor):
 
 
 def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
-    cfg, ir, k8s, tasks = _compiled(tmp_path)
+    cfg, ir, k8s, tasks = _compiled(tmp_path, ["sample.engine=local"])  # in-process sampling on GPUs (the paper config serves it)
     # Every task: the client label the chart's NetworkPolicies admit, and the store's credentials from the Secret.
     for name, executor in k8s.items():
         assert executor["podMetadata"]["labels"] == {"sicog.io/client": "true"}, name
@@ -47,11 +47,13 @@ def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
     for executor in gpu_executors:
         assert _resources(ir, executor)["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert _resources(ir, executor)["accelerator"]["resourceCount"] == "1"
-        assert ir["deploymentSpec"]["executors"][executor]["container"]["image"] == cfg.cluster.trainer_image  # CUDA torch
+        # CUDA torch; evaluation with the paper's benchmarks runs in the lmms-eval image
+        image = cfg.cluster.eval_image if executor.startswith("exec-evaluate") and cfg.eval.benchmarks else cfg.cluster.trainer_image
+        assert ir["deploymentSpec"]["executors"][executor]["container"]["image"] == image
         assert k8s[executor]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
         assert k8s[executor]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         assert k8s[executor]["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "256Gi"}]
-    # trainer=pytorchjob: the train tasks only launch and watch their jobs (the GPUs are the jobs').
+    # trainer=trainjob: the train tasks only launch and watch their jobs (the GPUs are the jobs').
     train_executors = [e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-train")]
     assert len(train_executors) == 10 and not any("accelerator" in _resources(ir, e) for e in train_executors)
     assert all(ir["deploymentSpec"]["executors"][e]["container"]["image"].startswith("ghcr.io/sicog-project/sicog:") for e in train_executors)
@@ -126,6 +128,17 @@ def kfp_api(tmp_path, monkeypatch):
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "sicog.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_a_cluster_run_without_a_catalog_or_a_starting_model_stops_before_any_task(kfp_api, tmp_path):
+    """The demo world and the tiny model are for `sicog cycle`: a cluster run names its data and its model."""
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    for missing in ("data.catalog", "model.start"):
+        proc = _cli("pipeline", "submit", "--config", str(PAPER), "--set", f"{missing}=", "--host", kfp_api.url, "--series",
+                    "s3://sicog/series", env=env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"{missing} is not set" in " ".join(proc.stderr.split())
+    assert kfp_api.posted("/apis/v2beta1/runs") == []
 
 
 def test_submit_starts_one_run_of_the_compiled_pipeline(kfp_api, tmp_path):

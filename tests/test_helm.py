@@ -94,12 +94,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# An install on AWS without an S3 Secret: the pipeline's service account carries an IAM role (IRSA).
+ROLE_ARN = "arn:aws:iam::111122223333:role/sicog"
+AWS_ROLE = [f"serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={ROLE_ARN}", f"sampler.model.uri={MODEL_URI}"]
+
 # The three renders the issue names: default values (with what they require), the A100 production
-# file, and a trial with the bundled MinIO and no sampler.
+# file, and a trial with the bundled MinIO and no sampler; AWS with a role instead of a Secret; and
+# the sampler on TGI instead of the default vLLM.
 RENDERS = {
     "default": dict(sets=MINIMAL),
+    "tgi": dict(sets=[*MINIMAL, "sampler.engine=tgi"]),
     "a100": dict(sets=[f"sampler.model.uri={MODEL_URI}"], values=[A100]),
     "minio-trial": dict(sets=["minio.enabled=true", "sampler.enabled=false"]),
+    "aws-role": dict(sets=AWS_ROLE),
 }
 
 
@@ -192,31 +199,65 @@ def test_hpa_and_pdb_target_the_scorer(rendered):
     assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget"} & {d["kind"] for d in docs}
 
 
-def test_sampler_runs_pinned_tgi_on_the_requested_gpus(rendered):
+def test_sampler_runs_pinned_vllm_serve_by_default_on_the_requested_gpus(rendered):
+    """The default engine: `vllm serve` with the flags of the runs' own vLLM servers
+    (sicog.cluster.serving.engine_command), the image they use, port 8000, /health probes."""
+    from sicog.config import ENGINE_IMAGES
+
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    tag = values["sampler"]["image"]["tag"]
+    assert values["sampler"]["engine"] == "vllm"
+    deployment = one(rendered["default"], "Deployment", "sicog-sampler")
+    vllm = container(deployment, "vllm")
+    assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["vllm"]
+    assert vllm["image"] == ENGINE_IMAGES["vllm"] and not vllm["image"].endswith(":latest")
+    assert vllm["command"] == ["vllm", "serve"]
+    assert vllm["args"] == ["/models/model", "--host", "0.0.0.0", "--port", "8000", "--served-model-name", "sampler",
+                            "--max-num-seqs", "128", "--tensor-parallel-size", "1"]
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["VLLM_NO_USAGE_STATS"] == env["DO_NOT_TRACK"] == env["HF_HUB_OFFLINE"] == "1" and "USAGE_STATS" not in env
+    assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False  # no VLLM_*-like Service variables
+    assert vllm["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    startup = vllm["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= values["sampler"]["startupSeconds"]
+    assert vllm["resources"]["requests"]["nvidia.com/gpu"] == vllm["resources"]["limits"]["nvidia.com/gpu"] == values["sampler"]["gpus"]
+    assert one(rendered["default"], "Service", "sicog-sampler")["spec"]["ports"][0]["port"] == 8000
+    # More GPUs: requested and limited alike, and the model sharded over them; an explicit port wins.
+    docs = render(*MINIMAL, "sampler.gpus=2", "sampler.port=9000", "sampler.servedModelName=backbone",
+                  "sampler.maxConcurrentRequests=64", "sampler.extraArgs={--dtype,bfloat16}")
+    vllm = container(one(docs, "Deployment", "sicog-sampler"), "vllm")
+    assert vllm["resources"]["requests"]["nvidia.com/gpu"] == vllm["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert vllm["args"] == ["/models/model", "--host", "0.0.0.0", "--port", "9000", "--served-model-name", "backbone",
+                            "--max-num-seqs", "64", "--tensor-parallel-size", "2", "--dtype", "bfloat16"]
+    assert vllm["ports"][0]["containerPort"] == one(docs, "Service", "sicog-sampler")["spec"]["ports"][0]["port"] == 9000
+
+
+def test_sampler_runs_pinned_tgi_when_selected(rendered):
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    tag = values["sampler"]["image"]["tgi"]["tag"]
     # Pinned to the TGI version whose OpenAPI description the remote sampler's tests use.
     openapi_version = re.search(r"version (\d+\.\d+\.\d+)", (ROOT / "tests" / "schemas" / "README.md").read_text())[1]
     assert re.fullmatch(r"\d+\.\d+\.\d+", tag) and tag == openapi_version
-    tgi = container(one(rendered["default"], "Deployment", "sicog-sampler"), "tgi")
-    assert tgi["image"] == f"ghcr.io/huggingface/text-generation-inference:{tag}"
+    tgi = container(one(rendered["tgi"], "Deployment", "sicog-sampler"), "tgi")
+    assert tgi["image"] == f"ghcr.io/huggingface/text-generation-inference:{tag}" and "command" not in tgi
     assert {"--model-id=/models/model", "--port=8080", "--max-concurrent-requests=128", "--max-total-tokens=4096"} <= set(tgi["args"])
     assert tgi["resources"]["requests"]["nvidia.com/gpu"] == tgi["resources"]["limits"]["nvidia.com/gpu"] == values["sampler"]["gpus"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert tgi[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
     startup = tgi["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= values["sampler"]["startupSeconds"]
-    service = one(rendered["default"], "Service", "sicog-sampler")
+    service = one(rendered["tgi"], "Service", "sicog-sampler")
     assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["port"] == 8080
     # The GPU count is the value's, requested and limited alike.
-    tgi = container(one(render(*MINIMAL, "sampler.gpus=2"), "Deployment", "sicog-sampler"), "tgi")
+    tgi = container(one(render(*MINIMAL, "sampler.engine=tgi", "sampler.gpus=2"), "Deployment", "sicog-sampler"), "tgi")
     assert tgi["resources"]["requests"]["nvidia.com/gpu"] == tgi["resources"]["limits"]["nvidia.com/gpu"] == 2
 
 
 def test_dev_shm_is_an_in_memory_emptydir_sized_by_values(rendered):
-    for case, size in (("default", "1Gi"), ("a100", "16Gi")):
+    for case, engine, size in (("default", "vllm", "1Gi"), ("tgi", "tgi", "1Gi"), ("a100", "vllm", "16Gi")):
         deployment = one(rendered[case], "Deployment", "sicog-sampler")
-        mounts = {m["mountPath"]: m["name"] for m in container(deployment, "tgi")["volumeMounts"]}
+        mounts = {m["mountPath"]: m["name"] for m in container(deployment, engine)["volumeMounts"]}
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
         assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
 
@@ -250,14 +291,14 @@ def test_sampler_model_from_the_store_or_a_claim(rendered):
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["model"]
     assert {"name": "model", "mountPath": "/models"} in fetch["volumeMounts"]
-    assert {"name": "model", "mountPath": "/models", "readOnly": True} in container(deployment, "tgi")["volumeMounts"]
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in container(deployment, "vllm")["volumeMounts"]
     # From a PVC instead: mounted read-only at the same path, no init container.
     deployment = one(render("s3.existingSecret=sicog-s3", "sampler.model.existingClaim=models", "sampler.model.subPath=qwen2-7b"),
                      "Deployment", "sicog-sampler")
     spec = deployment["spec"]["template"]["spec"]
     assert "initContainers" not in spec
     assert {v["name"]: v for v in spec["volumes"]}["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
-    assert {"name": "model", "mountPath": "/models/model", "readOnly": True, "subPath": "qwen2-7b"} in container(deployment, "tgi")["volumeMounts"]
+    assert {"name": "model", "mountPath": "/models/model", "readOnly": True, "subPath": "qwen2-7b"} in container(deployment, "vllm")["volumeMounts"]
 
 
 def test_store_env_names_the_endpoint_and_the_secret():
@@ -268,6 +309,22 @@ def test_store_env_names_the_endpoint_and_the_secret():
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "sicog-s3", "key": key}
         assert "value" not in env[key]
     assert not [d for d in docs if d["kind"] == "Secret"]  # an existing Secret: the chart makes none
+
+
+def test_no_s3_secret_when_the_service_account_carries_a_role(rendered):
+    """s3.existingSecret empty and serviceAccount annotated with a role: no Secret anywhere; the model
+    fetcher has no key env and runs as that account (still without a Kubernetes API token), so its
+    store credentials come from the role through the AWS chain (sicog.store)."""
+    docs = rendered["aws-role"]
+    assert one(docs, "ServiceAccount", "sicog-pipeline")["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": ROLE_ARN}
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert "secretKeyRef" not in yaml.safe_dump_all(docs)
+    sampler = one(docs, "Deployment", "sicog-sampler")["spec"]["template"]["spec"]
+    assert sampler["serviceAccountName"] == "sicog-pipeline" and sampler["automountServiceAccountToken"] is False
+    env = {e["name"] for e in container(one(docs, "Deployment", "sicog-sampler"), "fetch-model", init=True)["env"]}
+    assert not env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    # With a Secret the sampler keeps the namespace's default account.
+    assert "serviceAccountName" not in one(rendered["default"], "Deployment", "sicog-sampler")["spec"]["template"]["spec"]
 
 
 def test_every_pod_meets_the_restricted_pod_security_standard(rendered):
@@ -360,14 +417,16 @@ def test_network_policies_admit_only_pipeline_clients(rendered):
     assert not [d for d in render(*MINIMAL, "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]
 
 
-def test_role_lets_the_pipeline_launch_and_watch_pytorchjobs(rendered):
+def test_role_lets_the_pipeline_launch_and_watch_trainjobs_and_pytorchjobs(rendered):
     docs = render(*MINIMAL, "rbac.extraSubjects[0].kind=ServiceAccount", "rbac.extraSubjects[0].name=pipeline-runner",
                   "rbac.extraSubjects[0].namespace=kubeflow")
     assert one(docs, "ServiceAccount", "sicog-pipeline")
     role = one(docs, "Role", "sicog-pipeline")
-    jobs = next(r for r in role["rules"] if r["apiGroups"] == ["kubeflow.org"])
-    assert jobs["resources"] == ["pytorchjobs"]
-    assert {"create", "get", "list", "watch", "patch", "delete"} == set(jobs["verbs"])
+    # Kubeflow Trainer v2 (the default trainer) and the Training Operator v1 (cluster.trainer pytorchjob).
+    for group, resource in (("trainer.kubeflow.org", "trainjobs"), ("kubeflow.org", "pytorchjobs")):
+        jobs = next(r for r in role["rules"] if r["apiGroups"] == [group])
+        assert jobs["resources"] == [resource]
+        assert {"create", "get", "list", "watch", "patch", "delete"} == set(jobs["verbs"])
     core = next(r for r in role["rules"] if r["apiGroups"] == [""])
     assert {"pods", "pods/log", "events"} == set(core["resources"]) and set(core["verbs"]) == {"get", "list", "watch"}
     # The sampler servers of a run (sicog.cluster.serving): launch, follow, tear down, sweep.
@@ -418,8 +477,10 @@ BAD_VALUES = {
     "unknown key": ([*MINIMAL, "scorer.replica=2"], "Additional property replica is not allowed"),
     "unknown top-level key": ([*MINIMAL, "sampeler.gpus=2"], "Additional property sampeler is not allowed"),
     "port out of range": ([*MINIMAL, "scorer.port=70000"], "scorer.port"),
-    "TGI tag latest": ([*MINIMAL, "sampler.image.tag=latest"], "sampler.image.tag"),
-    "TGI tag empty": ([*MINIMAL, "sampler.image.tag="], "sampler.image.tag"),
+    "TGI tag latest": ([*MINIMAL, "sampler.image.tgi.tag=latest"], "sampler.image.tgi.tag"),
+    "TGI tag empty": ([*MINIMAL, "sampler.image.tgi.tag="], "sampler.image.tgi.tag"),
+    "vLLM tag latest": ([*MINIMAL, "sampler.image.vllm.tag=latest"], "sampler.image.vllm.tag"),
+    "unknown engine": ([*MINIMAL, "sampler.engine=sglang"], "sampler.engine"),
     "not a quantity": ([*MINIMAL, "sampler.shmSize=lots"], "sampler.shmSize"),
     "no sampler model": (["s3.existingSecret=sicog-s3"], "sampler.model"),
     "two sampler models": ([*MINIMAL, "sampler.model.existingClaim=models"], "sampler.model"),
@@ -457,9 +518,15 @@ def test_notes_name_the_endpoints_for_the_sicog_config(tmp_path):
         return next(d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "ConfigMap")["data"]["notes"]
 
     text = notes(*MINIMAL, "s3.endpoint=http://minio.minio.svc:9000")
+    assert "sample.engine:           vllm" in text and "sample.served_model:     sampler" in text
+    assert f"sample.endpoint:         http://sicog-sampler.{NAMESPACE}.svc:8000/v1" in text
+    text = notes(*MINIMAL, "sampler.engine=tgi")
+    assert "sample.engine:           tgi" in text and "sample.served_model" not in text
     assert f"sample.endpoint:         http://sicog-sampler.{NAMESPACE}.svc:8080/v1" in text
+    text = notes(*MINIMAL, "s3.endpoint=http://minio.minio.svc:9000")
     assert f"curate.scorer:           sicog-scorer.{NAMESPACE}.svc:50051" in text
     assert "cluster.s3_secret:       sicog-s3" in text and "cluster.s3_endpoint:     http://minio.minio.svc:9000" in text
+    assert 'cluster.s3_secret:       ""   (no Secret: credentials from the service account\'s role)' in notes(*AWS_ROLE)
     text = notes("minio.enabled=true", "sampler.enabled=false")
     assert "sample.engine:           local" in text and "sample.endpoint" not in text
     assert f"cluster.s3_endpoint:     http://sicog-minio.{NAMESPACE}.svc:9000" in text
@@ -553,3 +620,96 @@ def test_rendered_scorer_serves_on_its_probe_port_and_drains_within_the_grace_pe
             proc.communicate()
     assert proc.returncode == 0, out
     assert "draining (grace 5 s)" in out, out
+
+
+# --- monitoring.enabled: Prometheus Operator objects and the Grafana dashboard ---------------------
+
+MONITORING = [*MINIMAL, "monitoring.enabled=true", "monitoring.labels.release=kube-prometheus-stack"]
+# The operator's own CRDs (tests/schemas/README.md): monitoring.coreos.com/v1 of prometheus-operator v0.93.0.
+MONITOR_CRDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml", "PodMonitor": "monitoring.coreos.com_podmonitors.yaml"}
+
+
+def monitor_schema(kind: str) -> dict:
+    crd = yaml.safe_load((ROOT / "tests" / "schemas" / MONITOR_CRDS[kind]).read_text())
+    assert crd["spec"]["names"]["kind"] == kind and crd["spec"]["group"] == "monitoring.coreos.com"
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def test_monitoring_is_off_by_default(rendered):
+    for docs in rendered.values():
+        assert not [d for d in docs if d["kind"] in MONITOR_CRDS or d["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_monitoring_renders_servicemonitors_and_a_podmonitor_valid_against_the_operator_crds():
+    import jsonschema
+
+    from kubeapi import pruned
+
+    lint = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, *_value_args(MONITORING))
+    assert lint.returncode == 0 and "[WARNING]" not in lint.stdout, lint.stdout + lint.stderr
+    docs = render(*MONITORING)
+    monitors = [d for d in docs if d["kind"] in MONITOR_CRDS]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in monitors) == [
+        ("PodMonitor", "sicog-engines"), ("ServiceMonitor", "sicog-sampler"), ("ServiceMonitor", "sicog-scorer")]
+    for doc in monitors:
+        schema = monitor_schema(doc["kind"])
+        jsonschema.Draft7Validator(schema).validate(doc)
+        assert pruned(doc, schema) == [], doc["metadata"]["name"]  # no field the API server would drop
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # the Prometheus' selector
+        assert all(isinstance(v, str) for v in doc["metadata"]["labels"].values())
+    for doc in docs:  # everything else still passes Kubernetes' own schemas
+        if doc["kind"] not in MONITOR_CRDS:
+            assert kubernetes_validate.validate(doc, KUBE_VERSION, strict=True) == "1.30", doc["kind"]
+    # The check can fail: a misspelt endpoint field, and a bad interval, are refused.
+    bad = yaml.safe_load(yaml.safe_dump(one(docs, "ServiceMonitor", "sicog-scorer")))
+    bad["spec"]["endpoints"][0]["intervall"] = "30s"
+    assert pruned(bad, monitor_schema("ServiceMonitor")) == [".spec.endpoints[0].intervall"]
+    bad["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(monitor_schema("ServiceMonitor")).validate(bad)
+
+
+def test_servicemonitors_select_the_scorer_and_sampler_services_by_port_name():
+    docs = render(*MONITORING)
+    for component, port in (("scorer", "metrics"), ("sampler", "http")):
+        monitor, service = one(docs, "ServiceMonitor", f"sicog-{component}"), one(docs, "Service", f"sicog-{component}")
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port] and port in {p["name"] for p in service["spec"]["ports"]}
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics" and monitor["spec"]["endpoints"][0]["interval"] == "30s"
+    # Without a sampler, no monitor of it; engineNamespaces: where the runs' servers are.
+    docs = render(*MONITORING, "sampler.enabled=false", "monitoring.engineNamespaces={kubeflow-user}")
+    assert not [d for d in docs if d["metadata"]["name"] == "sicog-sampler" and d["kind"] == "ServiceMonitor"]
+    assert one(docs, "PodMonitor", "sicog-engines")["spec"]["namespaceSelector"] == {"matchNames": ["kubeflow-user"]}
+
+
+def test_grafana_dashboard_is_a_sidecar_configmap_over_real_metric_names():
+    import json
+
+    docs = render(*MONITORING, "monitoring.dashboard.annotations.grafana_folder=SICOG")
+    configmap = one(docs, "ConfigMap", "sicog-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1" and configmap["metadata"]["annotations"] == {"grafana_folder": "SICOG"}
+    dashboard = json.loads(configmap["data"]["sicog.json"])
+    assert dashboard["uid"] == "sicog-overview" and len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard["panels"]}
+    # Every sicog_scorer_* series a panel reads is one the scorer's registry exposes (once each metric has a sample).
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sicog.scorer.metrics import ScorerMetrics
+
+    metrics = ScorerMetrics()
+    metrics.requests.labels("Embed", "OK").inc()
+    metrics.latency.labels("Embed").observe(0.01)
+    metrics.texts_received.inc(2)
+    metrics.on_batch(2, 2)
+    families = text_string_to_metric_families(generate_latest(metrics.registry).decode())
+    exposed = {sample.name for family in families for sample in family.samples}
+    used = set(re.findall(r"\bsicog_scorer_\w+", " ".join(exprs.values())))
+    assert len(used) >= 6 and used <= exposed, used - exposed
+    assert "histogram_quantile(0.99" in exprs["Scorer: RPC latency"] and "sicog_scorer_requests_total" in exprs["Scorer: throughput"]
+    tokens = exprs["Sampling: generated tokens/s"]
+    assert all(m in tokens for m in ("vllm:generation_tokens_total", "sglang:generation_tokens_total", "tgi_request_generated_tokens_sum"))
+    assert "sicog_score_kept" in exprs["Candidates kept per task"] and "sicog_score_instances" in exprs["Candidates kept per task"]
+    assert not one(docs, "ConfigMap", "sicog-dashboard").get("binaryData")
+    assert not [d for d in render(*MONITORING, "monitoring.dashboard.enabled=false") if d["metadata"]["name"] == "sicog-dashboard"]

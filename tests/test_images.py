@@ -169,6 +169,7 @@ def test_final_stage(dockerfile):
     env = env_of(final)
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"].startswith("/tmp/") and env["PYTHONUNBUFFERED"] == "1"
+    assert env["SICOG_LOG_FORMAT"] == "json", "pods log one JSON object a line (sicog.logs)"
     assert env["SICOG_GIT_SHA"] == "${SICOG_GIT_SHA}" and any(a.startswith("SICOG_GIT_SHA") for a in steps(final, "ARG"))
 
     parsed = DockerfileParser(path=str(dockerfile))  # resolves the final stage's ARG defaults in LABELs

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sicog.config import load_config
@@ -76,55 +77,64 @@ def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
     assert figure_tables(metrics) == committed, "README's micro figures are stale: run `make figures`"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # two micro cycles under kfp.local, ~5 min each on a loaded machine
 def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tmp_path):
-    """Recurring cycles: `sicog cycle --cycles 2` runs two cycles of a series (what a weekly schedule on
-    Kubeflow does, here under kfp.local); each seals its lineage with the promotion decision and the
-    second takes the first's model as its foundation model (paper App. G). The tolerance is 1 so the gate promotes whatever the micro scores
-    (refusals are tested in test_series.py); the decision and its references are still the real ones."""
+    """Recurring cycles: two cycles of a series (what a weekly schedule on Kubeflow does, here under
+    kfp.local); each seals its lineage with the promotion decision and the second takes the first's model
+    as its foundation model (paper App. G). The series is self-contained: the first run's --out folder is
+    deleted before the second cycle starts. The tolerance is 1 so the gate promotes whatever the micro
+    scores (refusals are tested in test_series.py); the decision and its references are still the real ones."""
+    import shutil
+
     from safetensors.numpy import load_file
 
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", str(out), "--cycles", "2",
-                           "--set", "promote.tolerance=1.0", "--set", "train.carry_curated=true"], capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Logging error" not in proc.stderr  # the second run in the process logs to its own cycle.log
-    series = out / "series"
-    first, second = sorted((json.loads(p.read_text()) for p in series.glob("cycles/*/lineage.json")), key=lambda r: r["finished_at"])
+    from sicog.lineage import resolve_uri
+
+    series = tmp_path / "series"
+    options = ["--config", str(MICRO), "--series", str(series), "--set", "promote.tolerance=1.0", "--set", "train.carry_curated=true"]
+    for run in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--out", str(tmp_path / f"run-{run}"), *options],
+                              capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Logging error" not in proc.stderr
+        if run == 1:
+            shutil.rmtree(tmp_path / "run-1")  # everything a later cycle reads lives under the series folder
+    sealed = sorted(series.glob("cycles/*/lineage.json"), key=lambda p: json.loads(p.read_text())["finished_at"])
+    first, second = (json.loads(p.read_text()) for p in sealed)
+    uri = lambda record, name, where="models": resolve_uri(record[where][name], str(sealed[[first, second].index(record)]))  # noqa: E731
     assert (first["cycle"], second["cycle"]) == (1, 2) and first["promoted"] and second["promoted"]
-    assert first["started_from"] is None and second["started_from"] == first["models"]["cycle"]
-    assert json.loads((out / "run-2/metrics.json").read_text())["cycle"] == 2
-    assert second["code"]["sicog"] and second["config"]["model"]["start"] == first["models"]["cycle"]
+    assert first["started_from"] is None and second["started_from"] == uri(first, "cycle")
+    assert json.loads((tmp_path / "run-2/metrics.json").read_text())["cycle"] == 2
+    assert second["code"]["sicog"] and second["config"]["model"]["start"] == uri(first, "cycle")
     assert set(second["models"]) == {"base", "cycle", "perception", "reasoning"} and second["inputs"]["curated"]
     # The gate compared the second cycle with the first cycle's recorded scores and with its own base.
     assert first["promotion"]["previous"] is None and second["promotion"]["previous"]["cycle"] == 1
-    assert second["config"]["promote"]["previous"] == str(Path(first["work_uri"]) / "lineage.json")
+    assert second["config"]["promote"]["previous"] == str(sealed[0])
     for check in second["promotion"]["checks"]:
         owner = first["heldout"]["cycle"] if check["against"] == "previous" else second["heldout"]["base"]
         assert check["reference"] == owner[check["metric"]] and check["value"] == second["heldout"]["cycle"][check["metric"]]
-    assert "Promotion" in (out / "run-2/report.html").read_text()
+    assert "Promotion" in (tmp_path / "run-2/report.html").read_text()
     # What the series report reads is in the lineage: data counts and step budgets.
     assert second["data"]["curated"]["vqa"]["total"] <= 12 and second["optimizer_steps"]["cycle"] > 0
-    # The second cycle's starting model is the first cycle's model, weight for weight.
-    start = sorted((out / "run-2/pipeline").glob("*/init-model/model"))[0]
-    assert start.is_dir()
-    previous, started = load_file(str(Path(first["models"]["cycle"]) / "model.safetensors")), load_file(str(start / "model.safetensors"))
-    assert previous.keys() == started.keys() and all((previous[k] == started[k]).all() for k in previous)
-    # Paper App. G: that model is the second cycle's foundation model. Stages 1 and 2 are not re-run: the
-    # second cycle's base model is the first cycle's model, weight for weight, and stage 1.5 starts from it.
+    # Paper App. G: the first cycle's model is the second cycle's foundation model, read where it is (not
+    # copied). Stages 1 and 2 are not re-run: the second cycle's base model is that model, weight for weight,
+    # and stage 1.5 starts from it.
+    previous = load_file(str(Path(uri(first, "cycle")) / "model.safetensors"))
     assert second["config"]["model"]["foundation"] and not first["config"]["model"]["foundation"]
-    base = load_file(str(Path(second["models"]["base"]) / "model.safetensors"))
-    assert all((previous[k] == base[k]).all() for k in previous)
-    lineage = json.loads((Path(second["models"]["cycle"]) / "lineage.json").read_text())
+    base = load_file(str(Path(uri(second, "base")) / "model.safetensors"))
+    assert previous.keys() == base.keys() and all((previous[k] == base[k]).all() for k in previous)
+    lineage = json.loads((Path(uri(second, "cycle")) / "lineage.json").read_text())
     assert [e["name"] for e in lineage][-2:] == ["cycle/pretrain", "cycle/instruct"]
     assert [e["name"] for e in lineage].count("stage1/align") == 1  # cycle 1's, not a second one
     # train.carry_curated: stage 1.5 of cycle 2 trained on its own curated data plus cycle 1's.
-    assert second["config"]["train"]["earlier_curated"] == [first["inputs"]["curated"]]
-    count = lambda uri: len((Path(uri) / "curated.jsonl").read_text().splitlines())  # noqa: E731
+    assert second["config"]["train"]["earlier_curated"] == [uri(first, "curated", "inputs")]
+    count = lambda folder: len((Path(folder) / "curated.jsonl").read_text().splitlines())  # noqa: E731
     total = lambda entry: entry["records"] + sum(entry.get("skipped", {}).values())  # noqa: E731 (records read, kept or not)
     first_pretrain, second_pretrain = [e for e in lineage if e["name"] == "cycle/pretrain"]
-    assert total(second_pretrain) == total(first_pretrain) + count(second["inputs"]["curated"])  # the same labeled mix both times
+    assert total(second_pretrain) == total(first_pretrain) + count(uri(second, "curated", "inputs"))  # the same labeled mix both times
     # Curated records carry the cycle number they were made in.
-    curated = Path(second["inputs"]["curated"]) / "curated.jsonl"
+    curated = Path(uri(second, "curated", "inputs")) / "curated.jsonl"
     assert all(json.loads(line)["sicog"]["cycle"] == 2 for line in curated.read_text().splitlines())
     # And the series report reads both cycles back.
     proc = subprocess.run([sys.executable, "-m", "sicog.cli", "series", "report", str(series), "--out", str(tmp_path / "sr")],

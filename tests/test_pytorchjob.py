@@ -39,7 +39,7 @@ from sicog.train.batch import batch_plan
 from sicog.train.request import TrainRequest
 from sicog.train.run import rank_output
 
-from kubeapi import FakeKube, crd_schema
+from kubeapi import FakeKube, crd_schema, pruned
 from tiny import colour_world, tiny_model
 
 PAPER = Path(__file__).parents[1] / "configs" / "paper-qwen2-7b.yaml"
@@ -48,26 +48,6 @@ URIS_15 = {"model": f"{RUN}/pipeline/train-align/trained", "world": f"{RUN}/pipe
            "out": f"{RUN}/pipeline/train-pretrain/trained"}
 STAGE_15 = {"stage": "pretrain", "name": "cycle/pretrain", "out": URIS_15["out"], "request_uri": f"{URIS_15['out']}.request.json"}
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-
-
-def _pruned(value, schema: dict, path: str = "") -> list[str]:
-    """Fields of `value` that the schema does not declare: the API server would silently drop them
-    (kubectl's --validate=strict refuses them). jsonschema alone lets them through."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    if isinstance(value, dict) and "properties" in schema:
-        found = []
-        for key, item in value.items():
-            if key in schema["properties"]:
-                found += _pruned(item, schema["properties"][key], f"{path}.{key}")
-            elif not schema.get("additionalProperties"):
-                found.append(f"{path}.{key}")
-        return found
-    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
-        return [p for key, item in value.items() for p in _pruned(item, schema["additionalProperties"], f"{path}.{key}")]
-    if isinstance(value, list) and "items" in schema:
-        return [p for i, item in enumerate(value) for p in _pruned(item, schema["items"], f"{path}[{i}]")]
-    return []
 
 
 # --- the job at the paper's scale ------------------------------------------------------------------
@@ -82,7 +62,7 @@ def test_paper_stage15_job_validates_against_the_sdk_and_the_crd_and_keeps_the_b
     assert type(again).__name__ == "KubeflowOrgV1PyTorchJob" and manifest(again) == body
     schema = crd_schema()
     jsonschema.Draft7Validator(schema).validate(body)
-    assert _pruned(body, schema) == []
+    assert pruned(body, schema) == []
     assert body["apiVersion"] == "kubeflow.org/v1" and body["kind"] == "PyTorchJob"
     assert re.fullmatch(r"sicog-cycle-pretrain-[0-9a-f]{8}", body["metadata"]["name"])
 
@@ -133,23 +113,15 @@ def test_job_names_are_dns_labels_unique_per_output_and_stable_per_task():
     jsonschema.Draft7Validator(crd_schema()).validate(demo)
 
 
-def test_cli_renders_the_pytorchjob_and_the_trainjob():
+def test_cli_renders_the_pytorchjob_on_request():
     args = ["--config", str(PAPER), "--stage", "pretrain", "--data", "curated", "--name", "cycle/pretrain", "--model", URIS_15["model"],
             "--curated", URIS_15["curated"], "--out", URIS_15["out"], "--world", URIS_15["world"]]
     runner = CliRunner()
-    rendered = runner.invoke(app, ["job", "render", *args])
+    rendered = runner.invoke(app, ["job", "render", "--pytorchjob", *args])  # the default is a TrainJob (tests/test_trainjob.py)
     assert rendered.exit_code == 0, rendered.output
     assert yaml.safe_load(rendered.stdout) == manifest(build_pytorchjob(load_config(PAPER), **STAGE_15))
-    result = runner.invoke(app, ["job", "render", "--trainjob", *args])
-    assert result.exit_code == 0, result.output
-    trainjob = yaml.safe_load(result.stdout)
-    assert (trainjob["apiVersion"], trainjob["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
-    assert trainjob["spec"]["runtimeRef"]["name"] == "torch-distributed"
-    trainer = trainjob["spec"]["trainer"]
-    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
-    assert trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "8"}
-    assert trainer["command"] == ["torchrun", "-m", "sicog.train", STAGE_15["request_uri"]]
-    assert trainjob["spec"]["podSpecOverrides"][0]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    configured = runner.invoke(app, ["job", "render", *args, "--set", "cluster.trainer=pytorchjob"])  # or as the config says
+    assert configured.exit_code == 0 and yaml.safe_load(configured.stdout) == yaml.safe_load(rendered.stdout)
     local = runner.invoke(app, ["job", "render", *args[:-2], "--world", "data/world"])
     assert local.exit_code == 2 and "its world data/world is not an s3:// URI" in " ".join(local.output.split())  # rich wraps lines
     unknown = runner.invoke(app, ["job", "render", *args[:4], "--data", "nonsense", *args[6:]])

@@ -13,8 +13,6 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
-from huggingface_hub import set_async_client_factory
-from huggingface_hub.utils._http import default_async_client_factory
 from openapi_schema_validator import OAS30Validator
 from PIL import Image
 
@@ -85,16 +83,16 @@ def served(tmp_path_factory):
 
 
 class Recorder:
-    """Every request body and response the client exchanges, via httpx event hooks on the client
-    huggingface_hub builds (the traffic still goes to the real server), plus the peak in flight."""
+    """Every request body and response the client exchanges, via httpx event hooks on the HTTP client
+    under openai.AsyncOpenAI (the traffic still goes to the real server), plus the peak in flight."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.responses: list[tuple[int, dict | None]] = []
         self.in_flight = self.peak = 0
 
-    def factory(self):
-        client = default_async_client_factory()
+    def factory(self, timeout_s: float):
+        client = httpx2.AsyncClient(timeout=timeout_s)
 
         async def on_request(request):
             if request.url.path.endswith("/chat/completions"):
@@ -115,11 +113,10 @@ class Recorder:
 
 
 @pytest.fixture
-def recorder():
+def recorder(monkeypatch):
     rec = Recorder()
-    set_async_client_factory(rec.factory)
+    monkeypatch.setattr("sicog.generate.remote._http_client", rec.factory)
     yield rec
-    set_async_client_factory(default_async_client_factory)
 
 
 def _records():
@@ -304,6 +301,7 @@ def test_candidates_that_share_a_prompt_are_grouped_only_for_engines_with_n():
     assert [[(r["id"], r["format"], r["index"]) for r in g] for g in groups] == [
         [("img-0", "cod", 0), ("img-0", "cod", 1)], [("img-0", "dd", 2)], [("img-1", "cod", 0), ("img-1", "cod", 1)], [("img-1", "dd", 2)]]
     assert [len(g) for g in prompt_groups(reqs, share=False)] == [1] * 6
-    assert RemoteSampler("http://x/v1", ".", engine="vllm").share_prefill and RemoteSampler("http://x/v1", ".", engine="sglang").share_prefill
-    assert not RemoteSampler("http://x/v1", ".", engine="tgi").share_prefill and not RemoteSampler("http://x/v1", ".", engine="openai").share_prefill
+    assert RemoteSampler("http://x/v1", ".", engine="vllm").share_prefill
+    # SGLang copies one seed to all n choices: one request per candidate; TGI ignores n, transformers serve refuses it
+    assert not any(RemoteSampler("http://x/v1", ".", engine=e).share_prefill for e in ("sglang", "tgi", "openai"))
     assert not RemoteSampler("http://x/v1", ".", engine="vllm", share_prefill=False).share_prefill

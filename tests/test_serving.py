@@ -135,7 +135,8 @@ def test_manifests_pass_strict_validation_with_placement_labels_and_owner(engine
         assert meta["annotations"]["sicog.io/model-uri"] == "s3://sicog/models/base"
     spec = deployment["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-    assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"] == service["spec"]["selector"] == select
+    assert spec["selector"]["matchLabels"] == service["spec"]["selector"] == select
+    assert spec["template"]["metadata"]["labels"] == {**select, "sicog.io/engine": engine, "sicog.io/client": "true"}  # PodMonitor, MinIO policy
     assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["port"] == PORT
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == GPU_CLUSTER["node_selector"]
@@ -164,7 +165,8 @@ ENGINE_ARGS = {
     "vllm": (["vllm", "serve"], ["/models/model", "--served-model-name", "backbone", "--host", "0.0.0.0", "--port", "8000",
                                  "--max-num-seqs", "64", "--seed", "3", "--tensor-parallel-size", "2"]),
     "sglang": (["python3", "-m", "sglang.launch_server"], ["--model-path", "/models/model", "--served-model-name", "backbone", "--host", "0.0.0.0",
-                                                          "--port", "8000", "--max-running-requests", "64", "--random-seed", "3", "--tp-size", "2"]),
+                                                          "--port", "8000", "--max-running-requests", "64", "--random-seed", "3", "--tp-size", "2",
+                                                          "--enable-metrics", "--enable-deterministic-inference"]),
     "tgi": (None, ["--model-id", "/models/model", "--hostname", "0.0.0.0", "--port", "8000", "--max-concurrent-requests", "64", "--num-shard", "2"]),
 }
 
@@ -461,7 +463,7 @@ def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_samp
     broken.mkdir()
     (broken / "sampling").write_text("not a folder")
     check(config=parameter_dict(cfg), run_uri=str(broken), model_uri=model_uri, run_id="run-kfp-local-fails")
-    assert not list((tmp_path / "pipeline").glob("served-sampling-check-*/collect-candidates*/candidates/candidates.jsonl"))
+    assert len(list((tmp_path / "pipeline").glob("served-sampling-check-*/collect-candidates/candidates/candidates.jsonl"))) == 1  # the first run's only
     failed_server = server_name("run-kfp-local-fails", "perception")
     assert any(o.get("kind") == "Deployment" and o["metadata"]["name"] == failed_server for o in kube.created)  # it was up
     assert _left(kube) == []  # ... and the exit handler deleted it all the same

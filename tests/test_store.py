@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import threading
 import time
 
@@ -230,3 +231,179 @@ def test_cli_put_then_get_a_folder(bucket, tmp_path):
     refused = sicog("get", uri, str(tmp_path / "again"))
     assert refused.returncode == 2 and "sha256" in refused.stderr and "Traceback" not in refused.stderr
     assert sicog("get", f"s3://{bucket}/models/none", str(tmp_path / "none")).returncode == 2
+
+
+# --- credentials: AWS's standard chain (sicog.store._chain_links) -----------------------------------
+
+ROLE = "arn:aws:iam::111122223333:role/sicog-pipeline"
+
+
+def _without_static_keys(monkeypatch, tmp_path):
+    """What a pod whose service account carries a role gets: no Secret keys, no ~/.aws."""
+    for key in store.SECRET_ENV:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def _roundtrip(bucket: str, name: str) -> None:
+    uri = f"s3://{bucket}/creds/{name}.txt"
+    store.write_text(uri, name)
+    assert store.read_text(uri) == name and store.list_files(f"s3://{bucket}/creds") == [f"{name}.txt"]
+
+
+def test_web_identity_token_file_exchanged_at_sts(bucket, s3_server, tmp_path, monkeypatch):
+    """IRSA: AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE, exchanged (AssumeRoleWithWebIdentity) at the
+    test server's STS, named by AWS_ENDPOINT_URL_STS, the store named by AWS_ENDPOINT_URL_S3 alone;
+    every S3 request is signed with the temporary credentials STS issued, fetched once."""
+    from moto.sts.models import sts_backends
+
+    _without_static_keys(monkeypatch, tmp_path)
+    monkeypatch.delenv("SICOG_S3_ENDPOINT")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2ljb2c6c2ljb2ctcGlwZWxpbmUifQ.c2lnbmF0dXJl")
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "sicog-test")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", s3_server.endpoint)
+    s3_server.sts_calls.clear()
+    s3_server.signed_by.clear()
+    _roundtrip(bucket, "irsa")
+    assert [(c["Action"], c["RoleArn"], c["RoleSessionName"], c["WebIdentityToken"]) for c in s3_server.sts_calls] == [
+        ("AssumeRoleWithWebIdentity", ROLE, "sicog-test", token.read_text())]
+    issued = next(r for r in sts_backends["111122223333"]["aws"].assumed_roles if r.session_name == "sicog-test")
+    assert issued.access_key_id.startswith("ASIA")
+    assert set(s3_server.signed_by) == {(issued.access_key_id, issued.session_token)}
+    assert store.credential_source().startswith(f"web identity (AWS_WEB_IDENTITY_TOKEN_FILE, role {ROLE}, STS {s3_server.endpoint})")
+
+
+def test_endpoint_from_aws_endpoint_url_s3(bucket, s3_server, monkeypatch):
+    """AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else SICOG_S3_ENDPOINT; the scheme decides TLS."""
+    monkeypatch.delenv("SICOG_S3_ENDPOINT")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://elsewhere.example:9000")  # the service-specific one wins
+    s3_server.signed_by.clear()
+    _roundtrip(bucket, "endpoint")
+    assert {key for key, _ in s3_server.signed_by} == {"sicog-test"}
+    settings = store.s3_settings()
+    assert (settings.endpoint, settings.secure, settings.endpoint_from) == (s3_server.endpoint.removeprefix("http://"), False, "AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("SICOG_S3_ENDPOINT", "minio.local:9000")
+    assert (store.s3_settings().endpoint, store.s3_settings().secure) == ("elsewhere.example:9000", True)
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert store.s3_settings().endpoint_from == "SICOG_S3_ENDPOINT"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "false")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://host:9000/some/path")
+    with pytest.raises(StoreError, match=r"AWS_ENDPOINT_URL=http://host:9000/some/path is not host:port"):
+        store.s3_settings()
+    # Web identity's STS: AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else the region's AWS STS.
+    assert store._sts_endpoint({"AWS_ENDPOINT_URL": "http://minio:9000/"}, "eu-west-1") == "http://minio:9000"
+    assert store._sts_endpoint({"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ENDPOINT_URL_STS": "https://sts.internal"}, None) == "https://sts.internal"
+    assert store._sts_endpoint({}, "eu-west-1") == "https://sts.eu-west-1.amazonaws.com"
+    assert store._sts_endpoint({}, "cn-north-1") == "https://sts.cn-north-1.amazonaws.com.cn"
+    assert store._sts_endpoint({"AWS_STS_REGIONAL_ENDPOINTS": "legacy"}, "eu-west-1") == store._sts_endpoint({}, None) == "https://sts.amazonaws.com"
+
+
+def test_profile_of_the_shared_credentials_file(bucket, s3_server, tmp_path, monkeypatch):
+    _without_static_keys(monkeypatch, tmp_path)
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKIADEFAULTPROFILE\naws_secret_access_key = default-secret\n\n"
+                           "[sicog-ci]\naws_access_key_id = ASIACIPROFILE\naws_secret_access_key = ci-secret\naws_session_token = ci-token\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "sicog-ci")
+    s3_server.signed_by.clear()
+    _roundtrip(bucket, "profile")
+    assert set(s3_server.signed_by) == {("ASIACIPROFILE", "ci-token")}
+    assert store.credential_source() == f"profile sicog-ci of {credentials}"
+    monkeypatch.delenv("AWS_PROFILE")
+    s3_server.signed_by.clear()
+    store.write_text(f"s3://{bucket}/creds/default.txt", "d")
+    assert set(s3_server.signed_by) == {("AKIADEFAULTPROFILE", None)}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "sicog-test")  # environment keys come first
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sicog-test-secret")
+    s3_server.signed_by.clear()
+    store.write_text(f"s3://{bucket}/creds/env.txt", "e")
+    assert set(s3_server.signed_by) == {("sicog-test", None)}
+
+
+@pytest.mark.parametrize("source", ["instance metadata", "EKS Pod Identity"])
+def test_platform_role_from_instance_metadata_or_pod_identity(bucket, s3_server, tmp_path, monkeypatch, source):
+    """The last sources, served here by moto's instance metadata (the Pod Identity agent answers the
+    same JSON at AWS_CONTAINER_CREDENTIALS_FULL_URI, authorized by the token file's content)."""
+    _without_static_keys(monkeypatch, tmp_path)
+    if source == "instance metadata":
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", s3_server.endpoint + "/")
+    else:
+        (tmp_path / "eks-pod-identity-token").write_text("pod-identity-token")
+        monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{s3_server.endpoint}/latest/meta-data/iam/security-credentials/default-role")
+        monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(tmp_path / "eks-pod-identity-token"))
+    s3_server.signed_by.clear()
+    _roundtrip(bucket, source.replace(" ", "-"))
+    assert set(s3_server.signed_by) == {("test-key", "test-session-token")}  # moto's instance role
+    assert store.credential_source().startswith("instance metadata" if source == "instance metadata" else "container credentials")
+
+
+def test_no_credentials_is_one_line_naming_every_source(bucket, tmp_path, monkeypatch):
+    _without_static_keys(monkeypatch, tmp_path)
+    with socket.socket() as s:  # a port nobody listens on: no instance metadata here
+        s.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", nobody)
+    start = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        store.write_text(f"s3://{bucket}/x.txt", "x")
+    message = str(info.value)
+    assert time.monotonic() - start < 5  # not retried: nothing will appear
+    assert "\n" not in message and message.startswith(f"store: no S3 credentials for {store.s3_settings().endpoint}: tried ")
+    for tried in ("environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): not set",
+                  f"profile default of {tmp_path}/.aws/credentials: no such file",
+                  f"instance metadata ({nobody}): cannot connect"):
+        assert tried in message, message
+    # Half the keys: named, the key itself never shown.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASHOWNNOWHERE")
+    with pytest.raises(StoreError, match="environment.*: Secret key must not be empty") as info:
+        store.check_access(f"s3://{bucket}/run")
+    assert "AKIASHOWNNOWHERE" not in str(info.value)
+
+
+def test_web_identity_errors_never_show_the_token(bucket, tmp_path, monkeypatch):
+    _without_static_keys(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "missing-token"))
+    with pytest.raises(StoreError, match=f"web identity .*: error in reading file {tmp_path}/missing-token"):
+        store.write_text(f"s3://{bucket}/x.txt", "x")
+    (tmp_path / "token").write_text("secret-jwt-never-shown")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("SICOG_S3_RETRY_SECONDS", "0.5")  # an STS that does not answer is retried like a connection error
+    with pytest.raises(StoreError) as info:
+        store.write_text(f"s3://{bucket}/x.txt", "x")
+    message = str(info.value)
+    assert "\n" not in message and "cannot connect" in message and "gave up after retrying for 0.5s" in message
+    assert "secret-jwt-never-shown" not in message
+
+
+def test_cluster_pods_without_an_s3_secret_run_as_the_service_account():
+    """cluster.s3_secret empty (the default): no Secret env on the sampler server and training pods,
+    which run as cluster.service_account (whose role the chain finds); with a Secret, its keys and the
+    namespace's default account. The pipeline's own task pods run as service_account already."""
+    from sicog.cluster.pytorchjob import build_pytorchjob
+    from sicog.cluster.serving import server_manifests
+    from sicog.cluster.trainjob import build_trainjob
+    from sicog.config import SicogConfig
+
+    stage = dict(stage="pretrain", name="cycle/pretrain", out="s3://sicog/runs/1/pretrain", request_uri="s3://sicog/runs/1/pretrain/request.json")
+    for secret, account in (("", "sicog-pipeline"), ("sicog-s3", None)):
+        cfg = SicogConfig.model_validate({"sample": {"engine": "vllm"}, "cluster": {
+            "s3_secret": secret, "s3_endpoint": "http://minio.minio.svc:9000", "service_account": "sicog-pipeline"}})
+        pod = server_manifests(cfg, run_id="run-1", role="backbone", model_uri="s3://sicog/models/base", namespace="sicog")[0]["spec"]["template"]["spec"]
+        master = build_pytorchjob(cfg, **stage).spec.pytorch_replica_specs["Master"].template.spec
+        (patch,) = build_trainjob(cfg, **stage)["spec"]["runtimePatches"]
+        node = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+        assert (pod.get("serviceAccountName"), master.service_account_name, node.get("serviceAccountName")) == (account, account, account)
+        env = {e["name"]: e for e in pod["initContainers"][0]["env"]}
+        assert env["SICOG_S3_ENDPOINT"]["value"] == "http://minio.minio.svc:9000"
+        assert {k for k, e in env.items() if "valueFrom" in e} == (set() if not secret else set(store.SECRET_ENV))
+        assert {e.name for e in master.containers[0].env if e.value_from} == (set() if not secret else set(store.SECRET_ENV))

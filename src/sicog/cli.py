@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import shlex
@@ -19,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from sicog import store
+from sicog import logs, store
 from sicog.config import SicogConfig, load_config
 from sicog.data.training import TRAIN_DATA
 from sicog.errors import UserError
@@ -35,7 +36,7 @@ serve_app = typer.Typer(no_args_is_help=True, help="Long-running services.")
 app.add_typer(serve_app, name="serve")
 store_app = typer.Typer(no_args_is_help=True, help="Copy published folders to and from the store (manifest-verified).")
 app.add_typer(store_app, name="store")
-job_app = typer.Typer(no_args_is_help=True, help="One training stage as a Kubeflow PyTorchJob: render it for review, or run it.")
+job_app = typer.Typer(no_args_is_help=True, help="One training stage as a Kubeflow Trainer v2 TrainJob (or a PyTorchJob): render it for review, or run it.")
 app.add_typer(job_app, name="job")
 err = Console(stderr=True)
 
@@ -49,6 +50,14 @@ WorldOpt = Annotated[str, typer.Option("--world", help="World folder (image path
 ModelOpt = Annotated[str, typer.Option("--model", help="Model folder (save_pretrained layout); local path or s3:// URI.")]
 
 
+def error(text: str) -> None:
+    """A user error's one line on stderr: `error: ...` (in red at a terminal), or a JSON log line (SICOG_LOG_FORMAT=json)."""
+    if logs.json_enabled():
+        logging.getLogger("sicog.cli").error(text)
+    else:
+        err.print(f"[red]error:[/red] {text}", highlight=False)
+
+
 def user_errors(fn):
     """Turn user errors into one line on stderr and exit status 2 (SICOG_DEBUG=1: their traceback)."""
 
@@ -59,16 +68,16 @@ def user_errors(fn):
         except UserError as exc:  # ConfigError and StoreError are UserErrors too; anything else is a bug
             if os.environ.get("SICOG_DEBUG"):
                 raise
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            error(str(exc))
         except FileNotFoundError as exc:
-            err.print(f"[red]error:[/red] no such file: {exc.filename or exc}", highlight=False)
+            error(f"no such file: {exc.filename or exc}")
         raise typer.Exit(2)
 
     return wrapper
 
 
 def _config(config: Optional[str], overrides: Optional[list[str]]) -> SicogConfig:
-    """`--config` is a file, or a store URI: a PyTorchJob's pods read the run's config from the store."""
+    """`--config` is a file, or a store URI: a training job's pods read the run's config from the store."""
     if config is not None and store.is_remote(config):
         with store.local_input(config) as path:
             return load_config(path, overrides or [])
@@ -76,7 +85,11 @@ def _config(config: Optional[str], overrides: Optional[list[str]]) -> SicogConfi
 
 
 def _print(obj) -> None:
-    Console().print_json(json.dumps(obj, default=str))
+    """A command's result on stdout: indented JSON at a terminal, one compact line with JSON logs (pods)."""
+    if logs.json_enabled():
+        typer.echo(json.dumps(obj, default=str))
+    else:
+        Console().print_json(json.dumps(obj, default=str))
 
 
 @app.command()
@@ -125,7 +138,7 @@ def _trained(run, *args):
     try:
         return run(*args)
     except TrainError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -475,7 +488,7 @@ def serve_sweep(namespace: NamespaceOpt = ""):
     try:
         names = sweep_servers(namespace)
     except ServerError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(1) from None
     if not names:
         typer.echo("no servers to sweep")
@@ -491,7 +504,7 @@ def serve_teardown(run_id: Annotated[str, typer.Argument(help="The run whose sam
     try:
         names = delete_servers(run_id, namespace)
     except ServerError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(1) from None
     if not names:
         typer.echo(f"no servers of run {run_id}")
@@ -604,18 +617,27 @@ def _job_args(cfg: SicogConfig, stage: str, data: str, name: str, model: str, wo
     return request
 
 
+JobKindOpt = Annotated[Optional[bool], typer.Option(
+    "--pytorchjob/--trainjob", help="A kubeflow.org/v1 PyTorchJob (Training Operator v1) or a Kubeflow Trainer v2 TrainJob; "
+    "default: PyTorchJob only with cluster.trainer pytorchjob.")]
+
+
+def _pytorchjob(kind: Optional[bool], cfg: SicogConfig) -> bool:
+    return kind if kind is not None else cfg.cluster.trainer == "pytorchjob"
+
+
 @job_app.command("render")
 @user_errors
 def job_render(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
-               curated: JobCuratedOpt = None,
-               trainjob: Annotated[bool, typer.Option("--trainjob", help="A Kubeflow Trainer v2 TrainJob instead (experimental).")] = False,
+               curated: JobCuratedOpt = None, kind: JobKindOpt = None,
                write_request: Annotated[bool, typer.Option("--write-request", help="Also write the request where the pods read it (OUT.request.json), so the printed job can be applied as it is.")] = False,
                config: ConfigOpt = None, set_: SetOpt = None):
-    """Print the stage's PyTorchJob (or TrainJob) as YAML for review or GitOps; its pods run
+    """Print the stage's TrainJob (or PyTorchJob) as YAML for review or GitOps; its pods run
     `torchrun -m sicog.train OUT.request.json` and write the model once, at OUT."""
     import yaml
 
-    from sicog.cluster.pytorchjob import build_pytorchjob, build_trainjob, manifest
+    from sicog.cluster.pytorchjob import build_pytorchjob, manifest
+    from sicog.cluster.trainjob import build_trainjob
     from sicog.train.backends import request_uri
 
     cfg = _config(config, set_)
@@ -623,22 +645,24 @@ def job_render(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: Job
     args = {"stage": request.stage, "name": request.name, "out": request.out, "request_uri": request_uri(request.out)}
     if write_request:
         request.model_copy(update={"resume": True}).save(args["request_uri"])
-    typer.echo(yaml.safe_dump(build_trainjob(cfg, **args) if trainjob else manifest(build_pytorchjob(cfg, **args)), sort_keys=False), nl=False)
+    job = manifest(build_pytorchjob(cfg, **args)) if _pytorchjob(kind, cfg) else build_trainjob(cfg, **args)
+    typer.echo(yaml.safe_dump(job, sort_keys=False), nl=False)
 
 
 @job_app.command("run")
 @user_errors
 def job_run(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
-            curated: JobCuratedOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
-    """Write the request to OUT.request.json, create the stage's PyTorchJob and wait for it (Ctrl-C / SIGTERM delete it)."""
+            curated: JobCuratedOpt = None, kind: JobKindOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
+    """Write the request to OUT.request.json, create the stage's TrainJob (or PyTorchJob) and wait for it (Ctrl-C / SIGTERM delete it)."""
     from sicog.cluster.launcher import JobError
-    from sicog.train.backends import pytorchjob
+    from sicog.train.backends import pytorchjob, trainjob
 
-    request = _job_args(_config(config, set_), stage, data, name, model, world, out, curated)
+    cfg = _config(config, set_)
+    request = _job_args(cfg, stage, data, name, model, world, out, curated)
     try:
-        pytorchjob(request)
+        (pytorchjob if _pytorchjob(kind, cfg) else trainjob)(request)
     except JobError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(1) from None
     typer.echo(out)
 
@@ -681,6 +705,7 @@ def series_report(series: Annotated[str, typer.Argument(help="Series folder: loc
 
 
 def main() -> None:
+    logs.configure()  # JSON lines on stderr in the images (SICOG_LOG_FORMAT=json), else plain
     app()
 
 

@@ -49,6 +49,11 @@ class DataConfig(_Section):
         "", description="Store URI (local path, file://, s3://) of a data catalog (see `sicog data check`); "
         "empty: the procedural demo world, which writes a catalog of its own files.",
     )
+    pool_per_cycle: int = Field(
+        0, ge=0, description="Records of each pool role one cycle samples: cycle c takes rows (c-1)*N .. c*N-1 of the role "
+        "(its sources in order, each in file order), so the cycles of a series never reuse pool records (paper App. G: a new "
+        "pool each cycle); a pool too short for cycle c stops it with one line. 0: the whole pool, every cycle.",
+    )
 
 
 class ModelConfig(_Section):
@@ -139,8 +144,8 @@ class TrainConfig(_Section):
 
 ENGINE_IMAGES = {
     "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
-    "vllm": "vllm/vllm-openai:v0.11.0",
-    "sglang": "lmsysorg/sglang:v0.5.4",
+    "vllm": "vllm/vllm-openai:v0.33.0",  # choice k of a seeded `n` request: seed + k (sicog.generate.remote)
+    "sglang": "lmsysorg/sglang:v0.5.23",  # seeds honoured with --enable-deterministic-inference (sicog.cluster.serving)
 }
 
 
@@ -326,32 +331,43 @@ class Toleration(_Section):
 
 
 class ClusterConfig(_Section):
-    """How the compiled pipeline runs on Kubernetes (Kubeflow Pipelines + Training Operator).
+    """How the compiled pipeline runs on Kubernetes (Kubeflow Pipelines + Kubeflow Trainer).
 
     Read when the pipeline is compiled and by the train tasks; a local run (`sicog cycle`, kfp.local)
     ignores it. Secrets are never values here: `s3_secret` names an existing Secret.
     """
 
-    trainer: Literal["torchrun", "pytorchjob"] = Field(
-        "torchrun", description="Train tasks: torchrun inside the task's own pod (train.nproc GPUs), or one kubeflow.org/v1 PyTorchJob per stage."
+    trainer: Literal["auto", "trainjob", "pytorchjob", "torchrun"] = Field(
+        "auto", description="Train tasks: trainjob (one Kubeflow Trainer v2 TrainJob per stage), pytorchjob (one kubeflow.org/v1 "
+        "PyTorchJob per stage, for clusters on Training Operator v1), torchrun (inside the task's own pod, train.nproc GPUs); "
+        "auto: trainjob in a pipeline compiled for a cluster (torchrun with train.step1 dpo), torchrun in a local run."
     )
-    namespace: str = Field("", description="Namespace of the PyTorchJobs; empty: the pipeline pod's own namespace.")
-    trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image (images/trainer/Dockerfile) of the PyTorchJob pods and of the pipeline's GPU tasks.")
+    training_runtime: str = Field("torch-distributed", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+                                  description="ClusterTrainingRuntime of the TrainJobs (Kubeflow's torch runtime: torch-distributed).")
+    queue: str = Field("", pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$",
+                       description="Kueue LocalQueue of the TrainJobs (their kueue.x-k8s.io/queue-name label); empty: no label.")
+    namespace: str = Field("", description="Namespace of the training jobs; empty: the pipeline pod's own namespace.")
+    trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image (images/trainer/Dockerfile) of the training job pods and of the pipeline's GPU tasks.")
     eval_image: str = Field("ghcr.io/sicog-project/sicog-eval:0.1.0", description="CUDA image with lmms-eval's environment (images/eval/Dockerfile) of the evaluate task when eval.benchmarks is set.")
     judge_secret: str = Field("", description="Existing Secret holding the judge's API key under the key eval.judge_key_env, exposed as env to the evaluate task.")
-    nodes: int = Field(1, ge=1, description="PyTorchJob pods (1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100).")
+    nodes: int = Field(1, ge=1, description="Training job pods (TrainJob numNodes; PyTorchJob 1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100).")
     accelerator: str = Field("", description="Extended resource of a GPU (e.g. nvidia.com/gpu); empty: a CPU-only cluster, no GPU requests.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of GPU tasks and PyTorchJob pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of GPU tasks and PyTorchJob pods (GPU node pools are usually tainted).")
-    cpu: str = Field("8", description="CPU request of each PyTorchJob pod.")
-    memory: str = Field("64Gi", description="Memory request of each PyTorchJob pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of GPU tasks and training job pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of GPU tasks and training job pods (GPU node pools are usually tainted).")
+    cpu: str = Field("8", description="CPU request of each training job pod.")
+    memory: str = Field("64Gi", description="Memory request of each training job pod.")
     shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm of training pods (NCCL and data loader workers need more than the 64 MiB default).")
-    s3_secret: str = Field("", description="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, exposed as env to every task and training pod.")
+    s3_secret: str = Field("", description="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, exposed as env to every task and training pod; "
+                                       "empty: pods find S3 credentials through the standard AWS chain (the service account's role: IRSA, EKS Pod Identity), "
+                                       "and training and sampler server pods run as service_account.")
     s3_endpoint: str = Field("", description="SICOG_S3_ENDPOINT of every task and training pod (host:port of MinIO or another S3 API); empty: AWS S3.")
-    service_account: str = Field("sicog-pipeline", description="Service account of pipeline runs (the Helm chart grants it PyTorchJob create/watch/delete).")
-    job_timeout_s: float = Field(7 * 86400.0, gt=0, description="Overall limit on one PyTorchJob, from creation to Succeeded; past it the job is deleted and the task fails.")
-    poll_s: float = Field(30.0, gt=0, description="Seconds between status reads of a running PyTorchJob.")
+    service_account: str = Field("sicog-pipeline", description="Service account of pipeline runs (the Helm chart grants it TrainJob and PyTorchJob create/watch/delete).")
+    job_timeout_s: float = Field(7 * 86400.0, gt=0, description="Overall limit on one training job, from creation to its end (also its activeDeadlineSeconds); past it the job is deleted and the task fails.")
+    poll_s: float = Field(30.0, gt=0, description="Seconds between status reads of a running training job.")
     retries: int = Field(2, ge=0, description="Retries of transient steps (sampling, collection, scoring, training; training resumes from its last checkpoint).")
+    pushgateway: str = Field("", description="URL of a Prometheus Pushgateway (e.g. http://prometheus-pushgateway.monitoring.svc:9091) the score "
+                             "task pushes its per-task counts to (sicog_score_instances, sicog_score_kept; the chart's dashboard); "
+                             "empty: none (they are in the run's KFP metadata either way).")
 
 
 class SicogConfig(_Section):
@@ -374,10 +390,19 @@ class SicogConfig(_Section):
     def _check(self) -> "SicogConfig":
         if self.sample.text_candidates < 2 and (self.world.n_pool_text or self.data.catalog):
             raise ValueError("sample.text_candidates: self-consistency needs at least 2 candidates")
-        if self.train.step1 == "dpo" and self.cluster.trainer == "pytorchjob":
+        if self.train.step1 == "dpo" and self.cluster.trainer in ("trainjob", "pytorchjob"):
             # The pairs need the warm-up model's answers before any rank trains: not split across a job yet.
             raise ValueError("train.step1: dpo runs with cluster.trainer torchrun only (its pairs are made before training)")
         return self
+
+
+def for_cluster(config: SicogConfig) -> SicogConfig:
+    """The config as a pipeline compiled for a cluster runs it: cluster.trainer auto becomes trainjob
+    (torchrun with train.step1 dpo, whose pairs are made in the task). A local run reads auto as torchrun."""
+    if config.cluster.trainer != "auto":
+        return config
+    trainer = "torchrun" if config.train.step1 == "dpo" else "trainjob"
+    return config.model_copy(update={"cluster": config.cluster.model_copy(update={"trainer": trainer})})
 
 
 def _format_error(err: ValidationError) -> str:

@@ -4,6 +4,10 @@
 remaining); `say(who, message)` prints one flushed status line about a named thing (a training job,
 a sampler server), so pod logs read the same whichever part of sicog wrote them.
 
+Both follow sicog.logs: with SICOG_LOG_FORMAT=json (the images' default) a status line is one JSON
+log object on stderr (logger sicog.status) and progress bars are off (a pod has no terminal);
+otherwise `who: message` on stdout (stderr=True: stderr) and rich bars, as at a terminal.
+
     with progress() as bar:
         task = bar.add_task("sampling caption", total=n)
         bar.advance(task, k)
@@ -13,19 +17,23 @@ a sampler server), so pod logs read the same whichever part of sicog wrote them.
 
 from __future__ import annotations
 
-import sys
+import logging
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sicog import logs
 
 
 def progress() -> Progress:
     """A new (not started) rich Progress: description, bar, M/N done, elapsed, remaining. Use it as a
-    context manager; a step passes the running one to whatever adds its own tasks to it."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    context manager; a step passes the running one to whatever adds its own tasks to it. Disabled
+    (draws nothing) when logs are JSON."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=logs.json_enabled())
 
 
 def say(who: str, message: str, *, stderr: bool = False) -> None:
     """One status line `<who>: <message>`, flushed at once (pod logs), e.g.
     say("pytorchjob sicog-cycle-pretrain-1a2b", "running"); `stderr`: on standard error (a warning or a
-    failure's details) instead of standard output."""
-    print(f"{who}: {message}", file=sys.stderr if stderr else sys.stdout, flush=True)
+    failure's details) instead of standard output. Logged on sicog.status (INFO; stderr: WARNING)."""
+    logs.status_logger().log(logging.WARNING if stderr else logging.INFO, "%s: %s", who, message, extra={"to_stderr": stderr})

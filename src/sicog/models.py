@@ -38,9 +38,12 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from sicog import logs
 from sicog.config import ModelConfig
 from sicog.errors import UserError
 from sicog.records import IMAGE_TOKEN
+
+logs.adopt("transformers")  # JSON logs (the images): transformers' warnings become JSON lines too
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # end of every turn, and the model's eos

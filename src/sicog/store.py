@@ -13,15 +13,24 @@ visible only when its PUT or its multipart upload completes (S3 semantics; minio
 multipart upload on failure), so copying a temporary key to its final key would add a full server-side
 copy and no safety.
 
-S3 settings come from the environment (as mounted from a Kubernetes Secret), never from configs:
-  SICOG_S3_ENDPOINT            host:port or http(s)://host:port (default s3.amazonaws.com, TLS)
+S3 settings come from the environment (a Kubernetes Secret, the pod's cloud identity), never from configs:
+  AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else SICOG_S3_ENDPOINT
+                               http(s)://host:port (the scheme decides TLS) or host:port; default
+                               s3.amazonaws.com (TLS). AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true skips the AWS_ ones
   SICOG_S3_SECURE              true/false: TLS when the endpoint has no scheme (default true)
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional)   the credentials
-  AWS_REGION (or AWS_DEFAULT_REGION)                                        optional
-  SSL_CERT_FILE                CA bundle for a private TLS endpoint
+  credentials                  AWS's standard chain, through minio's providers, first found wins:
+                               1. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (a Secret: the MinIO default)
+                               2. profile AWS_PROFILE (default "default") of AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials)
+                               3. the platform's role: web identity / IRSA (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE,
+                                  exchanged at AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else the region's AWS STS),
+                                  else container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI / _RELATIVE_URI:
+                                  EKS Pod Identity, ECS), else EC2 instance metadata (AWS_EC2_METADATA_SERVICE_ENDPOINT,
+                                  AWS_EC2_METADATA_DISABLED)
+  AWS_REGION (or AWS_DEFAULT_REGION)   optional
+  SSL_CERT_FILE (or AWS_CA_BUNDLE)     CA bundle for a private TLS endpoint
   SICOG_S3_RETRY_SECONDS       how long one transfer retries connection errors and 5xx (default 300)
   SICOG_S3_PARALLEL            files transferred at once (default 8)
-Errors name the endpoint and the bucket, never a credential.
+Errors name the endpoint, the bucket and the credential sources tried, never a credential.
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ from sicog import retry
 from sicog.errors import UserError
 
 MANIFEST = "_manifest.json"
-# The credentials a Kubernetes Secret gives every pod that reads or writes the store (same key and env names).
+# The credentials a Kubernetes Secret gives every pod that reads or writes the store (same key and env names),
+# when the cluster names one (cluster.s3_secret); without it pods take the credential chain's other sources.
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 PART_SIZE = 16 * 1024 * 1024  # multipart part size: fewer round trips than minio's 5 MiB minimum, bounded memory
 CHUNK = 1024 * 1024
@@ -94,7 +104,7 @@ def _under(key: str, name: str) -> str:
     return f"{key}/{name}" if key else name
 
 
-# --- S3 client, errors and retries ----------------------------------------------------------------
+# --- S3 settings and credentials ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -104,34 +114,205 @@ class S3Settings:
     region: str | None
     retry_seconds: float
     parallel: int
+    endpoint_from: str = "default"  # the variable that named the endpoint (for messages)
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+def _configured_endpoint(env, service: str) -> tuple[str, str] | None:
+    """(variable, URL) of AWS's configured endpoint for a service: AWS_ENDPOINT_URL_<SERVICE>, else
+    AWS_ENDPOINT_URL; none while AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true (the SDKs' rules)."""
+    if _flag(env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")):
+        return None
+    for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
+        if env.get(name):
+            return name, env[name]
+    return None
 
 
 def s3_settings() -> S3Settings:
     env = os.environ
-    endpoint = env.get("SICOG_S3_ENDPOINT", "s3.amazonaws.com")
+    name, endpoint = _configured_endpoint(env, "S3") or ("SICOG_S3_ENDPOINT", env.get("SICOG_S3_ENDPOINT", ""))
+    if not endpoint:
+        name, endpoint = "default", "s3.amazonaws.com"
     secure = env.get("SICOG_S3_SECURE", "true").lower() not in ("0", "false", "no")
     if "://" in endpoint:
         parsed = urlparse(endpoint)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise StoreError(f"store: SICOG_S3_ENDPOINT={endpoint} is not host:port or http(s)://host:port")
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path.strip("/") or parsed.query:
+            raise StoreError(f"store: {name}={endpoint} is not host:port or http(s)://host:port")
         endpoint, secure = parsed.netloc, parsed.scheme == "https"
     try:
         retry_seconds, parallel = float(env.get("SICOG_S3_RETRY_SECONDS", 300)), int(env.get("SICOG_S3_PARALLEL", 8))
     except ValueError as exc:
         raise StoreError(f"store: SICOG_S3_RETRY_SECONDS / SICOG_S3_PARALLEL must be numbers ({exc})") from None
-    return S3Settings(endpoint, secure, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None, retry_seconds, max(1, parallel))
+    return S3Settings(endpoint, secure, env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None, retry_seconds, max(1, parallel), name)
+
+
+# Every variable the credential chain reads: a client (and its cached credentials) per combination.
+CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
+             "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "HOME",
+             "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL",
+             "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+             "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+             "AWS_EC2_METADATA_DISABLED", "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+IMDS = "http://169.254.169.254"
+
+
+class _CredentialsUnreachable(StoreError):
+    """The configured identity service (STS, the container credentials endpoint) did not answer:
+    retried like a connection error, unlike missing or refused credentials."""
+
+
+def _reason(exc: BaseException) -> str:
+    """Why one provider failed, in a few words and never with a credential: minio's messages carry
+    request URLs, whose query strings hold the web identity token, so those are cut."""
+    import re
+
+    import urllib3
+
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        exc = exc.reason or exc
+    if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+        # urllib3's NewConnectionError (refused, no route) derives from its ConnectTimeoutError
+        timed_out = isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)) and not isinstance(exc, urllib3.exceptions.NewConnectionError)
+        return f"{'timed out' if timed_out else 'cannot connect'} ({type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot read {exc.filename} ({exc.strerror or type(exc).__name__})"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if status := re.search(r"failed with HTTP status code (\d+)", text):
+        return f"HTTP {status.group(1)}"
+    if missing := re.match(r"(access|secret) key does not exist in profile", text):  # minio's AWSConfigProvider
+        return f"no such profile, or no aws_{missing.group(1)}_{'key_id' if missing.group(1) == 'access' else 'access_key'} in it"
+    return re.sub(r"\?\S*", "?...", text)[:200]
+
+
+def _unreachable(reason: str) -> bool:
+    return reason.startswith(("timed out", "cannot connect", "HTTP 5"))
+
+
+class _Link:
+    """One source of the chain: its name (what a message shows) and minio's provider for it, or the
+    reason it is not configured here."""
+
+    def __init__(self, name: str, provider=None, absent: str = "", remote: bool = False):
+        self.name, self.provider, self.absent, self.remote = name, provider, absent, remote
+        self.failed = ""
+
+    def adapter(self):
+        from minio.credentials.providers import Provider
+
+        link = self
+
+        class Tried(Provider):
+            """minio's ChainedProvider moves on only at a ValueError: any failure becomes one, with its reason kept."""
+
+            def retrieve(self):
+                try:
+                    credentials = link.provider.retrieve()
+                except Exception as exc:  # noqa: BLE001 - recorded, never re-raised with a credential in it
+                    link.failed = _reason(exc)
+                    raise ValueError(link.failed) from None
+                link.failed = ""
+                return credentials
+
+        return Tried()
+
+    def tried(self) -> str:
+        return f"{self.name}: {self.absent or self.failed or 'not reached'}"
+
+
+def _sts_endpoint(env, region: str | None) -> str:
+    """Where web identity is exchanged: AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else AWS STS of the
+    region (global without one, or with AWS_STS_REGIONAL_ENDPOINTS=legacy)."""
+    configured = _configured_endpoint(env, "STS")
+    if configured:
+        return configured[1].rstrip("/")
+    if not region or (env.get("AWS_STS_REGIONAL_ENDPOINTS") or "").lower() == "legacy":
+        return "https://sts.amazonaws.com"
+    return f"https://sts.{region}.amazonaws.com" + (".cn" if region.startswith("cn-") else "")
+
+
+def _chain_links(env, region: str | None, ca_file: str | None) -> list[_Link]:
+    """The standard AWS order: environment keys, the shared credentials file's profile, then the
+    role the platform gives the process (minio's IamAwsProvider, which picks web identity / IRSA,
+    else container credentials (ECS, EKS Pod Identity), else EC2 instance metadata)."""
+    import certifi
+    import urllib3
+    from minio.credentials.providers import AWSConfigProvider, EnvAWSProvider, IamAwsProvider
+
+    links = [_Link("environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)", EnvAWSProvider(),
+                   "" if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY") else "not set")]
+    profile = env.get("AWS_PROFILE") or "default"
+    filename = env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(env.get("HOME") or str(Path.home()), ".aws", "credentials")
+    links.append(_Link(f"profile {profile} of {filename}", AWSConfigProvider(filename=filename, profile=profile),
+                       "" if os.path.isfile(filename) else "no such file"))
+
+    # The role's source is the first of these the environment configures, as IamAwsProvider picks it.
+    web_identity = env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+    container = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    timeout = urllib3.Timeout(connect=5, read=30)
+    retries = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
+    if web_identity:
+        custom = _sts_endpoint(env, region)
+        name = f"web identity (AWS_WEB_IDENTITY_TOKEN_FILE, role {env.get('AWS_ROLE_ARN') or 'unset'}, STS {custom})"
+        absent = "" if env.get("AWS_ROLE_ARN") else "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not"
+    elif container:
+        custom, name, absent = None, "container credentials (AWS_CONTAINER_CREDENTIALS_*: ECS, EKS Pod Identity)", ""
+    else:
+        custom = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or "").rstrip("/") or None
+        name = f"instance metadata ({custom or IMDS})"
+        absent = "disabled by AWS_EC2_METADATA_DISABLED" if _flag(env.get("AWS_EC2_METADATA_DISABLED")) else ""
+        # Off EC2 nobody answers: fail within seconds, as the AWS SDKs do (1 s, one attempt).
+        timeout, retries = urllib3.Timeout(connect=1, read=1), urllib3.Retry(total=0, raise_on_status=False)
+    http = urllib3.PoolManager(timeout=timeout, retries=retries, cert_reqs="CERT_REQUIRED", ca_certs=ca_file or certifi.where())
+    provider = IamAwsProvider(custom_endpoint=custom, http_client=http, region=region)
+    links.append(_Link(name, provider, absent, remote=bool(web_identity or container)))
+    return links
+
+
+def _credential_chain(env, region: str | None, ca_file: str | None, endpoint: str):
+    """minio's ChainedProvider over the links, serialized (one fetch when temporary credentials
+    expire, not one per transfer thread); nothing found is one StoreError naming every source tried."""
+    import threading
+
+    from minio.credentials.providers import ChainedProvider, Provider
+
+    links = _chain_links(env, region, ca_file)
+    chain = ChainedProvider([link.adapter() for link in links if not link.absent])
+    lock = threading.Lock()
+
+    class Chain(Provider):
+        source = ""
+
+        def retrieve(self):
+            with lock:
+                try:
+                    credentials = chain.retrieve()
+                except ValueError:
+                    tried = "; ".join(link.tried() for link in links)
+                    if any(link.remote and link.failed and _unreachable(link.failed) for link in links):
+                        raise _CredentialsUnreachable(f"store: no S3 credentials for {endpoint} yet: tried {tried}") from None
+                    raise StoreError(f"store: no S3 credentials for {endpoint}: tried {tried}") from None
+                Chain.source = next((link.name for link in links if not link.absent and not link.failed), "")
+                return credentials
+
+    return Chain()
 
 
 def _client():
     env = os.environ
     s = s3_settings()
-    return _make_client(s.endpoint, s.secure, s.region, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
-                        env.get("AWS_SESSION_TOKEN"), env.get("SSL_CERT_FILE"), s.parallel)
+    return _make_client(s.endpoint, s.secure, s.region, env.get("SSL_CERT_FILE") or env.get("AWS_CA_BUNDLE"), s.parallel,
+                        tuple(env.get(k) for k in CHAIN_ENV))
 
 
 @lru_cache(maxsize=4)
-def _make_client(endpoint, secure, region, access_key, secret_key, session_token, ca_file, parallel):
-    """One client (and connection pool) per settings; thread-safe, shared by the transfer threads."""
+def _make_client(endpoint, secure, region, ca_file, parallel, chain_env):
+    """One client (and connection pool, and credential chain) per settings; thread-safe, shared by
+    the transfer threads. chain_env: the values of CHAIN_ENV, the key of the cached credentials."""
     import certifi
     import urllib3
     from minio import Minio
@@ -140,8 +321,22 @@ def _make_client(endpoint, secure, region, access_key, secret_key, session_token
     retry = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=300), maxsize=max(10, 2 * parallel), retries=retry,
                                cert_reqs="CERT_REQUIRED", ca_certs=ca_file or certifi.where())
-    return Minio(endpoint, access_key=access_key, secret_key=secret_key, session_token=session_token, secure=secure,
-                 region=region, http_client=http)
+    return Minio(endpoint, credentials=_credentials(endpoint, region, ca_file, chain_env), secure=secure, region=region, http_client=http)
+
+
+@lru_cache(maxsize=8)
+def _credentials(endpoint, region, ca_file, chain_env):
+    return _credential_chain(dict(zip(CHAIN_ENV, chain_env)), region, ca_file, endpoint)
+
+
+def credential_source() -> str:
+    """Where the credentials the store signs with came from (once a request has fetched them): a
+    source's name as errors show it, e.g. "web identity (...)"; empty before."""
+    env, s = os.environ, s3_settings()
+    return _credentials(s.endpoint, s.region, env.get("SSL_CERT_FILE") or env.get("AWS_CA_BUNDLE"), tuple(env.get(k) for k in CHAIN_ENV)).source
+
+
+# --- S3 errors and retries -----------------------------------------------------------------------
 
 
 RETRY_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "NoSuchUpload"}
@@ -153,7 +348,7 @@ def _retryable(exc: Exception) -> bool:
     import urllib3
     from minio.error import InvalidResponseError, S3Error, ServerError
 
-    if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, _CredentialsUnreachable)):
         return True
     if isinstance(exc, ServerError):
         return exc.status_code >= 500
@@ -168,11 +363,14 @@ def _explain(exc: Exception, uri: str) -> Exception:
     """The one-line error a user sees for a failed S3 call (never a credential)."""
     from minio.error import S3Error
 
+    if isinstance(exc, StoreError):  # the credential chain's own one-line error
+        return exc
     endpoint = s3_settings().endpoint
     bucket = _s3(uri)[0]
     if isinstance(exc, S3Error):
         if exc.code in DENIED_CODES:
-            return StoreError(f"store: access denied to s3://{bucket} at {endpoint}: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+            source = credential_source() or "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            return StoreError(f"store: access denied to s3://{bucket} at {endpoint}: check the credentials (from {source})")
         if exc.code == "NoSuchBucket":
             return StoreError(f"store: no bucket {bucket} at {endpoint}")
         if exc.code == "NoSuchKey":
@@ -189,6 +387,8 @@ def _retrying(uri: str, fn: Callable[[], T]) -> T:
     try:
         return retry.call(fn, _retryable, budget_s=budget, first_s=0.25, max_s=8.0, what=f"store: {uri}",
                           describe=lambda exc: str(_explain(exc, uri)))
+    except _CredentialsUnreachable as exc:
+        raise StoreError(f"{exc} (gave up after retrying for {budget:g}s)") from None
     except (StoreError, FileNotFoundError):
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear error, never a credential

@@ -51,14 +51,16 @@ sicog.io/client: "true"
 {{- printf "%s:%s" $repository $tag }}
 {{- end }}
 
-{{/* The S3 credentials Secret: the existing one, else the one generated for the bundled MinIO. */}}
+{{/* The S3 credentials Secret: the existing one, else the one generated for the bundled MinIO, else
+     none (empty) when the service account carries a cloud role (serviceAccount.annotations, e.g.
+     eks.amazonaws.com/role-arn): pods then find credentials through the AWS chain (sicog.store). */}}
 {{- define "sicog.s3Secret" -}}
 {{- if .Values.s3.existingSecret }}
 {{- .Values.s3.existingSecret }}
 {{- else if .Values.minio.enabled }}
 {{- printf "%s-s3" (include "sicog.fullname" .) }}
-{{- else }}
-{{- fail "s3.existingSecret: name a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or set minio.enabled=true for a trial)" }}
+{{- else if not .Values.serviceAccount.annotations }}
+{{- fail "s3.existingSecret: name a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or annotate serviceAccount with a cloud role, or set minio.enabled=true for a trial)" }}
 {{- end }}
 {{- end }}
 
@@ -71,8 +73,10 @@ sicog.io/client: "true"
 {{- end }}
 {{- end }}
 
-{{/* Env of a container that talks to the store (the model fetchers): endpoint and the Secret's keys. */}}
+{{/* Env of a container that talks to the store (the model fetchers): endpoint and the Secret's keys
+     (no Secret: none; the pod runs as the service account and its role gives the credentials). */}}
 {{- define "sicog.s3Env" -}}
+{{- $secret := include "sicog.s3Secret" . }}
 {{- $endpoint := include "sicog.s3Endpoint" . }}
 {{- if $endpoint }}
 - name: SICOG_S3_ENDPOINT
@@ -82,16 +86,18 @@ sicog.io/client: "true"
 - name: AWS_REGION
   value: {{ . | quote }}
 {{- end }}
+{{- if $secret }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ include "sicog.s3Secret" . }}
+      name: {{ $secret }}
       key: AWS_ACCESS_KEY_ID
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "sicog.s3Secret" . }}
+      name: {{ $secret }}
       key: AWS_SECRET_ACCESS_KEY
+{{- end }}
 {{- end }}
 
 {{/* Pod-level security of every pod: numeric non-root user, RuntimeDefault seccomp. */}}
@@ -146,4 +152,10 @@ prometheus.io/path: /metrics
       - key: kubernetes.io/metadata.name
         operator: In
         values: {{ toJson .Values.networkPolicy.monitoringNamespaces }}
+{{- end }}
+
+{{/* The sampler's port: sampler.port, or 0 for the engine's own (vLLM 8000, TGI 8080). */}}
+{{- define "sicog.samplerPort" -}}
+{{- $s := .Values.sampler }}
+{{- if $s.port }}{{ $s.port }}{{ else }}{{ get (dict "vllm" 8000 "tgi" 8080) $s.engine }}{{ end }}
 {{- end }}

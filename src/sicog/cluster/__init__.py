@@ -1,8 +1,10 @@
-"""Training on Kubernetes: a SICOG stage as a Kubeflow PyTorchJob, and the launcher that runs it.
+"""Training on Kubernetes: a SICOG stage as a Kubeflow Trainer v2 TrainJob or a Kubeflow PyTorchJob, run to its end.
 
-`pytorchjob` builds the job (typed kubeflow-training SDK objects) and, experimentally, the same
-stage as a Kubeflow Trainer v2 TrainJob manifest; `launcher` creates the job, follows it to
-Succeeded or Failed and deletes it on timeout or cancellation. sicog.train.backends.pytorchjob is
-the training backend that uses them (cluster.trainer: pytorchjob); its pods run the entry point every
-training process runs, `python -m sicog.train REQUEST_URI`, under torchrun.
+`trainjob` builds the TrainJob (trainer.kubeflow.org/v1alpha1, the default) and runs it: create,
+follow to Complete or Failed, delete on timeout or cancellation. `pytorchjob` builds the PyTorchJob
+(typed kubeflow-training SDK objects, for clusters on the Training Operator v1) and `launcher` runs it
+the same way. sicog.train.backends.trainjob / .pytorchjob are the training backends that use them
+(cluster.trainer); their pods run the entry point every training process runs, `python -m
+sicog.train REQUEST_URI`, under torchrun. `serving` runs a cycle's inference servers; `kube` is the
+one Kubernetes client factory.
 """

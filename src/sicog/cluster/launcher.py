@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -98,7 +97,7 @@ def _delete(client, name: str, namespace: str) -> None:
         client.delete_job(name, namespace)
     except RuntimeError as exc:
         if api_status(exc) != 404:
-            print(f"pytorchjob {name}: could not delete it ({api_message(exc)}); delete it by hand", file=sys.stderr, flush=True)
+            say(f"pytorchjob {name}", f"could not delete it ({api_message(exc)}); delete it by hand", stderr=True)
 
 
 def _log_tail(client, name: str, namespace: str) -> None:
@@ -107,9 +106,9 @@ def _log_tail(client, name: str, namespace: str) -> None:
         for pod in client.get_job_pods(name, namespace, is_master=True, timeout=REQUEST_TIMEOUT_S):
             text = client.core_api.read_namespaced_pod_log(pod.metadata.name, namespace, container="pytorch",
                                                            tail_lines=LOG_TAIL_LINES, _request_timeout=REQUEST_TIMEOUT_S)
-            print(f"pytorchjob {name}: last lines of {pod.metadata.name}'s log:\n{text.rstrip()}", file=sys.stderr, flush=True)
+            say(f"pytorchjob {name}", f"last lines of {pod.metadata.name}'s log:\n{text.rstrip()}", stderr=True)
     except Exception as exc:  # noqa: BLE001 - the job's own error follows; a missing log must not hide it
-        print(f"pytorchjob {name}: could not read the master's log ({api_message(exc)})", file=sys.stderr, flush=True)
+        say(f"pytorchjob {name}", f"could not read the master's log ({api_message(exc)})", stderr=True)
 
 
 @contextmanager

@@ -1,4 +1,6 @@
-"""One SICOG training stage as a Kubeflow PyTorchJob (`kubeflow.org/v1`): the cluster backend of sicog.train.backends.
+"""One SICOG training stage as a Kubeflow PyTorchJob (`kubeflow.org/v1`): sicog.train.backends' cluster backend for
+clusters still on the Training Operator v1 (cluster.trainer pytorchjob; Kubeflow Trainer v2's TrainJob, the default,
+is sicog.cluster.trainjob, which shares this module's pod pieces: env, resources, volumes, labels, name, command).
 
 Locally a stage runs `torchrun --standalone --nproc_per_node N -m sicog.train REQUEST`; on a cluster
 its pods run the same entry point, `torchrun -m sicog.train REQUEST_URI`: one Master and
@@ -11,20 +13,21 @@ at the request's `out` (see sicog.train.run.rank_output).
 
 The job is made of the kubeflow-training SDK's typed models (whose pod template is the kubernetes
 client's V1PodTemplateSpec), so a misspelt field fails here rather than on the cluster; tests
-validate it against the operator's CRD schema too. `build_trainjob` writes the same stage for
-Kubeflow Trainer v2 (experimental: a plain manifest, no SDK model is used for it).
+validate it against the operator's CRD schema too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 
 from kubeflow.training import models
 from kubernetes import client as k8s
 
 from sicog.config import SicogConfig
+from sicog.logs import RUN_ID_ENV
 from sicog.store import SECRET_ENV
 
 CONTAINER = "pytorch"  # the Training Operator finds the training container of a PyTorchJob by this name
@@ -57,7 +60,15 @@ def _env(cfg: SicogConfig) -> list[k8s.V1EnvVar]:
     if cfg.cluster.s3_secret:
         env += [k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=cfg.cluster.s3_secret, key=key)))
                 for key in SECRET_ENV]
+    if os.environ.get(RUN_ID_ENV):  # the launching task's KFP run id: the job's log lines carry it too (sicog.logs)
+        env.append(k8s.V1EnvVar(name=RUN_ID_ENV, value=os.environ[RUN_ID_ENV]))
     return env
+
+
+def _service_account(cfg: SicogConfig) -> str | None:
+    """No S3 Secret: the pods run as cluster.service_account, whose role (IRSA, EKS Pod Identity) the
+    store's credential chain finds; with a Secret, the namespace's default account."""
+    return None if cfg.cluster.s3_secret else (cfg.cluster.service_account or None)
 
 
 def _resources(cfg: SicogConfig) -> k8s.V1ResourceRequirements:
@@ -113,6 +124,7 @@ def build_pytorchjob(cfg: SicogConfig, *, stage: str, name: str, out: str, reque
             node_selector=dict(cfg.cluster.node_selector) or None,
             tolerations=_tolerations(cfg),
             automount_service_account_token=False,  # training needs the store, not the Kubernetes API
+            service_account_name=_service_account(cfg),
             security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=USER, run_as_group=USER, fs_group=USER,
                                                       seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
         ),
@@ -146,30 +158,3 @@ def world_size(job: models.KubeflowOrgV1PyTorchJob) -> int:
     """Ranks of the job: pods x nprocPerNode."""
     return int(job.spec.nproc_per_node) * sum(spec.replicas for spec in job.spec.pytorch_replica_specs.values())
 
-
-def build_trainjob(cfg: SicogConfig, *, stage: str, name: str, out: str, request_uri: str) -> dict:
-    """Experimental: the same stage as a Kubeflow Trainer v2 TrainJob (`trainer.kubeflow.org/v1alpha1`)
-    on the `torch-distributed` ClusterTrainingRuntime, which sets the same PET_* variables; node
-    selector, tolerations and volumes go in through podSpecOverrides of the runtime's `node` job.
-    The pod security context comes from the runtime (a TrainJob cannot set it)."""
-    command = train_command(request_uri)
-    volumes, mounts = _volumes(cfg)
-    override = {"targetJobs": [{"name": "node"}], "volumes": volumes, "containers": [{"name": "node", "volumeMounts": mounts}]}
-    if cfg.cluster.node_selector:
-        override["nodeSelector"] = dict(cfg.cluster.node_selector)
-    if cfg.cluster.tolerations:
-        override["tolerations"] = _tolerations(cfg)
-    metadata = {"name": job_name(name, out), "labels": _labels(stage, name)}
-    if cfg.cluster.namespace:
-        metadata["namespace"] = cfg.cluster.namespace
-    return manifest({
-        "apiVersion": "trainer.kubeflow.org/v1alpha1",
-        "kind": "TrainJob",
-        "metadata": metadata,
-        "spec": {
-            "runtimeRef": {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"},
-            "trainer": {"image": cfg.cluster.trainer_image, "command": command, "numNodes": cfg.cluster.nodes,
-                        "numProcPerNode": cfg.train.nproc, "resourcesPerNode": _resources(cfg), "env": _env(cfg)},
-            "podSpecOverrides": [override],
-        },
-    })

@@ -50,6 +50,9 @@ COMPONENT = "sampler-server"
 NAME_LABEL, COMPONENT_LABEL = "app.kubernetes.io/name", "app.kubernetes.io/component"
 RUN_LABEL, ROLE_LABEL, ENGINE_LABEL, EXPIRES_LABEL = "sicog.io/run", "sicog.io/role", "sicog.io/engine", "sicog.io/expires"
 MODEL_ANNOTATION = "sicog.io/model-uri"
+# On the engine pods: the label the Helm chart's NetworkPolicies admit to the bundled MinIO (the init
+# container fetches the model from the store), as on every pipeline task pod (pipelines/placement.py).
+CLIENT_LABEL = ("sicog.io/client", "true")
 WORKFLOW_LABEL = "workflows.argoproj.io/workflow"  # Argo's label on every pod of a Workflow
 WORKFLOW = ("argoproj.io", "v1alpha1", "workflows")
 ENDED_PHASES = {"Succeeded", "Failed", "Error"}
@@ -108,7 +111,9 @@ def _server_labels(run_id: str, role: str) -> dict[str, str]:
 def engine_command(cfg, role: str) -> tuple[list[str], list[str]]:
     """(command, args) of the engine container: an OpenAI-compatible server of /models/model named
     `role`, with the sampling task's concurrency as its batch capacity. An empty command keeps the
-    image's entrypoint (TGI's activates its environment before text-generation-launcher)."""
+    image's entrypoint (TGI's activates its environment before text-generation-launcher). Every
+    engine serves Prometheus /metrics on the same port (SGLang only with --enable-metrics): the
+    chart's PodMonitor scrapes it (helm/sicog, monitoring.enabled)."""
     s, srv = cfg.sample, cfg.sample.server
     port, batch, tp = str(srv.port), str(s.concurrency), str(srv.gpus)
     if s.engine == "vllm":
@@ -117,7 +122,8 @@ def engine_command(cfg, role: str) -> tuple[list[str], list[str]]:
     if s.engine == "sglang":
         return ["python3", "-m", "sglang.launch_server"], [
             "--model-path", MODEL_DIR, "--served-model-name", role, "--host", "0.0.0.0", "--port", port,
-            "--max-running-requests", batch, "--random-seed", str(cfg.seed), "--tp-size", tp]
+            "--max-running-requests", batch, "--random-seed", str(cfg.seed), "--tp-size", tp, "--enable-metrics",  # /metrics: off by default
+            "--enable-deterministic-inference"]  # else SGLang ignores each request's seed (sampling_seed)
     if s.engine == "tgi":
         return [], ["--model-id", MODEL_DIR, "--hostname", "0.0.0.0", "--port", port, "--max-concurrent-requests", batch, "--num-shard", tp]
     raise UserError(f"sample.engine {s.engine}: nothing to deploy (served engines: {', '.join(SERVED_ENGINES)})")
@@ -132,7 +138,8 @@ def _engine_env(engine: str) -> list[dict]:
 
 
 def _store_env(cluster) -> list[dict]:
-    """The store's endpoint and the S3 Secret's keys (sicog.store.SECRET_ENV), as every task gets them."""
+    """The store's endpoint and the S3 Secret's keys (sicog.store.SECRET_ENV), as every task gets them
+    (no Secret: none, and the pod runs as the service account whose role the credential chain finds)."""
     from sicog.store import SECRET_ENV
 
     env = [{"name": "HOME", "value": "/tmp"}]
@@ -218,6 +225,10 @@ def _pod_spec(cfg, role: str, model_uri: str) -> dict:
                     {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
                     {"name": "tmp", "emptyDir": {}}],
     }
+    if not cluster.s3_secret and cluster.service_account:
+        # No S3 Secret: the init container's store credentials come from the service account's role
+        # (IRSA, EKS Pod Identity), through the store's credential chain.
+        spec["serviceAccountName"] = cluster.service_account
     if cluster.node_selector:
         spec["nodeSelector"] = dict(cluster.node_selector)
     if cluster.tolerations:
@@ -252,7 +263,9 @@ def server_manifests(cfg, *, run_id: str, role: str, model_uri: str, namespace: 
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(select)},
-            "template": {"metadata": {"labels": dict(select)}, "spec": _pod_spec(cfg, role, model_uri)},
+            # The pod: also its engine (the chart's PodMonitor keeps it as a label) and the store client label.
+            "template": {"metadata": {"labels": {**select, ENGINE_LABEL: cfg.sample.engine, CLIENT_LABEL[0]: CLIENT_LABEL[1]}},
+                         "spec": _pod_spec(cfg, role, model_uri)},
         },
     }
     port = cfg.sample.server.port
@@ -304,27 +317,27 @@ def _delete_server(api: KubeApi, name: str, namespace: str) -> bool:
 # --- ownership and the backstop --------------------------------------------------------------------
 
 
-def find_owner(api: KubeApi, namespace: str) -> dict | None:
+def find_owner(api: KubeApi, namespace: str, who: str = "servers", backstop: str = f"the {EXPIRES_LABEL} label is their backstop") -> dict | None:
     """The Argo Workflow this process's pod belongs to ($HOSTNAME is the pod's name), as an owner
-    reference for objects in `namespace`; None (with one printed line) when it cannot be found or
-    lives in another namespace (owner references cannot cross namespaces): the TTL label is then the backstop."""
+    reference for objects in `namespace`; None (with one printed line: `who` has no owner, `backstop`)
+    when it cannot be found or lives in another namespace (owner references cannot cross namespaces).
+    Also the owner of a run's TrainJobs (sicog.cluster.trainjob)."""
     pod_name, pod_namespace = os.environ.get("HOSTNAME", ""), job_namespace("")
     try:
         if not pod_name:
             raise LookupError("$HOSTNAME is not set")
         if pod_namespace != namespace:
-            raise LookupError(f"this pod runs in namespace {pod_namespace}, the servers in {namespace}")
+            raise LookupError(f"this pod runs in namespace {pod_namespace}, the {who} in {namespace}")
         pod = api.core.read_namespaced_pod(pod_name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
         workflow = (pod.metadata.labels or {}).get(WORKFLOW_LABEL)
         if not workflow:
             raise LookupError(f"pod {pod_name} has no {WORKFLOW_LABEL} label (not an Argo Workflow pod)")
         obj = api.custom.get_namespaced_custom_object(*WORKFLOW[:2], namespace, WORKFLOW[2], workflow, _request_timeout=REQUEST_TIMEOUT_S)
     except LookupError as exc:
-        say("servers", f"no owner Workflow ({exc}); the {EXPIRES_LABEL} label is their backstop")
+        say(who, f"no owner Workflow ({exc}); {backstop}")
         return None
     except _api_errors() as exc:
-        say("servers", f"no owner Workflow (reading pod {pod_name} or its Workflow: {api_message(exc)}); "
-                       f"the {EXPIRES_LABEL} label is their backstop")
+        say(who, f"no owner Workflow (reading pod {pod_name} or its Workflow: {api_message(exc)}); {backstop}")
         return None
     return {"apiVersion": "/".join(WORKFLOW[:2]), "kind": "Workflow", "name": workflow, "uid": obj["metadata"]["uid"]}
 

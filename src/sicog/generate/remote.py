@@ -3,26 +3,37 @@
 At scale SICOG step 2 dominates a cycle's cost (paper: ~13 h on 32 A100s for CoD captions with HF
 generate at batch size 1). A serving engine with continuous batching (TGI, vLLM, SGLang) is only fast
 when its batch is full, so this client keeps `concurrency` requests in flight at all times, across
-chunk boundaries, through `huggingface_hub`'s AsyncInferenceClient.
+chunk boundaries, through one `openai.AsyncOpenAI` client.
 
 Requests and seeds: every candidate has its own `seed` (derived from cycle seed, record id and
-candidate index) so that a redone chunk asks for exactly the same samples. vLLM and SGLang take `n`:
-the candidates that share a prompt (the 2 CoD captions of an image, the 3 answers of a text prompt)
-go as one request, seeded with the first one's seed, so the image is encoded and prefilled once. TGI
-ignores `n` (and caps `best_of`), `transformers serve` refuses it: one request per candidate. An
-engine that returns fewer choices than asked gets the rest one by one, each with its own seed.
-Whether the server honours the seed per request is the server's business: TGI, vLLM and SGLang do;
-`transformers serve` sets a process-wide torch seed, so under concurrency its samples are not
-reproducible (ids, indices and seeds still are).
+candidate index) so that a redone chunk asks for exactly the same samples, and every row records the
+seed the engine really sampled it with. Per engine (checked against the engines' sources):
+- vLLM takes `n`: the candidates that share a prompt (the 2 CoD captions of an image, the 3 answers of
+  a text prompt) go as one request, so the image is encoded and prefilled once. vLLM gives choice k of
+  a seeded `n` request the seed `seed + k` (vllm/v1/engine/parallel_sampling.py,
+  ParentRequest._get_child_sampling_params), so the request carries the group's first candidate's
+  seed and candidate k of the group is recorded with that seed + k (`engine_seeds`): a function of the
+  plan alone (cycle seed, record id, the format's first index), since a chunk holds whole records and
+  a record's candidates of one format are consecutive. A choice missing from the answer is asked alone
+  with the same seed + k, which is what vLLM would have used for it.
+- SGLang honours a request's seed (`sampling_seed`) only when launched with
+  `--enable-deterministic-inference` (sicog.cluster.serving passes it), and copies one request's
+  sampling params, seed included, to each of its `n` choices (GenerateReqInput._normalize_sampling_params):
+  `n` choices would all be the same sample. So one request per candidate, each with its own seed.
+- TGI ignores `n` (and caps `best_of`), `transformers serve` refuses it: one request per candidate.
+  TGI honours the seed per request; `transformers serve` sets a process-wide torch seed, so under
+  concurrency its samples are not reproducible (ids, indices and seeds still are).
 
 Images travel as data URIs, after the same checks as the local sampler (missing, corrupt, outside
 the image root, over the pixel limit -> an error row, no request). With `image_edge` they are first
 resized so that their shorter side is at most that many pixels (the sampling model's input size):
 a 4000x3000 photo for a 336-pixel CLIP costs the server a 12-MP decode and the wire 50x the bytes.
 
-Failures: 429, 5xx, timeouts and connection errors are retried under the project's retry policy
-(sicog.retry: exponential backoff with jitter, at most `max_attempts`; a `Retry-After` header is
-honoured); other 4xx are the request's fault and are not retried.
+Transport: `openai.AsyncOpenAI` (chat.completions.create; `seed` and `n` as the engines read them),
+with the client's own retries off (max_retries=0): 429, 5xx, timeouts and connection errors are
+retried under the project's one retry policy (sicog.retry: exponential backoff with jitter, at most
+`max_attempts`; a `Retry-After` header is honoured); other 4xx are the request's fault and are not
+retried.
 After the last attempt the candidate becomes an error row (`"text": None, "error": reason`), never an
 empty candidate.
 """
@@ -51,8 +62,17 @@ BACKOFF_CAP_S = 30.0
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-# Engines that answer `n` choices per chat completion (TGI ignores it; transformers serve refuses it).
-N_ENGINES = {"vllm", "sglang"}
+# Engines whose `n` choices are distinct seeded samples (choice k: seed + k). SGLang answers `n` too, but
+# with one seed copied to every choice; TGI ignores `n`; transformers serve refuses it.
+N_ENGINES = {"vllm"}
+SEED_MAX = 2**63 - 1  # engines take a signed 64-bit seed
+
+
+def engine_seeds(group: list[dict]) -> list[int]:
+    """The seeds the engine uses for a group of candidates sent as one `n` request: vLLM's seed + k
+    from the first candidate's seed (lowered, in the rare case, so that seed + k stays a signed 64-bit int)."""
+    base = min(int(group[0]["seed"]), SEED_MAX - (len(group) - 1))
+    return [base + k for k in range(len(group))]
 
 
 @functools.lru_cache(maxsize=64)  # a record's candidates go as 2 requests (CoD, DD): read and resize its image once
@@ -98,19 +118,19 @@ def prompt_groups(requests: list[dict], share: bool) -> list[list[dict]]:
 
 def _retry_decision(exc: Exception) -> tuple[bool, str, float | None]:
     """(retry?, reason, server-requested delay) for an exception raised by one request."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+    import openai
 
-    if isinstance(exc, InferenceTimeoutError | asyncio.TimeoutError | httpx2.TimeoutException):
+    if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError):
         return True, "timeout", None
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        body = exc.response.text[:300].replace("\n", " ")
-        retry_after = exc.response.headers.get("retry-after")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = (exc.response.text if exc.response is not None else str(exc))[:300].replace("\n", " ")
+        retry_after = exc.response.headers.get("retry-after") if exc.response is not None else None
         delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
         return status in RETRY_STATUS, f"HTTP {status}: {body}", delay
-    if isinstance(exc, httpx2.TransportError):
-        return True, f"connection error: {type(exc).__name__}: {exc}", None
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return True, f"connection error: {type(cause).__name__}: {cause}", None
     raise exc  # a bug, not a server condition
 
 
@@ -127,26 +147,18 @@ def _retry_after(exc: BaseException) -> float | None:
     return _retry_decision(exc)[2]
 
 
+def _http_client(timeout_s: float):
+    """The HTTP client under the OpenAI client (tests wrap it to record the traffic); None: openai's default."""
+    return None
+
+
 def _endpoint_client(endpoint: str, timeout_s: float):
-    """An AsyncInferenceClient for our own endpoint that works with HF_HUB_OFFLINE=1.
+    """An `openai.AsyncOpenAI` for our own endpoint: no key (engines run without one), no retries of
+    its own (sicog.retry is the one policy), the sampler's timeout per request."""
+    import openai
 
-    huggingface_hub's HTTP session refuses every request in offline mode, our own server included;
-    clusters set HF_HUB_OFFLINE to keep model loading off the Hub, not to stop sampling. The session
-    still comes from huggingface_hub's (configurable) factory, minus that one guard.
-    """
-    from huggingface_hub import AsyncInferenceClient
-    from huggingface_hub.utils import get_async_session
-    from huggingface_hub.utils._http import async_hf_request_event_hook
-
-    class EndpointClient(AsyncInferenceClient):
-        async def _get_async_client(self):
-            if self._async_client is None:
-                session = get_async_session()
-                session.event_hooks["request"] = [h for h in session.event_hooks["request"] if h is not async_hf_request_event_hook]
-                self._async_client = await self.exit_stack.enter_async_context(session)
-            return self._async_client
-
-    return EndpointClient(base_url=endpoint, timeout=timeout_s)
+    return openai.AsyncOpenAI(base_url=endpoint, api_key="EMPTY", timeout=timeout_s, max_retries=0,
+                              http_client=_http_client(timeout_s))
 
 
 class RemoteSampler:
@@ -205,14 +217,14 @@ class RemoteSampler:
             nonlocal tried
             tried += 1
             self.attempts += 1
-            return await client.chat_completion(
-                messages,
-                model=self.served_model,
+            return await client.chat.completions.create(
+                messages=messages,
+                model=self.served_model or "tgi",  # TGI ignores `model`; the others serve one name (served_model)
                 max_tokens=max_tokens or self.max_new_tokens,
                 temperature=self.temperature if temperature is None else temperature,
                 top_p=self.top_p,
                 seed=seed,
-                n=n if n > 1 else None,
+                **({"n": n} if n > 1 else {}),
             )
 
         try:
@@ -227,8 +239,11 @@ class RemoteSampler:
         return out, None
 
     async def _group(self, client, reqs: list[dict], max_tokens: int | None = None, temperature: float | None = None) -> list[dict]:
-        """Rows for candidates that share one prompt: one request with n = len(reqs), seeded by the first
-        candidate; choices missing from the answer are asked one by one with their own seeds."""
+        """Rows for candidates that share one prompt. Alone: one request with the candidate's seed. A group
+        (n engines): one request with n = len(reqs) and the seeds the engine gives its choices recorded in
+        the rows (engine_seeds); choices missing from the answer are asked one by one with those same seeds."""
+        if len(reqs) > 1:
+            reqs = [{**req, "seed": seed} for req, seed in zip(reqs, engine_seeds(reqs))]
         try:
             messages = chat_messages(reqs[0], self.image_root, self.image_edge)
         except ValueError as exc:
@@ -240,13 +255,14 @@ class RemoteSampler:
             if out is None:
                 rows += [self._row(req, None, error=error) for req in todo]
                 continue
-            for req, choice in zip(todo, out.choices or []):
+            choices = sorted(out.choices or [], key=lambda c: c.index)  # choice k is the one seeded seed + k
+            for req, choice in zip(todo, choices):
                 text = choice.message.content if choice.message is not None else None
                 if text is None:
                     rows.append(self._row(req, None, error="server returned no message content"))
                 else:
                     rows.append(self._row(req, text.strip(), model=self.served_model or out.model))
-            if not out.choices and len(todo) == 1:
+            if not choices and len(todo) == 1:
                 rows.append(self._row(todo[0], None, error="server returned no message content"))
         return rows
 

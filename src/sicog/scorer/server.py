@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from sicog.console import say
 from sicog.errors import UserError
 from sicog.scorer.core import Limits, ScorerCore
 from sicog.scorer.metrics import ScorerMetrics
@@ -150,10 +151,10 @@ def run(options: ServerOptions, model: str, device: str, batch_size: int, torch_
         torch.set_num_threads(torch_threads)
 
     server = ScorerServer(options).start()
-    print(f"scorer: listening on {options.host}:{server.port} (metrics port {server.metrics_port}); loading {model}", flush=True)
+    say("scorer", f"listening on {options.host}:{server.port} (metrics port {server.metrics_port}); loading {model}")
 
     def on_signal(signum, frame):  # drain off the main thread: the handler must return quickly
-        print(f"scorer: signal {signum}, draining (grace {options.grace_s:g} s)", flush=True)
+        say("scorer", f"signal {signum}, draining (grace {options.grace_s:g} s)")
         threading.Thread(target=server.shutdown, name="scorer-drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -164,10 +165,10 @@ def run(options: ServerOptions, model: str, device: str, batch_size: int, torch_
         server.shutdown(0)
         raise UserError(f"cannot load embedder {model!r}: {exc}") from None
     if not server.wait(0):
-        print(f"scorer: serving {model} on {device}", flush=True)
+        say("scorer", f"serving {model} on {device}")
     while not server.wait(0.5):
         pass
     stats = server.stats()
-    print(f"scorer: stopped; calls accepted {stats['accepted']}, answered {stats['answered']}, cut off {stats['cut_off']}", flush=True)
+    say("scorer", f"stopped; calls accepted {stats['accepted']}, answered {stats['answered']}, cut off {stats['cut_off']}")
     sys.stdout.flush()
     return stats

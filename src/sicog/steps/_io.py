@@ -12,11 +12,16 @@ wrong credentials fail before any work). On success it writes the step's files b
 - `quarantine.jsonl`: the bad inputs it set aside, with their reasons (when there are any).
 
 There is no name table and no signature matching: what is an input is what the caller put in `inputs`.
+
+While the step is open, log lines carry its name and the cycle its caller passes (sicog.logs); with
+JSON logs (the images) the process's logging is set up here too, since a KFP task pod runs the step
+function with no entry point of sicog's before it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +29,11 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sicog import store
+from sicog import logs, store
 from sicog.config import SicogConfig, validate_config
 from sicog.records import write_json, write_jsonl
 
+log = logging.getLogger("sicog.steps")
 # An input: one URI, several (a list), or several named ones (a dict); None: not given.
 InputURI = str | list[str] | dict[str, str] | None
 
@@ -84,12 +90,15 @@ def read_json(path: Path, default):
 
 
 @contextmanager
-def open_step(io: StepIO, *, output: Callable[[str], AbstractContextManager[Path]] = store.local_output,
+def open_step(io: StepIO, *, cycle: int | None = None, output: Callable[[str], AbstractContextManager[Path]] = store.local_output,
               record: bool = True) -> Iterator[Step]:
-    """Run a step's body on local folders (see the module docstring). `output`: how the output folder
-    is opened (training ranks share one; see sicog.train). `record`: write the step's files (False on
-    every training rank but the main one)."""
+    """Run a step's body on local folders (see the module docstring). `cycle`: the config's cycle
+    number, for the log lines. `output`: how the output folder is opened (training ranks share one;
+    see sicog.train). `record`: write the step's files (False on every training rank but the main one)."""
+    if logs.json_enabled():
+        logs.configure()
     with ExitStack() as stack:
+        stack.enter_context(logs.context(step=io.name, cycle=cycle))
         out = stack.enter_context(output(io.out))
         fetch = lambda uri: stack.enter_context(store.local_input(uri)) if uri else None  # noqa: E731
         inputs: dict = {}
@@ -101,10 +110,17 @@ def open_step(io: StepIO, *, output: Callable[[str], AbstractContextManager[Path
             else:
                 inputs[key] = fetch(value)
         step = Step(out=out, inputs=inputs)
+        log.info("step %s: started", io.name)
         start = time.perf_counter()
-        yield step
+        try:
+            yield step
+        except BaseException as exc:  # the error itself is reported by whoever handles it; this line carries the step
+            log.info("step %s: failed after %.1f s (%s)", io.name, time.perf_counter() - start, type(exc).__name__)
+            raise
+        seconds = round(time.perf_counter() - start, 3)
         if record:
-            _record(io.name, step, round(time.perf_counter() - start, 3))
+            _record(io.name, step, seconds)
+        log.info("step %s: done in %.1f s (peak RSS %.0f MB)", io.name, seconds, peak_rss_mb())
 
 
 def _record(name: str, step: Step, seconds: float) -> None:

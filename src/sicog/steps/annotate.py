@@ -25,10 +25,11 @@ def annotate_cod(config, io: StepIO, images: str | None = None) -> dict:
     from sicog.annotate.cod import annotate_cod as annotate
     from sicog.generate.remote import RemoteSampler
 
-    a = as_config(config).annotate
+    cfg = as_config(config)
+    a = cfg.annotate
     if not a.endpoint:
         raise UserError("annotate.endpoint is not set (pass --endpoint URL)")
-    with open_step(io) as step, progress() as bar:
+    with open_step(io, cycle=cfg.cycle) as step, progress() as bar:
         path = step.input("captions")
         root = Path(images) if images else path.parent
         records, bad = validate_records(path, root)
@@ -50,8 +51,8 @@ def annotate_cot(config, io: StepIO) -> dict:
     """io.inputs: {"llava_cot": a LLaVA-CoT file}."""
     from sicog.annotate.cot import annotate_cot as convert, read_llava_cot
 
-    as_config(config)
-    with open_step(io) as step:
+    cfg = as_config(config)
+    with open_step(io, cycle=cfg.cycle) as step:
         rows, malformed = read_llava_cot(step.input("llava_cot"))
         annotated, quarantine = convert(rows)
         write_jsonl(step.out / "annotated.jsonl", annotated)

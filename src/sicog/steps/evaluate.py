@@ -42,7 +42,7 @@ def evaluate(config, io: StepIO) -> dict:
 
     cfg = as_config(config)
     results = {}
-    with open_step(io) as step, progress() as bar:
+    with open_step(io, cycle=cfg.cycle) as step, progress() as bar:
         world_dir = step.input("world")
         rows = read_role(run_catalog(world_dir), "heldout")[0]
         for name, model_dir in step.inputs["models"].items():

@@ -35,7 +35,7 @@ def init_model(config, io: StepIO) -> str | None:
     from sicog.world import world_texts
 
     cfg = as_config(config)
-    with open_step(io) as step:
+    with open_step(io, cycle=cfg.cycle) as step:
         if cfg.model.start:
             step.figures["start"] = cfg.model.start
             return cfg.model.start
@@ -52,7 +52,7 @@ def extract_backbone(config, io: StepIO) -> dict:
 
     cfg = as_config(config)
     served = cfg.sample.engine != "local" and cfg.sample.endpoint
-    with open_step(StepIO(io.name, io.out, {} if cfg.sample.backbone or served else io.inputs)) as step:
+    with open_step(StepIO(io.name, io.out, {} if cfg.sample.backbone or served else io.inputs), cycle=cfg.cycle) as step:
         if cfg.sample.backbone or served:
             source = cfg.sample.backbone or f"{cfg.sample.endpoint}#{cfg.sample.served_model}"
             write_json(step.out / BACKBONE_FILE, {"model": source, "extracted_from": None})

@@ -21,7 +21,7 @@ from sicog.steps._io import StepIO, as_config, open_step, read_json
 def report(config, io: StepIO) -> dict:
     """io.inputs: {"world", "curation", "evaluation", "warmups": {name: model URI}}. Returns metrics.json."""
     cfg = as_config(config)
-    with open_step(io) as step:
+    with open_step(io, cycle=cfg.cycle) as step:
         evals = json.loads((step.input("evaluation") / "eval.json").read_text())
         curation = json.loads((step.input("curation") / "curation.json").read_text())
         timings: dict = {}

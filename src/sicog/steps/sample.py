@@ -7,6 +7,8 @@ shard-<i>: the one place a retried or re-run shard resumes from, chunk by chunk)
 with the shard's figures. `collect` — Output: `candidates.jsonl` (ids, formats, per-candidate seeds),
 the failures beside it with their reasons, and the pool's quarantine. Figures: candidates, failures,
 output tokens, seconds.
+A series samples a new slice of each pool every cycle with `data.pool_per_cycle`, and candidate seeds
+derive from (seed, cycle, record id, candidate index).
 Paper: Sec. 3.2 (2 CoD + 1 DD per image, 2 CoT + 1 DA per question, 3 answers per text prompt;
 temperature 0.7, top_p 0.95) and App. A (text-only prompts answered by the backbone LLM).
 """
@@ -50,12 +52,24 @@ def _text_sampler_model(cfg, model_dir: Path | None):
         yield extract_backbone(model_dir, Path(tmp) / "backbone", trust_remote_code=cfg.model.trust_remote_code), None
 
 
+def cycle_pool(records: list[dict], cycle: int, per_cycle: int, role: str) -> list[dict]:
+    """This cycle's slice of a pool role (data.pool_per_cycle; 0: all of it)."""
+    if not per_cycle:
+        return records
+    start = (cycle - 1) * per_cycle
+    if start + per_cycle > len(records):
+        raise UserError(f"the {role} pool has {len(records)} records; cycle {cycle} with data.pool_per_cycle={per_cycle} needs rows "
+                        f"{start}..{start + per_cycle - 1}: add records to the pool or lower data.pool_per_cycle")
+    return records[start : start + per_cycle]
+
+
 def sample_shard(config, io: StepIO, task: str, shard: int, work: str, server: dict | None = None) -> dict:
     """Sample shard `shard` of `sample.shards` of the task's pool into `work`'s sampling folder, resuming
     its finished chunks. io.inputs: {"world", "model"?}. `server`: the run's own server of this model
     (sicog.cluster.serving.launch_server), in place of `sample.endpoint` and `sample.served_model`; its
     `image_edge` sizes the images unless configured."""
     from sicog.generate.sample import sample_shard as run
+    from sicog.generate.seeds import cycle_seed
     from sicog.generate.shards import shard_dir
 
     cfg = as_config(config)
@@ -68,14 +82,15 @@ def sample_shard(config, io: StepIO, task: str, shard: int, work: str, server: d
         if cfg.sample.image_edge == -1:
             cfg.sample.image_edge = int(server.get("image_edge", 0))
     uri = shard_dir(work, task, shard)
-    with open_step(io) as step, progress() as bar, ExitStack() as stack:
+    with open_step(io, cycle=cfg.cycle) as step, progress() as bar, ExitStack() as stack:
         world_dir, model_dir = step.input("world"), step.inputs.get("model")
         records, quarantine = read_role(run_catalog(world_dir), POOLS[task])
+        records = cycle_pool(records, cfg.cycle, cfg.data.pool_per_cycle, POOLS[task])
         sampler_dir, model_name = model_dir, None
         if task == "text" and cfg.sample.engine == "local":
             sampler_dir, model_name = stack.enter_context(_text_sampler_model(cfg, model_dir))
         todo = bar.add_task(f"sampling {task} shard {shard}", total=None)
-        stats = run(records, task, sampler_dir, uri, shard, cfg.sample, cfg.seed, world_dir,
+        stats = run(records, task, sampler_dir, uri, shard, cfg.sample, cycle_seed(cfg.seed, cfg.cycle), world_dir,
                     advance=lambda n: bar.advance(todo, n), model_name=model_name)
         write_json(step.out / "shard.json", {"task": task, "shard": shard, "uri": uri, **stats})
         if shard == 0:  # the pool's quarantine is reported once, by shard 0, beside its chunks
@@ -94,7 +109,7 @@ def collect(config, io: StepIO, task: str, work: str) -> dict:
 
     cfg = as_config(config)
     uris = [shard_dir(work, task, i) for i in range(cfg.sample.shards)]
-    with open_step(io) as step:
+    with open_step(io, cycle=cfg.cycle) as step:
         for uri in uris:
             step.timings.update(json.loads(store.read_text(store.join(uri, TIMINGS))) if store.exists(store.join(uri, TIMINGS)) else {})
         stats = collect_candidates(uris, step.out / "candidates.jsonl")

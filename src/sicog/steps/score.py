@@ -6,17 +6,24 @@ Input: candidates of each task (folders holding candidates.jsonl, or candidates 
 Figures per task: instances, kept, malformed candidates, similarity and threshold.
 Paper: Sec. 3.3 (each candidate's mean cosine similarity to the other candidates of its instance;
 keep the best if it reaches the threshold; text-only: top-K by score).
+
+With cluster.pushgateway set, the per-task instance and kept counts are also pushed to that
+Prometheus Pushgateway (`push_counts`), for the chart's Grafana dashboard.
 """
 
 from __future__ import annotations
 
-from sicog import store
+import logging
+
+from sicog import logs, store
 from sicog.errors import UserError
 from sicog.records import read_jsonl, write_jsonl
 from sicog.steps._io import StepIO, as_config, open_step
 
 # What `score` writes in its output folder and `curate` reads from each scored folder.
 SCORED_FILE, REJECTED_FILE = "scored.jsonl", "rejected.jsonl"
+PUSH_JOB = "sicog-score"  # the Pushgateway job of push_counts
+log = logging.getLogger(__name__)
 
 
 def scored_files(uri: str) -> tuple[str, str]:
@@ -71,4 +78,26 @@ def score(config, io: StepIO, scorer: str | None = None) -> dict:
                                   "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in scored + unscorable)}
         write_jsonl(step.out / SCORED_FILE, scored_all)
         write_jsonl(step.out / REJECTED_FILE, rejected_all)
-    return {task: step.figures[task] for task in by_task}
+    figures = {task: step.figures[task] for task in by_task}
+    if cfg.cluster.pushgateway:
+        push_counts(cfg.cluster.pushgateway, figures, run_id=logs.current()["run_id"], cycle=cfg.cycle)
+    return figures
+
+
+def push_counts(gateway: str, figures: dict, *, run_id: str, cycle: int, timeout_s: float = 10.0) -> None:
+    """The per-task counts as gauges sicog_score_instances{task} and sicog_score_kept{task}, pushed to
+    the Pushgateway at `gateway` as job sicog-score grouped by run_id and cycle (a retried task
+    replaces its group). The push is best effort: a failure is one warning, never the step's."""
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    registry = CollectorRegistry()
+    instances = Gauge("sicog_score_instances", "Instances scored in a cycle, per task.", ["task"], registry=registry)
+    kept = Gauge("sicog_score_kept", "Instances whose best candidate was kept, per task.", ["task"], registry=registry)
+    for task, f in figures.items():
+        instances.labels(task).set(f["instances"])
+        kept.labels(task).set(f["kept"])
+    try:
+        push_to_gateway(gateway, job=PUSH_JOB, registry=registry, grouping_key={"run_id": run_id or "local", "cycle": str(cycle)},
+                        timeout=timeout_s)
+    except OSError as exc:  # urllib's URLError / HTTPError, refused connections, timeouts
+        log.warning("pushgateway %s: could not push the score counts (%s)", gateway, exc)

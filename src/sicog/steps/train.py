@@ -6,7 +6,7 @@ curated / uncurated). Output (io.out): the trained model (safetensors + processo
 `lineage.json` (every stage it went through, with loss history) and `train_log.json`, written once,
 where the next task reads it. Figures (step.json): records, quarantined, steps, tokens_per_second.
 The stage runs on the backend `cluster.trainer` names (sicog.train.backends): torchrun on this
-machine, or a PyTorchJob whose rank 0 writes the model at io.out itself (io.out must then be s3://).
+machine, or a TrainJob / PyTorchJob whose rank 0 writes the model at io.out itself (io.out must then be s3://).
 From a foundation model (`model.foundation`: a series' previous cycle, paper App. G) the base model's
 own stages (FOUNDATION_STAGES) are not re-run: the model is copied into io.out as it is, 0 steps.
 Paper: Sec. 3.4 (stage 1 aligns the projector, stage 1.5 re-pretrains on curated self-generated data,
@@ -62,7 +62,7 @@ def _pass_through(io: StepIO, req: TrainRequest) -> dict:
     """The foundation model as this stage's output: copied into io.out, with a 0-step train log."""
     log = {"stage": req.stage, "name": req.name, "steps": 0, "loss_history": [],
            "skipped": "the foundation model is already aligned and instruction-tuned"}
-    with open_step(StepIO(io.name, io.out, {"model": req.model})) as step:
+    with open_step(StepIO(io.name, io.out, {"model": req.model}), cycle=req.cfg.cycle) as step:
         shutil.copytree(step.input("model"), step.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(store.MANIFEST))
         write_json(step.out / "train_log.json", log)
         step.figures.update(steps=0, skipped=log["skipped"])

@@ -40,7 +40,7 @@ def dpo_pairs(config, io: StepIO, task: str) -> dict:
 
     cfg = as_config(config)
     _check(task)
-    with open_step(io) as step, progress() as bar:
+    with open_step(io, cycle=cfg.cycle) as step, progress() as bar:
         world_dir = step.input("world")
         records, step.quarantine = training_records(cfg, task, world_dir, None)
         stats = make_pairs(records, step.input("model"), world_dir, step.out, cfg.seed, cfg.sample.max_new_tokens,

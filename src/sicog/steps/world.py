@@ -23,7 +23,7 @@ def make_world(config, io: StepIO, images: str = ".") -> dict:
     from sicog.world import build_world, world_catalog
 
     cfg = as_config(config)
-    with open_step(io) as step, progress() as bar:
+    with open_step(io, cycle=cfg.cycle) as step, progress() as bar:
         if cfg.data.catalog:
             catalog = load_catalog(cfg.data.catalog)
             (step.out / "catalog.yaml").write_text(dump_catalog(catalog), encoding="utf-8")

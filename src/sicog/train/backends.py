@@ -9,12 +9,15 @@ restarted pod) continues from its last checkpoint, and a fresh `out` has none.
   FILE` here (gloo on CPU), the request in a temporary file; inputs in object storage are fetched once
   for all ranks, and rank 0 writes `out` (publishing it when it is s3://). What `sicog train` /
   `sicog warmup` and the pipeline's train task with cluster.trainer torchrun run.
-- `pytorchjob`: a Kubeflow PyTorchJob (sicog.cluster.pytorchjob) of cluster.nodes pods x train.nproc
-  ranks, created, followed and cleaned up by sicog.cluster.launcher. Its pods see only the store, so
-  every URI of the request must be s3://; the request is written beside the output (`<out>.request.json`)
-  and rank 0 publishes the trained model once, at `out`: where the next task reads it. Nothing is
-  downloaded back.
-(`sicog job render --trainjob` renders the same stage as an experimental Kubeflow Trainer v2 TrainJob.)
+- `trainjob` (the cluster default): a Kubeflow Trainer v2 TrainJob (sicog.cluster.trainjob) of
+  cluster.nodes nodes x train.nproc ranks on the ClusterTrainingRuntime cluster.training_runtime,
+  created, followed and cleaned up by that module. Its pods see only the store, so every URI of the
+  request must be s3://; the request is written beside the output (`<out>.request.json`) and rank 0
+  publishes the trained model once, at `out`: where the next task reads it. Nothing is downloaded back.
+- `pytorchjob`: the same as a Kubeflow PyTorchJob (sicog.cluster.pytorchjob, sicog.cluster.launcher),
+  for clusters still on the Training Operator v1.
+- `auto` (cluster.trainer's default) reads as torchrun here: a pipeline compiled for a cluster has it
+  resolved to trainjob already (sicog.config.for_cluster).
 
     run(request) -> train log          the backend of the request's cluster.trainer
 """
@@ -88,7 +91,17 @@ def pytorchjob(request: TrainRequest) -> dict:
     return train_log(request.out)
 
 
-BACKENDS = {"torchrun": torchrun, "pytorchjob": pytorchjob}  # by cluster.trainer
+def trainjob(request: TrainRequest) -> dict:
+    """Train as a Kubeflow Trainer v2 TrainJob writing the model once, at request.out; returns the stage's train log."""
+    from sicog.cluster import trainjob as cluster_trainjob
+
+    check_cluster_uris(request)
+    request = request.model_copy(update={"resume": True})
+    cluster_trainjob.train(request.cfg, stage=request.stage, name=request.name, out=request.out, request_uri=request.save(request_uri(request.out)))
+    return train_log(request.out)
+
+
+BACKENDS = {"torchrun": torchrun, "trainjob": trainjob, "pytorchjob": pytorchjob, "auto": torchrun}  # by cluster.trainer
 
 
 def run(request: TrainRequest) -> dict:

@@ -71,7 +71,7 @@ def run_request(request: TrainRequest) -> dict:
         if request.curated:
             inputs["curated"] = request.curated
     io = StepIO(f"train:{request.name}", request.out, inputs)
-    with open_step(io, output=rank_output, record=main) as step, (progress() if main else nullcontext()) as bar:
+    with open_step(io, cycle=cfg.cycle, output=rank_output, record=main) as step, (progress() if main else nullcontext()) as bar:
         model_dir, world_dir = step.input("model"), step.input("world")
         if request.stage == "dpo":
             records, quarantine = list(read_jsonl(step.input("pairs") / "pairs.jsonl")), []
