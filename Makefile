@@ -29,7 +29,7 @@ LOCK_FLAGS   := --quiet --generate-hashes --python-version 3.11 --python-platfor
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-eval demo test test-fast figures evidence bench compile lock clean
+.PHONY: setup setup-eval demo test test-fast lint figures evidence bench compile lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,8 +64,13 @@ demo: setup
 # few minutes, without the evaluation environment.
 PYTEST_FLAGS ?=
 
-test: setup $(HELM) $(EVAL_STAMP)
+test: setup $(HELM) $(EVAL_STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+# ruff (configured in pyproject.toml): lint and formatting are part of `make test`.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup $(HELM)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_FLAGS)

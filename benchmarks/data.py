@@ -38,10 +38,9 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store import start_server  # noqa: E402  (the moto server the store benchmark starts)
-
 from sicog import store  # noqa: E402
 from sicog.data import load_catalog, open_role  # noqa: E402
+from store import start_server  # noqa: E402  (the moto server the store benchmark starts)
 
 BUCKET = "sicog-bench-data"
 BATCH = 64
@@ -89,8 +88,11 @@ def data_pass(catalog_uri: str) -> tuple[int, int, float]:
 
 def child(catalog: str) -> None:
     records, quarantined, seconds = data_pass(catalog)
-    print(json.dumps({"records": records, "quarantined": quarantined, "seconds": seconds,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {"records": records, "quarantined": quarantined, "seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        )
+    )
 
 
 def measure(tmp: Path, n: int, images: list[str]) -> dict:
@@ -123,8 +125,7 @@ def main() -> None:
         s3dir.mkdir()
         s3_images = make_images(s3dir, args.s3_records)
         proc, endpoint = start_server()
-        os.environ.update(SICOG_S3_ENDPOINT=f"http://{endpoint}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
-                          AWS_REGION="us-east-1")
+        os.environ.update(SICOG_S3_ENDPOINT=f"http://{endpoint}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret", AWS_REGION="us-east-1")
         from minio import Minio
 
         Minio(endpoint, access_key="bench", secret_key="bench-secret", secure=False, region="us-east-1").make_bucket(BUCKET)
@@ -150,15 +151,22 @@ def main() -> None:
 
     print("training data pass: every record normalized and its image decoded, batches of 64, one subprocess per size")
     for label, r in (("small", small), ("large", large)):
-        print(f"  {label}: {r['records']:>9,} records ({r['file_mib']:6.1f} MiB JSONL, 64 shared 32x32 PNGs): "
-              f"peak RSS {r['peak_rss_mib']:7.1f} MiB, {r['records'] / r['seconds']:8,.0f} records/s, {r['quarantined']} quarantined")
+        print(
+            f"  {label}: {r['records']:>9,} records ({r['file_mib']:6.1f} MiB JSONL, 64 shared 32x32 PNGs): "
+            f"peak RSS {r['peak_rss_mib']:7.1f} MiB, {r['records'] / r['seconds']:8,.0f} records/s, {r['quarantined']} quarantined"
+        )
     print(f"  peak RSS ratio large/small {rss_ratio:.2f} (target <= 1.2) -> {'PASS' if rss_ratio <= 1.2 else 'FAIL'}")
-    print(f"streaming {args.s3_records:,} records (32x32 PNGs), batches of {BATCH}, {os.environ['SICOG_S3_PARALLEL']} image GETs in flight;"
-          f" moto's own ceiling here: {ceiling:,.0f} GETs/s one at a time")
+    print(
+        f"streaming {args.s3_records:,} records (32x32 PNGs), batches of {BATCH}, {os.environ['SICOG_S3_PARALLEL']} image GETs in flight;"
+        f" moto's own ceiling here: {ceiling:,.0f} GETs/s one at a time"
+    )
     for per_image, ((n_local, _, t_local), (n_remote, _, t_remote)) in streams.items():
         ratio = (n_remote / t_remote) / (n_local / t_local)
-        print(f"  {per_image} record(s) per image: local folder {n_local / t_local:7,.0f} records/s, moto S3 {n_remote / t_remote:7,.0f} records/s,"
-              f" ratio S3/local {ratio:.2f} (target >= 0.5) -> {'PASS' if ratio >= 0.5 else 'FAIL'}")
+        print(
+            f"  {per_image} record(s) per image: local folder {n_local / t_local:7,.0f} records/s, moto S3 {n_remote / t_remote:7,.0f} records/s,"
+            f" ratio S3/local {ratio:.2f} (target >= 0.5) -> {'PASS' if ratio >= 0.5 else 'FAIL'}"
+        )
+
 
 if __name__ == "__main__":
     main()

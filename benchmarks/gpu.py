@@ -66,7 +66,6 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config  # noqa: E402
-
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402  (no torchvision needed)
 
 import sicog.generate.local as local_module  # noqa: E402
@@ -90,14 +89,42 @@ PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100", 989.0), ("H800", 989.0), ("A100", 
 
 # Geometries: CLIP ViT-L/14-336 + Qwen2-7B as released, and a tiny one on the same code path.
 SHAPES = {
-    "paper": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
-                  text=dict(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_hidden_layers=28, num_attention_heads=28,
-                            num_key_value_heads=4, max_position_embeddings=32_768, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
-                  new_tokens=1024, probe=(8, 40), train_steps=3, train_reserve_s=90),
-    "tiny": dict(vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
-                 text=dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
-                 new_tokens=32, probe=(4, 12), train_steps=3, train_reserve_s=20),
+    "paper": dict(
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        text=dict(
+            vocab_size=152_064,
+            hidden_size=3584,
+            intermediate_size=18_944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=32_768,
+            rope_theta=1_000_000.0,
+            rms_norm_eps=1e-6,
+        ),
+        new_tokens=1024,
+        probe=(8, 40),
+        train_steps=3,
+        train_reserve_s=90,
+    ),
+    "tiny": dict(
+        vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+        text=dict(
+            vocab_size=2048,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_theta=1_000_000.0,
+            rms_norm_eps=1e-6,
+        ),
+        new_tokens=32,
+        probe=(4, 12),
+        train_steps=3,
+        train_reserve_s=20,
+    ),
 }
 WORDS = "a red circle sits in the top left of the image on a blue background next to green square and small yellow star".split()
 
@@ -123,8 +150,15 @@ def build_processor(vocab_size: int) -> LlavaProcessor:
     tokenizer = train_tokenizer(texts, min(vocab_size, 1024))
     crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop, do_center_crop=True)
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-                          chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+    )
 
 
 def llava_config(shape: str, processor: LlavaProcessor) -> LlavaConfig:
@@ -135,8 +169,16 @@ def llava_config(shape: str, processor: LlavaProcessor) -> LlavaConfig:
         raise ValueError("tokenizer larger than the LM vocabulary")
     vision = CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, num_channels=3, **geometry["vision"])
     text = Qwen2Config(tie_word_embeddings=False, bos_token_id=ids[IM_START], eos_token_id=ids[IM_END], pad_token_id=ids[PAD], **geometry["text"])
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids[IMAGE_TOKEN], image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
-                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False)
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids[IMAGE_TOKEN],
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
 
 
 def build_model(config: LlavaConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> LlavaForConditionalGeneration:
@@ -248,11 +290,21 @@ def main() -> None:
     deadline = t0 + args.budget_s
     notes: list[str] = []
     result: dict = {
-        "shape": args.shape, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__, "transformers": transformers.__version__, "budget_s": args.budget_s,
-        "sampling": {"temperature": paper.sample.temperature, "top_p": paper.sample.top_p, "batch": args.batch,
-                     "requested_new_tokens": new_tokens, "forced_length": "min_new_tokens = max_new_tokens (eos suppressed)"},
-        "anchors_tok_s": ANCHORS, "notes": notes,
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "budget_s": args.budget_s,
+        "sampling": {
+            "temperature": paper.sample.temperature,
+            "top_p": paper.sample.top_p,
+            "batch": args.batch,
+            "requested_new_tokens": new_tokens,
+            "forced_length": "min_new_tokens = max_new_tokens (eos suppressed)",
+        },
+        "anchors_tok_s": ANCHORS,
+        "notes": notes,
     }
 
     def dump() -> None:
@@ -285,15 +337,29 @@ def main() -> None:
             name = f"img{i:04d}.png"
             Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(tmp / "images" / name)
             answer = " ".join(rng.choice(WORDS, 40))
-            records.append({"id": f"bench-{i}", "image": name, "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_COD}"}, {"from": "gpt", "value": answer}]})
+            records.append(
+                {
+                    "id": f"bench-{i}",
+                    "image": name,
+                    "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_COD}"}, {"from": "gpt", "value": answer}],
+                }
+            )
         requests = plan_requests(records[: args.batch], "caption", {"cod": 1}, cycle_seed=0)
         dump()
 
         # 1. Sampling: batch 1 vs batch B, forced to the full length.
         _reset_peak(device)
         with _given_model(model, processor):
-            sampler = LocalSampler(model_dir, tmp / "images", batch_size=args.batch, temperature=paper.sample.temperature,
-                                   top_p=paper.sample.top_p, max_new_tokens=new_tokens, min_new_tokens=new_tokens, device=str(device))
+            sampler = LocalSampler(
+                model_dir,
+                tmp / "images",
+                batch_size=args.batch,
+                temperature=paper.sample.temperature,
+                top_p=paper.sample.top_p,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                device=str(device),
+            )
         one, many = requests[:1], requests
         prompt_tokens = len(processor.tokenizer(sampler._chat_text(one[0]), add_special_tokens=False)["input_ids"]) + image_tokens - 1
         result["sampling"]["prompt_tokens"] = prompt_tokens
@@ -320,8 +386,10 @@ def main() -> None:
             if predicted > available:
                 scaled = int((available / 1.15 - fixed) / per_step) // 16 * 16
                 scaled = max(min(scaled, new_tokens), p2)
-                notes.append(f"budget: max_new_tokens scaled down {new_tokens} -> {scaled} (predicted {predicted:.0f} s for both sampling runs, "
-                             f"{available:.0f} s available beside a {reserve:.0f} s training reserve)")
+                notes.append(
+                    f"budget: max_new_tokens scaled down {new_tokens} -> {scaled} (predicted {predicted:.0f} s for both sampling runs, "
+                    f"{available:.0f} s available beside a {reserve:.0f} s training reserve)"
+                )
                 new_tokens = scaled
             sampling["new_tokens"] = new_tokens
             dump()
@@ -339,13 +407,20 @@ def main() -> None:
 
         # 2. One stage-1.5 step: everything trainable, gradient checkpointing, AdamW, per-device batch.
         if not args.skip_train:
-            training: dict = {"batch": train_batch, "seq": args.train_seq, "gradient_checkpointing": paper.train.gradient_checkpointing,
-                              "learning_rate": stage.learning_rate, "trainable": stage.trainable, "optimizer": "AdamW (states in the weights' dtype)"}
+            training: dict = {
+                "batch": train_batch,
+                "seq": args.train_seq,
+                "gradient_checkpointing": paper.train.gradient_checkpointing,
+                "learning_rate": stage.learning_rate,
+                "trainable": stage.trainable,
+                "optimizer": "AdamW (states in the weights' dtype)",
+            }
             result["training"] = training
             _reset_peak(device)
             try:
-                batch = _training_batch(processor, tmp / "images", records[:train_batch], args.train_seq, config.text_config.vocab_size,
-                                        config.image_token_id, rng)
+                batch = _training_batch(
+                    processor, tmp / "images", records[:train_batch], args.train_seq, config.text_config.vocab_size, config.image_token_id, rng
+                )
                 seq = batch["input_ids"].shape[1]
                 training["seq"] = seq
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -359,8 +434,7 @@ def main() -> None:
                 model.config.use_cache = False
                 model.train()
                 params = [p for p in model.parameters() if p.requires_grad]
-                optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=stage.weight_decay,
-                                              fused=device.type == "cuda")
+                optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=stage.weight_decay, fused=device.type == "cuda")
 
                 def step() -> tuple[float, float]:
                     _sync(device)
@@ -386,10 +460,21 @@ def main() -> None:
                 flops = step_flops(model, train_batch, seq, images=train_batch)
                 step_s = statistics.median(times)
                 peak, source = _peak_tflops(args, device)
-                training.update({"steps": len(times), "step_s": step_s, "step_s_all": [round(t, 4) for t in times], "loss": losses,
-                                 "tokens_per_step": train_batch * seq, "train_tok_s": train_batch * seq / step_s,
-                                 "model_tflop_per_step": flops / 1e12, "achieved_tflop_s": flops / step_s / 1e12,
-                                 "peak_tflop_s": peak, "peak_source": source, "mfu": (flops / step_s / 1e12 / peak) if peak else None})
+                training.update(
+                    {
+                        "steps": len(times),
+                        "step_s": step_s,
+                        "step_s_all": [round(t, 4) for t in times],
+                        "loss": losses,
+                        "tokens_per_step": train_batch * seq,
+                        "train_tok_s": train_batch * seq / step_s,
+                        "model_tflop_per_step": flops / 1e12,
+                        "achieved_tflop_s": flops / step_s / 1e12,
+                        "peak_tflop_s": peak,
+                        "peak_source": source,
+                        "mfu": (flops / step_s / 1e12 / peak) if peak else None,
+                    }
+                )
                 del optimizer
             except torch.OutOfMemoryError as exc:
                 training["error"] = f"out of memory: {str(exc).splitlines()[0]}"
@@ -409,13 +494,27 @@ def report(r: dict) -> None:
     ratio = lambda x, anchor: "n/a" if x is None else f"{x / anchor:.3f}x"  # noqa: E731
     params = r["params"]
     size = lambda n: f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.3f} M"  # noqa: E731
-    print(f"model: {r['shape']} LLaVA (random weights, {r['dtype']}) on {r['device']}: LM {size(params['lm'])}, "
-          f"vision {size(params['vision'])}, projector {size(params['projector'])}; built in {r['build_s']} s")
-    print(f"sampling: T={s['temperature']} top_p={s['top_p']}, prompt {s.get('prompt_tokens')} tokens "
-          f"({r['image_tokens']} image), {s.get('new_tokens', s['requested_new_tokens'])} new tokens per sequence, {s['forced_length']}")
+    print(
+        f"model: {r['shape']} LLaVA (random weights, {r['dtype']}) on {r['device']}: LM {size(params['lm'])}, "
+        f"vision {size(params['vision'])}, projector {size(params['projector'])}; built in {r['build_s']} s"
+    )
+    print(
+        f"sampling: T={s['temperature']} top_p={s['top_p']}, prompt {s.get('prompt_tokens')} tokens "
+        f"({r['image_tokens']} image), {s.get('new_tokens', s['requested_new_tokens'])} new tokens per sequence, {s['forced_length']}"
+    )
     rows = [
-        ("batch-1 output tok/s", fmt(b1), f"{ANCHORS['paper_hf_generate_batch1_a100']:,.0f} paper HF generate bs1/A100", ratio(b1, ANCHORS["paper_hf_generate_batch1_a100"])),
-        (f"batched (bs {s['batch']}) output tok/s", fmt(bb), f"{ANCHORS['vllm_qwen2.5-vl-7b']:,.0f} vLLM Qwen2.5-VL-7B", ratio(bb, ANCHORS["vllm_qwen2.5-vl-7b"])),
+        (
+            "batch-1 output tok/s",
+            fmt(b1),
+            f"{ANCHORS['paper_hf_generate_batch1_a100']:,.0f} paper HF generate bs1/A100",
+            ratio(b1, ANCHORS["paper_hf_generate_batch1_a100"]),
+        ),
+        (
+            f"batched (bs {s['batch']}) output tok/s",
+            fmt(bb),
+            f"{ANCHORS['vllm_qwen2.5-vl-7b']:,.0f} vLLM Qwen2.5-VL-7B",
+            ratio(bb, ANCHORS["vllm_qwen2.5-vl-7b"]),
+        ),
         ("", "", f"{ANCHORS['sglang_qwen2.5-vl-7b']:,.0f} SGLang Qwen2.5-VL-7B", ratio(bb, ANCHORS["sglang_qwen2.5-vl-7b"])),
         ("batched / batch-1", fmt(s.get("ratio_batched_to_batch1"), ".1f") + "x" if s.get("ratio_batched_to_batch1") else "n/a", "", ""),
         ("sampling peak memory GiB", fmt(s.get("peak_memory_gib"), ".1f"), "", ""),

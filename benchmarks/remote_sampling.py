@@ -83,14 +83,19 @@ def main() -> None:
 
     seq_cps, con_cps = args.sequential / seq_s, args.concurrent / con_s
     print("remote sampling: concurrent RemoteSampler vs one request at a time, same transformers serve process")
-    print(f"  server: transformers serve --continuous-batching, demo-sized backbone (ModelConfig defaults, random weights), "
-          f"CPU, {os.cpu_count()} cores; started in {startup:.1f} s")
-    print(f"  settings: max_tokens {args.new_tokens}, temperature 0.7, top_p 0.95, one seeded request per candidate; "
-          f"server {' '.join(cb_args)}")
-    print(f"  sequential (concurrency 1): {args.sequential} candidates in {seq_s:.2f} s = {seq_cps:.2f} candidates/s, "
-          f"{seq_tok / seq_s:.1f} output tokens/s ({seq_tok / args.sequential:.1f} tokens/candidate), failures {seq_fail}")
-    print(f"  concurrent (concurrency {args.concurrency}): {args.concurrent} candidates in {con_s:.2f} s = {con_cps:.2f} candidates/s, "
-          f"{con_tok / con_s:.1f} output tokens/s ({con_tok / args.concurrent:.1f} tokens/candidate), failures {con_fail}")
+    print(
+        f"  server: transformers serve --continuous-batching, demo-sized backbone (ModelConfig defaults, random weights), "
+        f"CPU, {os.cpu_count()} cores; started in {startup:.1f} s"
+    )
+    print(f"  settings: max_tokens {args.new_tokens}, temperature 0.7, top_p 0.95, one seeded request per candidate; server {' '.join(cb_args)}")
+    print(
+        f"  sequential (concurrency 1): {args.sequential} candidates in {seq_s:.2f} s = {seq_cps:.2f} candidates/s, "
+        f"{seq_tok / seq_s:.1f} output tokens/s ({seq_tok / args.sequential:.1f} tokens/candidate), failures {seq_fail}"
+    )
+    print(
+        f"  concurrent (concurrency {args.concurrency}): {args.concurrent} candidates in {con_s:.2f} s = {con_cps:.2f} candidates/s, "
+        f"{con_tok / con_s:.1f} output tokens/s ({con_tok / args.concurrent:.1f} tokens/candidate), failures {con_fail}"
+    )
     print(f"  ratio: {con_cps / seq_cps:.1f}x candidates/s, {(con_tok / con_s) / (seq_tok / seq_s):.1f}x output tokens/s (target >= 4x)")
     print(f"  peak RSS: benchmark process {_peak_rss_mb():.0f} MiB, server {server_rss:.0f} MiB")
 

@@ -47,8 +47,17 @@ from sicog.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "pink", "brown", "teal"]
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "ring", "oval", "arrow"]
 SIZES = ["large", "small", "medium-sized", "tiny", "big"]
-PLACES = ["in the top left corner", "in the top right corner", "at the bottom left", "at the bottom right", "in the centre",
-          "near the left edge", "near the right edge", "along the top", "along the bottom"]
+PLACES = [
+    "in the top left corner",
+    "in the top right corner",
+    "at the bottom left",
+    "at the bottom right",
+    "in the centre",
+    "near the left edge",
+    "near the right edge",
+    "along the top",
+    "along the bottom",
+]
 CLAUSES = [
     "A {size} {colour} {shape} sits {place}.",
     "Next to it, a {size} {colour} {shape} appears {place}, slightly overlapping the border.",
@@ -78,9 +87,30 @@ def captions(n: int, min_words: int, max_words: int, seed: int) -> list[str]:
 
 def start_server(batch_size: int, grace_s: float = 30.0, threads: int = 16, torch_threads: int = 0) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sicog.cli", "serve", "scorer", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
-         "--batch-size", str(batch_size), "--grace-s", str(grace_s), "--threads", str(threads), "--torch-threads", str(torch_threads)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sicog.cli",
+            "serve",
+            "scorer",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--batch-size",
+            str(batch_size),
+            "--grace-s",
+            str(grace_s),
+            "--threads",
+            str(threads),
+            "--torch-threads",
+            str(torch_threads),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     line = proc.stdout.readline()
     match = re.search(r"listening on (\S+:\d+)", line)
@@ -165,9 +195,11 @@ def throughput(args) -> bool:
     err = float(np.abs(local - remote).max())
     local_tps, grpc_tps = len(texts) / min(t_local), len(texts) / min(t_grpc)
     ratio = grpc_tps / local_tps
-    print(f"texts: {len(texts)} distinct captions, {min(words)}-{max(words)} words (mean {statistics.mean(words):.0f}); "
-          f"batch size {args.batch_size}; torch threads: in-process {torch.get_num_threads()}, server "
-          f"{args.server_torch_threads or 'default'}; {os.cpu_count()} CPUs (shared machine)")
+    print(
+        f"texts: {len(texts)} distinct captions, {min(words)}-{max(words)} words (mean {statistics.mean(words):.0f}); "
+        f"batch size {args.batch_size}; torch threads: in-process {torch.get_num_threads()}, server "
+        f"{args.server_torch_threads or 'default'}; {os.cpu_count()} CPUs (shared machine)"
+    )
     print(f"in-process sentence-transformers encode: {local_tps:,.1f} texts/s (best of {args.repeats}: {min(t_local):.2f} s)")
     print(f"through gRPC, {args.clients} concurrent clients:   {grpc_tps:,.1f} texts/s (best of {args.repeats}: {min(t_grpc):.2f} s)")
     print(f"ratio gRPC / in-process: {ratio:.3f} (target >= 0.9) -> {'PASS' if ratio >= 0.9 else 'FAIL'}")
@@ -183,15 +215,15 @@ def throughput(args) -> bool:
 def _requests(n: int, seed: int) -> list[scorer_pb2.ScoreGroupsRequest]:
     """One instance per request, as a sampler shard sends them: 3 candidate answers of 3-12 words."""
     texts = iter(captions(n * 3, 3, 12, seed=seed))
-    return [scorer_pb2.ScoreGroupsRequest(groups=[scorer_pb2.Group(id=f"r{i}", texts=[next(texts) for _ in range(3)])], threshold=0.5)
-            for i in range(n)]
+    return [scorer_pb2.ScoreGroupsRequest(groups=[scorer_pb2.Group(id=f"r{i}", texts=[next(texts) for _ in range(3)])], threshold=0.5) for i in range(n)]
 
 
 def _full(request, response) -> bool:
     """A complete answer: every group, in order, scored."""
     return len(response.results) == len(request.groups) and all(
         r.id == g.id and r.status.code == scorer_pb2.CODE_OK and len(r.scores) == len(g.texts) and r.HasField("kept")
-        for g, r in zip(request.groups, response.results))
+        for g, r in zip(request.groups, response.results)
+    )
 
 
 def _drive(address: str, requests: list, clients: int, stop_on_unavailable: bool, timeout_s: float) -> dict:
@@ -243,9 +275,11 @@ def load(args) -> bool:
         elapsed = time.perf_counter() - start
         lat = np.array(run["latencies"]) * 1000
         sent = run["ok"] + run["incomplete"] + run["unavailable"] + run["errors"]
-        print(f"load: {args.load_clients} clients, {sent} of {args.requests} ScoreGroups requests (1 group x 3 answers) in {elapsed:.1f} s "
-              f"({sent / elapsed:,.0f} req/s): ok {run['ok']}, errors {run['errors'] + run['incomplete'] + run['unavailable']}; "
-              f"latency p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms")
+        print(
+            f"load: {args.load_clients} clients, {sent} of {args.requests} ScoreGroups requests (1 group x 3 answers) in {elapsed:.1f} s "
+            f"({sent / elapsed:,.0f} req/s): ok {run['ok']}, errors {run['errors'] + run['incomplete'] + run['unavailable']}; "
+            f"latency p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms"
+        )
         clean = run["ok"] == args.requests
 
         # SIGTERM in the middle of a second run: every call is answered in full or refused (UNAVAILABLE).
@@ -262,10 +296,11 @@ def load(args) -> bool:
     stats = re.search(r"accepted (\d+), answered (\d+), cut off (\d+)", server_out)
     accepted, answered, cut_off = (int(x) for x in stats.groups()) if stats else (-1, -1, -1)
     client_answers = 32 + run["ok"] + run["incomplete"] + result["ok"] + result["incomplete"] + info_calls
-    print(f"SIGTERM after {args.sigterm_after_s:g} s of load: answered in full {result['ok']}, incomplete {result['incomplete']}, "
-          f"refused (UNAVAILABLE, never accepted) {result['unavailable']}, other errors {result['errors']}")
-    print(f"server: accepted {accepted}, answered {answered}, cut off {cut_off}; answers the clients got: {client_answers}; "
-          f"exit status {proc.returncode}")
+    print(
+        f"SIGTERM after {args.sigterm_after_s:g} s of load: answered in full {result['ok']}, incomplete {result['incomplete']}, "
+        f"refused (UNAVAILABLE, never accepted) {result['unavailable']}, other errors {result['errors']}"
+    )
+    print(f"server: accepted {accepted}, answered {answered}, cut off {cut_off}; answers the clients got: {client_answers}; exit status {proc.returncode}")
     lost = result["incomplete"] + result["errors"] + cut_off + (accepted - answered) + abs(answered - client_answers)
     print(f"accepted requests lost: {lost} (target 0) -> {'PASS' if lost == 0 and proc.returncode == 0 else 'FAIL'}")
     print(f"errors under load: {sent - run['ok']} (target 0) -> {'PASS' if clean else 'FAIL'}")

@@ -104,17 +104,22 @@ def main() -> int:
     ratio = t_naive / t_vec
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     n = emb.shape[0]
-    print(f"input: {args.instances:,} instances x {args.candidates} candidates x {args.dim} dims, float32 "
-          f"({emb.nbytes / 2**20:,.0f} MiB)")
-    print(f"vectorised (consistency_scores + best_in_groups): best {t_vec:.3f} s, median {t_vec_med:.3f} s "
-          f"of {args.repeats} ({n / t_vec / 1e6:.1f} M candidates/s)")
+    print(f"input: {args.instances:,} instances x {args.candidates} candidates x {args.dim} dims, float32 ({emb.nbytes / 2**20:,.0f} MiB)")
+    print(
+        f"vectorised (consistency_scores + best_in_groups): best {t_vec:.3f} s, median {t_vec_med:.3f} s "
+        f"of {args.repeats} ({n / t_vec / 1e6:.1f} M candidates/s)"
+    )
     print(f"naive pairwise Python loop (definition):         best {t_naive:.3f} s of {args.naive_repeats}")
-    print(f"per-instance k x k matrix loop (reference style): best {t_mat:.3f} s of {args.naive_repeats} "
-          f"(vectorised is {t_mat / t_vec:.1f}x faster; context only)")
+    print(
+        f"per-instance k x k matrix loop (reference style): best {t_mat:.3f} s of {args.naive_repeats} "
+        f"(vectorised is {t_mat / t_vec:.1f}x faster; context only)"
+    )
     print(f"ratio vs naive pairwise loop: {ratio:.1f}x (target >= 50x) -> {'PASS' if ratio >= 50 else 'FAIL'}")
     print(f"vectorised run under 1 s: {t_vec:.3f} s -> {'PASS' if t_vec < 1.0 else 'FAIL'}")
-    print(f"agreement: max |score difference| {err:.2e} vs naive, {err_mat:.2e} vs matrix (required <= 1e-5); "
-          f"best candidate differs in {int((b_vec != b_naive).sum())} / {args.instances:,} instances vs naive")
+    print(
+        f"agreement: max |score difference| {err:.2e} vs naive, {err_mat:.2e} vs matrix (required <= 1e-5); "
+        f"best candidate differs in {int((b_vec != b_naive).sum())} / {args.instances:,} instances vs naive"
+    )
     print(f"peak RSS: {peak_rss_mib:,.0f} MiB")
     if err > 1e-5 or err_mat > 1e-5:
         print("ERROR: the vectorised scores disagree with the loops", file=sys.stderr)

@@ -43,8 +43,7 @@ def _free_port() -> int:
 
 def start_server() -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -105,15 +104,16 @@ def bench_set(label: str, client: Minio, src: Path, names: list[str], total: int
     lines.append(f"  plain minio fput/fget loop:     upload {mib / p_up:7.1f} MiB/s   download {mib / p_down:7.1f} MiB/s")
     for parallel in (1, 8):
         up, down = results[parallel]
-        lines.append(f"  sicog.store, {parallel} at a time:       upload {mib / up:7.1f} MiB/s   download {mib / down:7.1f} MiB/s"
-                     f"   ratio vs plain: upload {p_up / up:.2f}, download {p_down / down:.2f}, both {(p_up + p_down) / (up + down):.2f}")
+        lines.append(
+            f"  sicog.store, {parallel} at a time:       upload {mib / up:7.1f} MiB/s   download {mib / down:7.1f} MiB/s"
+            f"   ratio vs plain: upload {p_up / up:.2f}, download {p_down / down:.2f}, both {(p_up + p_down) / (up + down):.2f}"
+        )
     one, par = results[1], results[8]
     ratio_one, ratio_par = sum(results["plain"]) / sum(one), sum(results["plain"]) / sum(par)
     # The "> 1 with parallel transfers" is about many files; for a few large files against one
     # moto process (one Python server on the same 2 cores) parallel uploads are server-bound.
     verdict = f"(target > 1) -> {'PASS' if ratio_par > 1 else 'FAIL'}" if parallel_target else "(no target: a few large files)"
-    lines.append(f"  one stream ratio {ratio_one:.2f} (target >= 0.8) -> {'PASS' if ratio_one >= 0.8 else 'FAIL'}; "
-                 f"parallel ratio {ratio_par:.2f} {verdict}")
+    lines.append(f"  one stream ratio {ratio_one:.2f} (target >= 0.8) -> {'PASS' if ratio_one >= 0.8 else 'FAIL'}; parallel ratio {ratio_par:.2f} {verdict}")
     return lines
 
 
@@ -126,8 +126,7 @@ def main() -> None:
     small_n, small_kib = map(int, args.small.split("x"))
 
     proc, endpoint = start_server()
-    os.environ.update(SICOG_S3_ENDPOINT=f"http://{endpoint}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
-                      AWS_REGION="us-east-1")
+    os.environ.update(SICOG_S3_ENDPOINT=f"http://{endpoint}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret", AWS_REGION="us-east-1")
     client = Minio(endpoint, access_key="bench", secret_key="bench-secret", secure=False, region="us-east-1")
     client.make_bucket(BUCKET)
     tmp = Path(tempfile.mkdtemp(prefix="sicog-bench-store-"))

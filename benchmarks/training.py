@@ -51,8 +51,13 @@ def make_data(root: Path, n: int, mixed: bool) -> list[dict]:
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
         words = int(rng.choice([4, 8, 60, 160])) if mixed else 40
         answer = " ".join(rng.choice(WORDS, words))
-        records.append({"id": f"r{i}", "image": f"img/{i}.png",
-                        "conversations": [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": answer}]})
+        records.append(
+            {
+                "id": f"r{i}",
+                "image": f"img/{i}.png",
+                "conversations": [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": answer}],
+            }
+        )
     return records
 
 
@@ -64,10 +69,22 @@ def plain_trainer(model_dir: Path, records, root, out: Path, steps: int, batch: 
     encode = time.perf_counter() - start
     set_trainable(model, "all")
     model.train()
-    args = TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
-                             lr_scheduler_type="cosine", warmup_steps=0.03, use_cpu=True, report_to="none", save_strategy="no",
-                             disable_tqdm=True, logging_steps=max(1, steps // 50), remove_unused_columns=False, seed=0,
-                             include_num_input_tokens_seen="non_padding")
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=max(1, steps // 50),
+        remove_unused_columns=False,
+        seed=0,
+        include_num_input_tokens_seen="non_padding",
+    )
     trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=Collator(processor.tokenizer.pad_token_id))
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
@@ -108,8 +125,9 @@ def torchrun_overhead(model_dir: Path, root: Path, tmp: Path) -> tuple[float, fl
     env = dict(os.environ, OMP_NUM_THREADS="1")
     times = []
     for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]):
-        request = TrainRequest.of(config, stage="instruct", data="base", name="bench/instruct", model=str(model_dir), world=str(root),
-                                  out=str(tmp / f"tr{len(times)}"), resume=True)
+        request = TrainRequest.of(
+            config, stage="instruct", data="base", name="bench/instruct", model=str(model_dir), world=str(root), out=str(tmp / f"tr{len(times)}"), resume=True
+        )
         uri = request.save(str(tmp / f"request{len(times)}.json"))
         start = time.perf_counter()
         subprocess.run([*launcher, "-m", "sicog.train", uri], env=env, check=True, capture_output=True)
@@ -148,12 +166,16 @@ def main() -> None:
         pad_flat = padding_fraction(mixed, mixed_root, model_dir, args.batch, False, args.steps)
         pad_grouped = padding_fraction(mixed, mixed_root, model_dir, args.batch, True, args.steps)
         flat_tps, grouped_tps = flat["tokens_seen"] / flat["train_seconds"], grouped["tokens_seen"] / grouped["train_seconds"]
-        print(f"mixed lengths: random batches {flat_tps:,.0f} tokens/s (padding {pad_flat:.0%}), "
-              f"length-grouped {grouped_tps:,.0f} tokens/s (padding {pad_grouped:.0%}): gain x{grouped_tps / flat_tps:.2f}")
+        print(
+            f"mixed lengths: random batches {flat_tps:,.0f} tokens/s (padding {pad_flat:.0%}), "
+            f"length-grouped {grouped_tps:,.0f} tokens/s (padding {pad_grouped:.0%}): gain x{grouped_tps / flat_tps:.2f}"
+        )
 
         inproc, launched = torchrun_overhead(model_dir, uniform, tmp)
-        print(f"1-step stage via `sicog train`: in-process launch {inproc:.1f} s, through torchrun {launched:.1f} s: "
-              f"torchrun overhead {launched - inproc:.1f} s per task")
+        print(
+            f"1-step stage via `sicog train`: in-process launch {inproc:.1f} s, through torchrun {launched:.1f} s: "
+            f"torchrun overhead {launched - inproc:.1f} s per task"
+        )
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (this process; subprocesses excluded)")
 
 

@@ -12,8 +12,8 @@ def extract_backbone(config: dict, model: Input[Model], backbone: Output[Model])
     only backbone.json when sample.backbone or a served engine at sample.endpoint answers the text task.
     Returns the backbone's URI (sample.backbone, else this artifact's): what its server loads."""
     from sicog.steps import StepIO
-    from sicog.steps.model import extract_backbone as run
     from sicog.steps._io import as_config
+    from sicog.steps.model import extract_backbone as run
 
     figures = run(config, StepIO("extract-backbone", backbone.path, {"model": model.path}))
     backbone.metadata["backbone"] = figures["backbone"]

@@ -7,8 +7,16 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def evaluate(config: dict, world: Input[Dataset], base: Input[Model], cycle: Input[Model], control: Input[Model],
-             evaluation: Output[Dataset], scores: Output[Metrics], uncurated: Input[Model] = None):
+def evaluate(
+    config: dict,
+    world: Input[Dataset],
+    base: Input[Model],
+    cycle: Input[Model],
+    control: Input[Model],
+    evaluation: Output[Dataset],
+    scores: Output[Metrics],
+    uncurated: Input[Model] = None,
+):
     """Output: predictions per model and eval.json (held-out and benchmark scores, lineage); every score
     also as a KFP metric `<model>_<metric>`, the compare-runs table."""
     from sicog.report.metrics import heldout_scores

@@ -7,9 +7,20 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def report(config: dict, world: Input[Dataset], curated: Input[Dataset], evaluation: Input[Dataset], perception: Input[Model],
-           reasoning: Input[Model], base: Input[Model], cycle: Input[Model], cycle_report: Output[Dataset], report_html: Output[HTML],
-           run_uri: str = "", run_id: str = ""):
+def report(
+    config: dict,
+    world: Input[Dataset],
+    curated: Input[Dataset],
+    evaluation: Input[Dataset],
+    perception: Input[Model],
+    reasoning: Input[Model],
+    base: Input[Model],
+    cycle: Input[Model],
+    cycle_report: Output[Dataset],
+    report_html: Output[HTML],
+    run_uri: str = "",
+    run_id: str = "",
+):
     """Output: metrics.json + report.html, also copied into the run's folder `run_uri` when given.
     Last, with a run_uri: lineage.json there (inputs, models, scores, data counts, config, code version
     and the promotion decision), which makes this cycle, if promoted, the starting point of the next one
@@ -21,8 +32,12 @@ def report(config: dict, world: Input[Dataset], curated: Input[Dataset], evaluat
     from sicog.steps.report import report as run
     from sicog.steps.series import seal_cycle
 
-    inputs = {"world": world.path, "curation": curated.path, "evaluation": evaluation.path,
-              "warmups": {"perception": perception.path, "reasoning": reasoning.path}}
+    inputs = {
+        "world": world.path,
+        "curation": curated.path,
+        "evaluation": evaluation.path,
+        "warmups": {"perception": perception.path, "reasoning": reasoning.path},
+    }
     metrics = run(config, StepIO("report", cycle_report.path, inputs))
     shutil.copyfile(f"{cycle_report.path}/report.html", report_html.path)
     if run_uri:

@@ -7,8 +7,9 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def sample_shard(config: dict, task: str, shard: int, work_uri: str, world: Input[Dataset], sampled: Output[Dataset],
-                 model: Input[Model] = None, server: dict = {}):
+def sample_shard(
+    config: dict, task: str, shard: int, work_uri: str, world: Input[Dataset], sampled: Output[Dataset], model: Input[Model] = None, server: dict = {}
+):
     """Input: the sampling model (perception for captions, reasoning for VQA, the backbone LLM for text),
     or the run's server of that model (`server`, from launch_server: no model is downloaded), and shard i.
     Output: the shard's chunks under work_uri/sampling/<task>/shard-<i> (where a re-run resumes them,

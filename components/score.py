@@ -7,8 +7,9 @@ from sicog.components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def score(config: dict, caption_candidates: Input[Dataset], vqa_candidates: Input[Dataset], text_candidates: Input[Dataset],
-          scored: Output[Dataset], scorer: str = ""):
+def score(
+    config: dict, caption_candidates: Input[Dataset], vqa_candidates: Input[Dataset], text_candidates: Input[Dataset], scored: Output[Dataset], scorer: str = ""
+):
     """Input: candidates of each task. Output: scored.jsonl (scores, best, kept) and rejected.jsonl
     (reasons). One component, so the embedding model loads once per cycle. `scorer`: HOST:PORT of
     the shared scorer service to embed with (empty: the config's curate.scorer, else in-process)."""

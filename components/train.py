@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Model, Output
+
 from sicog.components._image import IMAGE
 
 

@@ -70,17 +70,14 @@ def sampling_groups(cluster: ClusterConfig | None, sample_gpus: int = 0):
         return collect(config, run_uri, task, fanout.set_caching_options(False))
 
     @dsl.pipeline(name="served-sample-task", description="Step 2 for one task on a server deployed for this run and model, deleted on exit.")
-    def served_sample_task(config: dict, run_uri: str, task: str, sample_shards: list, role: str, model_uri: str, run_id: str,
-                           world: Dataset) -> Dataset:
+    def served_sample_task(config: dict, run_uri: str, task: str, sample_shards: list, role: str, model_uri: str, run_id: str, world: Dataset) -> Dataset:
         # The exit handler deletes the server whether sampling succeeded or failed (and sicog.cluster.serving
         # sweeps what it missed). The fan-out sits in its own sub-pipeline: KFP's backend does not run a
         # ParallelFor placed directly in an ExitHandler (kubeflow/pipelines#12390).
         teardown = place(delete_server(config=config, run_id=run_id, role=role).set_display_name("delete server"), cluster, cache=False)
         with dsl.ExitHandler(teardown, name="serving") as serving:
-            server = place(launch_server(config=config, run_id=run_id, role=role, model_uri=model_uri).set_display_name("launch server"),
-                           cluster, cache=False)
-            server_fanout(config=config, run_uri=run_uri, task=task, sample_shards=sample_shards, server=server.output,
-                          world=world).set_caching_options(False)
+            server = place(launch_server(config=config, run_id=run_id, role=role, model_uri=model_uri).set_display_name("launch server"), cluster, cache=False)
+            server_fanout(config=config, run_uri=run_uri, task=task, sample_shards=sample_shards, server=server.output, world=world).set_caching_options(False)
         return collect(config, run_uri, task, serving)
 
     return sample_task, served_sample_task
@@ -124,10 +121,8 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
                 kubernetes.use_secret_as_env(task, secret_name=cluster.judge_secret, secret_key_to_env={key: key})
         return task
 
-    @dsl.pipeline(name="sicog-cycle", description="One SICOG self-improvement cycle (arXiv 2503.12303) with its controls.",
-                  pipeline_root=root or None)
-    def sicog_cycle(config: dict, ablations: bool = False, run_uri: str = "", scorer: str = "", sample_shards: list = [0, 1],
-                    series_uri: str = ""):
+    @dsl.pipeline(name="sicog-cycle", description="One SICOG self-improvement cycle (arXiv 2503.12303) with its controls.", pipeline_root=root or None)
+    def sicog_cycle(config: dict, ablations: bool = False, run_uri: str = "", scorer: str = "", sample_shards: list = [0, 1], series_uri: str = ""):
         # run_uri: the run's folder in the store (shards, report, lineage). series_uri: a store folder shared
         # by recurring runs; the run starts from the series' last successful cycle and, without a run_uri,
         # works in a new folder of the series (sicog.lineage).
@@ -155,14 +150,23 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
         for task in TASKS:
             if deploy:
                 model_uri = backbone.outputs["Output"] if task == "text" else samplers[task].outputs["Output"]
-                sampled = served_sample_task(config=config, run_uri=run_uri, task=task, sample_shards=sample_shards, role=ROLES[task],
-                                             model_uri=model_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, world=world)
+                sampled = served_sample_task(
+                    config=config,
+                    run_uri=run_uri,
+                    task=task,
+                    sample_shards=sample_shards,
+                    role=ROLES[task],
+                    model_uri=model_uri,
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    world=world,
+                )
             else:
                 model = backbone.outputs["backbone"] if task == "text" else samplers[task].outputs["trained"]
                 sampled = sample_task(config=config, run_uri=run_uri, task=task, sample_shards=sample_shards, model=model, world=world)
             candidates[task] = sampled.set_display_name(f"sample {task}").output
-        scored = score(config=config, caption_candidates=candidates["caption"], vqa_candidates=candidates["vqa"],
-                       text_candidates=candidates["text"], scorer=scorer)  # scorer: HOST:PORT of the scorer service, or empty
+        scored = score(
+            config=config, caption_candidates=candidates["caption"], vqa_candidates=candidates["vqa"], text_candidates=candidates["text"], scorer=scorer
+        )  # scorer: HOST:PORT of the scorer service, or empty
         place(scored.set_display_name("score"), cluster, cache=True, transient=True)
         curated = place(curate(config=config, world=world, scored=scored.outputs["scored"]).set_display_name("curate"), cluster, cache=True)
 
@@ -170,9 +174,17 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
         cycle = _retrain(config, "cycle", "curated", align, world_uri, curated.outputs["Output"])
         control = _retrain(config, "control", "labeled", align, world_uri)
         models = dict(config=config, world=world, base=base.outputs["trained"], cycle=cycle.outputs["trained"], control=control.outputs["trained"])
-        report_args = dict(config=config, world=world, curated=curated.outputs["curated"], perception=perception.outputs["trained"],
-                           reasoning=reasoning.outputs["trained"], base=base.outputs["trained"], cycle=cycle.outputs["trained"],
-                           run_uri=run_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        report_args = dict(
+            config=config,
+            world=world,
+            curated=curated.outputs["curated"],
+            perception=perception.outputs["trained"],
+            reasoning=reasoning.outputs["trained"],
+            base=base.outputs["trained"],
+            cycle=cycle.outputs["trained"],
+            run_uri=run_uri,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
 
         # The report publishes and seals the cycle (lineage.json): never cached.
         with dsl.If(ablations == True, name="with-ablation"):  # noqa: E712 (KFP conditions compare explicitly)

@@ -44,7 +44,6 @@ def place(task: PipelineTask, cluster: ClusterConfig | None, *, cache: bool, gpu
         for key, value in cluster.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         for toleration in cluster.tolerations:
-            kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator, value=toleration.value or None,
-                                      effect=toleration.effect or None)
+            kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator, value=toleration.value or None, effect=toleration.effect or None)
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=cluster.shm_size)
     return task

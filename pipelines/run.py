@@ -34,8 +34,9 @@ def compile_pipeline(out: str | Path, config: SicogConfig, root: str = "") -> Pa
     config = for_cluster(config)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(cycle_pipeline(config, root=root), str(out), pipeline_parameters={
-        "config": parameter_dict(config), "sample_shards": list(range(config.sample.shards))})
+    compiler.Compiler().compile(
+        cycle_pipeline(config, root=root), str(out), pipeline_parameters={"config": parameter_dict(config), "sample_shards": list(range(config.sample.shards))}
+    )
     return out
 
 
@@ -82,8 +83,7 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
     work = Path(tempfile.mkdtemp(prefix="sicog-cycle-")) if remote else store.local_path(run_uri).resolve()
     work.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "pipeline"), raise_on_error=True)
-    params = dict(config=parameter_dict(config), ablations=ablations, run_uri=str(work), sample_shards=list(range(config.sample.shards)),
-                  series_uri=series)
+    params = dict(config=parameter_dict(config), ablations=ablations, run_uri=str(work), sample_shards=list(range(config.sample.shards)), series_uri=series)
     sicog_cycle = cycle_pipeline()
     # kfp.local swaps the root logger's handlers per task, and its ParallelFor threads can restore one
     # bound to this run's log; the next run of the process (--cycles N, evidence) would write there.
@@ -152,11 +152,15 @@ def check_real_run(config: SicogConfig) -> None:
     """A cluster run trains a real model on the user's data: refuse, before any task runs, a config that
     would build the demo world or train the demo's tiny model on a cluster (those are for `sicog cycle`)."""
     if not config.data.catalog:
-        raise UserError("data.catalog is not set: a cluster run reads your datasets through a catalog (see `sicog data check`); "
-                        "the procedural demo world is for `sicog cycle`")
+        raise UserError(
+            "data.catalog is not set: a cluster run reads your datasets through a catalog (see `sicog data check`); "
+            "the procedural demo world is for `sicog cycle`"
+        )
     if not config.model.start:
-        raise UserError("model.start is not set: a cluster run starts from a model in the store (e.g. `sicog model assemble`, then "
-                        "`sicog store put`); the tiny demo model is for `sicog cycle`")
+        raise UserError(
+            "model.start is not set: a cluster run starts from a model in the store (e.g. `sicog model assemble`, then "
+            "`sicog store put`); the tiny demo model is for `sicog cycle`"
+        )
 
 
 def _client(host: str | None, namespace: str | None):
@@ -167,12 +171,28 @@ def _client(host: str | None, namespace: str | None):
 
 
 def _arguments(config: SicogConfig, series: str, run_uri: str, scorer: str, ablations: bool) -> dict:
-    return dict(config=parameter_dict(for_cluster(config)), series_uri=series, run_uri=run_uri, scorer=scorer, ablations=ablations,
-                sample_shards=list(range(config.sample.shards)))
+    return dict(
+        config=parameter_dict(for_cluster(config)),
+        series_uri=series,
+        run_uri=run_uri,
+        scorer=scorer,
+        ablations=ablations,
+        sample_shards=list(range(config.sample.shards)),
+    )
 
 
-def submit(config: SicogConfig, *, host: str | None, series: str = "", run_uri: str = "", scorer: str = "", ablations: bool = False,
-           experiment: str = "sicog", run_name: str | None = None, namespace: str | None = None) -> str:
+def submit(
+    config: SicogConfig,
+    *,
+    host: str | None,
+    series: str = "",
+    run_uri: str = "",
+    scorer: str = "",
+    ablations: bool = False,
+    experiment: str = "sicog",
+    run_name: str | None = None,
+    namespace: str | None = None,
+) -> str:
     """Compile the pipeline for `config.cluster` and start one run on Kubeflow Pipelines, its pipeline
     root the run's (or the series') store folder; returns its id."""
     check_real_run(config)
@@ -181,13 +201,29 @@ def submit(config: SicogConfig, *, host: str | None, series: str = "", run_uri: 
     with tempfile.TemporaryDirectory(prefix="sicog-submit-") as tmp:
         package = compile_pipeline(Path(tmp) / "sicog-cycle.yaml", config, root=root)
         result = client.create_run_from_pipeline_package(
-            str(package), arguments=_arguments(config, series, run_uri, scorer, ablations), run_name=run_name,
-            experiment_name=experiment, namespace=namespace, pipeline_root=root, service_account=config.cluster.service_account)
+            str(package),
+            arguments=_arguments(config, series, run_uri, scorer, ablations),
+            run_name=run_name,
+            experiment_name=experiment,
+            namespace=namespace,
+            pipeline_root=root,
+            service_account=config.cluster.service_account,
+        )
     return result.run_id
 
 
-def schedule(config: SicogConfig, *, host: str | None, cron: str, series: str, name: str, scorer: str = "", ablations: bool = False,
-             experiment: str = "sicog", namespace: str | None = None) -> str:
+def schedule(
+    config: SicogConfig,
+    *,
+    host: str | None,
+    cron: str,
+    series: str,
+    name: str,
+    scorer: str = "",
+    ablations: bool = False,
+    experiment: str = "sicog",
+    namespace: str | None = None,
+) -> str:
     """A recurring run: every firing is one cycle of the series, started from its last successful
     cycle (resolved at run time by the pipeline's first step), its outputs under the series' folder.
     One run at a time, no catch-up of missed firings. Returns the recurring run's id."""
@@ -201,7 +237,15 @@ def schedule(config: SicogConfig, *, host: str | None, cron: str, series: str, n
     with tempfile.TemporaryDirectory(prefix="sicog-schedule-") as tmp:
         package = compile_pipeline(Path(tmp) / "sicog-cycle.yaml", config, root=root)
         recurring = client.create_recurring_run(
-            experiment_id=experiment_id, job_name=name, description=f"SICOG cycles of {series}", cron_expression=cron,
-            max_concurrency=1, no_catchup=True, params=_arguments(config, series, "", scorer, ablations),
-            pipeline_package_path=str(package), pipeline_root=root, service_account=config.cluster.service_account)
+            experiment_id=experiment_id,
+            job_name=name,
+            description=f"SICOG cycles of {series}",
+            cron_expression=cron,
+            max_concurrency=1,
+            no_catchup=True,
+            params=_arguments(config, series, "", scorer, ablations),
+            pipeline_package_path=str(package),
+            pipeline_root=root,
+            service_account=config.cluster.service_account,
+        )
     return recurring.recurring_run_id

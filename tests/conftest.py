@@ -33,9 +33,13 @@ def bucket(s3_server, monkeypatch):
 
     for key in {*CHAIN_ENV, "AWS_ENDPOINT_URL_S3"} - {"HOME"}:
         monkeypatch.delenv(key, raising=False)
-    for key, value in {"SICOG_S3_ENDPOINT": s3_server.endpoint, "AWS_ACCESS_KEY_ID": "sicog-test",
-                       "AWS_SECRET_ACCESS_KEY": "sicog-test-secret", "AWS_REGION": "us-east-1",
-                       "SICOG_S3_RETRY_SECONDS": "20"}.items():
+    for key, value in {
+        "SICOG_S3_ENDPOINT": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": "sicog-test",
+        "AWS_SECRET_ACCESS_KEY": "sicog-test-secret",
+        "AWS_REGION": "us-east-1",
+        "SICOG_S3_RETRY_SECONDS": "20",
+    }.items():
         monkeypatch.setenv(key, value)
     name = f"t-{uuid.uuid4().hex[:12]}"
     s3_server.client().make_bucket(name)
@@ -52,6 +56,7 @@ def bucket(s3_server, monkeypatch):
 # started are ended too, and whatever waited on them returns. Whatever a test leaves running when it
 # ends, pass or fail, is ended in its teardown.
 
+SLOW_TIMEOUT_S = 600  # the limit of a test marked slow that names none of its own
 GRACE_S = 5  # how long a test's leftover processes may take to end by themselves (or after SIGTERM)
 _BASELINE = pytest.StashKey[set]()  # the processes that already ran when the test's own fixtures started
 _WATCHDOG = pytest.StashKey[threading.Timer]()
@@ -111,6 +116,13 @@ def _started_by(item) -> list[psutil.Process]:
     return [] if baseline is None else [p for p in _descendants() if _key(p) not in baseline]
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test marked slow without a `timeout` mark gets SLOW_TIMEOUT_S instead of the suite's default."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_timeout_set_timer(item, settings):
     """Beside pytest-timeout's own timer (this returns None, so it still sets it): GRACE_S after the
@@ -155,18 +167,21 @@ def _ends_what_it_starts(request):
 # --- kfp.local's process-wide swaps, made safe for its ParallelFor threads ------------------------------
 #
 # kfp.local (kfp 2.17.0) runs a dsl.ParallelFor's iterations on a thread pool
-# (kfp/local/orchestrator/enhanced_dag_orchestrator.py, ParallelExecutor.execute_parallel_tasks), and each
-# task swaps two process-wide globals for its duration (kfp/local/task_dispatcher.py,
-# run_single_task_implementation): builtins.print, by logging_utils.indented_print, and the root logger's
-# handlers and level, by logging_utils.local_logger_context (kfp/local/logging_utils.py). Two iterations
-# that overlap restore them out of order: when the first to start is the first to finish, builtins.print
-# stays the second one's indenting wrapper around the first one's. Every such run leaves one more level,
-# and each level calls the one below twice (the indent, then the text), so every later print in the
-# process costs 2**levels calls: running the served sampling group repeatedly in one process, the 14th
-# run took 282 s instead of 38 s and the 15th hung in nested indented_print_function frames, its main
-# thread inside kfp.local's orchestrator and its engine stand-in up. Here overlapping tasks share one
-# swap: the first task in makes it, the last one out undoes it. (Not fixed upstream as of kfp 2.17.0:
-# kubeflow/pipelines sdk/python/kfp/local/logging_utils.py, indented_print and local_logger_context.)
+# (kfp/local/orchestrator/enhanced_dag_orchestrator.py:266, ParallelExecutor.execute_parallel_tasks), and
+# each task swaps two process-wide globals for its duration (kfp/local/task_dispatcher.py:196 and :211):
+# the root logger's handlers and level (logging_utils.local_logger_context, kfp/local/logging_utils.py:53)
+# and builtins.print (logging_utils.indented_print, :83). Neither is thread-safe: two iterations that
+# overlap restore them out of order, and when the first to start is the first to finish, builtins.print
+# stays the second one's indenting wrapper around the first one's, and the root logger keeps kfp's
+# handler at INFO. Every such run leaves one more level, and each level calls the one below twice (the
+# indent, then the text), so every later print in the process costs 2**levels calls: running the served
+# sampling group repeatedly in one process (tests/test_serving.py's test, 14 runs under two CPU hogs), a
+# run took 38 s, then 136 s, 282 s, and the 15th hung, its main thread in nested indented_print_function
+# frames inside kfp.local's orchestrator and the engine stand-in up. Here overlapping tasks share one swap:
+# the first task in makes it, the last one out undoes it. The same code is upstream (kubeflow/pipelines,
+# sdk/python/kfp/local/logging_utils.py, indented_print and local_logger_context), so this stays until a
+# kfp release makes them thread-safe. sicog's own `sicog cycle` runs kfp.local in-process too: see
+# pipelines/run.py's run_local, which restores the root logger's handlers but not builtins.print.
 
 
 def _shared(swap):

@@ -80,8 +80,9 @@ class Engine:
         self.takes_n = engine in ("vllm", "sglang")
 
     def _upstream(self, body: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(f"{self.upstream_url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.upstream_url}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=600) as response:
                 return response.status, json.loads(response.read())
@@ -114,8 +115,14 @@ class Engine:
                 choices.append({**choice, "index": i})
                 for key in usage:
                     usage[key] += (out.get("usage") or {}).get(key, 0)
-        return 200, {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                     "model": served, "choices": choices, "usage": usage}
+        return 200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served,
+            "choices": choices,
+            "usage": usage,
+        }
 
 
 def serve(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:

@@ -59,11 +59,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-import urllib.request
 from urllib.parse import parse_qs, urlparse
 
 import jsonschema
@@ -150,16 +150,29 @@ def _matches(labels: dict, selector: str) -> bool:
 
 
 def _waiting(name: str, image: str, reason: str, message: str = "", restarts: int = 0, last: dict | None = None) -> dict:
-    status = {"name": name, "image": image, "imageID": "", "ready": False, "restartCount": restarts,
-              "state": {"waiting": {"reason": reason, **({"message": message} if message else {})}}}
+    status = {
+        "name": name,
+        "image": image,
+        "imageID": "",
+        "ready": False,
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": reason, **({"message": message} if message else {})}},
+    }
     if last:
         status["lastState"] = {"terminated": last}
     return status
 
 
 def _running(name: str, image: str, ready: bool) -> dict:
-    return {"name": name, "image": image, "imageID": f"sha256:{uuid.uuid4().hex}", "ready": ready, "restartCount": 0,
-            "started": True, "state": {"running": {"startedAt": _now()}}}
+    return {
+        "name": name,
+        "image": image,
+        "imageID": f"sha256:{uuid.uuid4().hex}",
+        "ready": ready,
+        "restartCount": 0,
+        "started": True,
+        "state": {"running": {"startedAt": _now()}},
+    }
 
 
 def _terminated(code: int, reason: str) -> dict:
@@ -228,8 +241,7 @@ class FakeKube:
 
     def stop(self) -> None:
         with self.lock:
-            procs = (list(self.procs.values()) + [p for ps in self.pod_procs.values() for p in ps]
-                     + [p for ps in self.node_procs.values() for p in ps])
+            procs = list(self.procs.values()) + [p for ps in self.pod_procs.values() for p in ps] + [p for ps in self.node_procs.values() for p in ps]
         for proc in procs:
             self._terminate(proc)
         if self._server is not None:
@@ -242,12 +254,18 @@ class FakeKube:
         return f"http://127.0.0.1:{self._server.server_port}"
 
     def kubeconfig(self, path: Path, namespace: str = "sicog") -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": self.token}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": self.token}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+                }
+            )
+        )
         return path
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -312,8 +330,13 @@ class FakeKube:
                 proc = self.procs.get(name)
                 if proc is not None:
                     threading.Thread(target=self._terminate, args=(proc,), daemon=True).start()
-                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                             "details": {"name": name, "group": "kubeflow.org", "kind": "pytorchjobs", "uid": job["metadata"]["uid"]}}
+                return 200, {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": name, "group": "kubeflow.org", "kind": "pytorchjobs", "uid": job["metadata"]["uid"]},
+                }
         return 405, _status(405, "MethodNotAllowed", method)
 
     def _create(self, namespace: str, body: dict):
@@ -336,24 +359,45 @@ class FakeKube:
         wanted = dict(part.split("=", 1) for part in selector.split(",") if part)
         items = []
         with self.lock:
-            items += [json.loads(json.dumps(pod)) for (ns, _), pod in self.pods.items()
-                      if ns == namespace and _matches(pod["metadata"].get("labels"), selector)]
+            items += [
+                json.loads(json.dumps(pod)) for (ns, _), pod in self.pods.items() if ns == namespace and _matches(pod["metadata"].get("labels"), selector)
+            ]
             for (ns, name), job in self.jobs.items():
-                labels = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/job-role": "master",
-                          "training.kubeflow.org/replica-type": "master", "training.kubeflow.org/replica-index": "0"}
+                labels = {
+                    "training.kubeflow.org/job-name": name,
+                    "training.kubeflow.org/job-role": "master",
+                    "training.kubeflow.org/replica-type": "master",
+                    "training.kubeflow.org/replica-index": "0",
+                }
                 if ns == namespace and name in self.procs and all(labels.get(k) == v for k, v in wanted.items()):
                     proc = self.procs[name]
                     phase = "Running" if proc.poll() is None else ("Succeeded" if proc.returncode == 0 else "Failed")
-                    items.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-master-0", "namespace": ns, "labels": labels},
-                                  "status": {"phase": phase}})
+                    items.append(
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "metadata": {"name": f"{name}-master-0", "namespace": ns, "labels": labels},
+                            "status": {"phase": phase},
+                        }
+                    )
             for (ns, name), job in self.trainjobs.items():
                 for i, proc in enumerate(self.node_procs.get(name, [])):
-                    labels = {"jobset.sigs.k8s.io/jobset-name": name, "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                              "batch.kubernetes.io/job-completion-index": str(i), "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+                    labels = {
+                        "jobset.sigs.k8s.io/jobset-name": name,
+                        "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                        "batch.kubernetes.io/job-completion-index": str(i),
+                        "trainer.kubeflow.org/trainjob-ancestor-step": "trainer",
+                    }
                     if ns == namespace and all(labels.get(k) == v for k, v in wanted.items()):
                         phase = "Running" if proc.poll() is None else ("Succeeded" if proc.returncode == 0 else "Failed")
-                        items.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": _node_pod(name, i), "namespace": ns, "labels": labels},
-                                      "status": {"phase": phase}})
+                        items.append(
+                            {
+                                "apiVersion": "v1",
+                                "kind": "Pod",
+                                "metadata": {"name": _node_pod(name, i), "namespace": ns, "labels": labels},
+                                "status": {"phase": phase},
+                            }
+                        )
         return {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
 
     def _log(self, pod: str, tail: int | None):
@@ -374,8 +418,7 @@ class FakeKube:
             for c in conditions:
                 if c["type"] == "Running":
                     c["status"] = "False"
-        conditions.append({"type": ctype, "status": "True", "reason": reason, "message": message,
-                           "lastUpdateTime": _now(), "lastTransitionTime": _now()})
+        conditions.append({"type": ctype, "status": "True", "reason": reason, "message": message, "lastUpdateTime": _now(), "lastTransitionTime": _now()})
 
     def _env(self, container: dict, nproc: str, total: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SICOG_"))}
@@ -387,8 +430,18 @@ class FakeKube:
                 ref = var["valueFrom"]["secretKeyRef"]
                 env[var["name"]] = self.secrets[ref["name"]][ref["key"]]  # KeyError: CreateContainerConfigError
         port = str(_free_port())
-        env.update(PYTHONUNBUFFERED="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE=str(total * int(nproc)), RANK="0",
-                   PET_NNODES=str(total), PET_NPROC_PER_NODE=nproc, PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port)
+        env.update(
+            PYTHONUNBUFFERED="0",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            WORLD_SIZE=str(total * int(nproc)),
+            RANK="0",
+            PET_NNODES=str(total),
+            PET_NPROC_PER_NODE=nproc,
+            PET_NODE_RANK="0",
+            PET_MASTER_ADDR="127.0.0.1",
+            PET_MASTER_PORT=port,
+        )
         return env
 
     def _operate(self, namespace: str, name: str) -> None:
@@ -426,8 +479,9 @@ class FakeKube:
                 self._condition(key, "Succeeded", "PyTorchJobSucceeded", f"PyTorchJob {namespace}/{name} is successfully completed.")
             else:
                 job["status"]["replicaStatuses"] = {"Master": {"failed": 1}}
-                self._condition(key, "Failed", "PyTorchJobFailed",
-                                f"PyTorchJob {namespace}/{name} is failed because 1 Master replica(s) failed (exit code {code}).")
+                self._condition(
+                    key, "Failed", "PyTorchJobFailed", f"PyTorchJob {namespace}/{name} is failed because 1 Master replica(s) failed (exit code {code})."
+                )
 
     # --- TrainJobs and their controller ---------------------------------------------------------------
 
@@ -459,8 +513,10 @@ class FakeKube:
         ref = spec["runtimeRef"]
         runtime = self.runtimes.get(ref["name"]) if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime" else None
         if runtime is None:
-            return (f'{WEBHOOK}: spec.runtimeRef: Invalid value: clustertrainingruntimes.trainer.kubeflow.org "{ref["name"]}" not found: '
-                    "specified clusterTrainingRuntime must be created before the TrainJob is created")
+            return (
+                f'{WEBHOOK}: spec.runtimeRef: Invalid value: clustertrainingruntimes.trainer.kubeflow.org "{ref["name"]}" not found: '
+                "specified clusterTrainingRuntime must be created before the TrainJob is created"
+            )
         reserved = sorted(RESERVED_TORCH_ENV & {e["name"] for e in (spec.get("trainer") or {}).get("env", [])})
         if reserved:
             return f"{WEBHOOK}: spec.trainer.env: Invalid value: must not have reserved envs, invalid envs configured: {reserved}"
@@ -502,8 +558,9 @@ class FakeKube:
     def _finish(self, key, ctype: str, reason: str, message: str, counts: dict) -> None:
         job = self.trainjobs.get(key)
         if job is not None:
-            job["status"]["conditions"] = [{"type": ctype, "status": "True", "reason": reason, "message": message,
-                                            "lastTransitionTime": _now(), "observedGeneration": 1}]
+            job["status"]["conditions"] = [
+                {"type": ctype, "status": "True", "reason": reason, "message": message, "lastTransitionTime": _now(), "observedGeneration": 1}
+            ]
             job["status"]["jobsStatus"] = [{"name": "node", "ready": 0, "succeeded": 0, "failed": 0, "active": 0, "suspended": 0, **counts}]
 
     def _control(self, namespace: str, name: str) -> None:
@@ -527,8 +584,15 @@ class FakeKube:
                     env.pop(var)
                 tmp = self.workdir / name / job["metadata"]["uid"][:8] / f"node-{i}" / "tmp"  # the pod's own /tmp (an emptyDir)
                 tmp.mkdir(parents=True)
-                env.update(PET_NNODES=str(nodes), PET_NPROC_PER_NODE=str(nproc), PET_NODE_RANK=str(i), PET_MASTER_ADDR="127.0.0.1",
-                           PET_MASTER_PORT=port, JOB_COMPLETION_INDEX=str(i), TMPDIR=str(tmp))
+                env.update(
+                    PET_NNODES=str(nodes),
+                    PET_NPROC_PER_NODE=str(nproc),
+                    PET_NODE_RANK=str(i),
+                    PET_MASTER_ADDR="127.0.0.1",
+                    PET_MASTER_PORT=port,
+                    JOB_COMPLETION_INDEX=str(i),
+                    TMPDIR=str(tmp),
+                )
                 envs.append(env)
             self.node_envs[name] = envs
             argv = HOLD if self.hold else trainer.get("command", []) + trainer.get("args", [])
@@ -555,8 +619,7 @@ class FakeKube:
             if late:
                 self._finish(key, "Failed", "DeadlineExceeded", "TrainJob exceeded its active deadline", {"failed": 1})
             elif failed:
-                self._finish(key, "Failed", "FailedJobs", f"jobset failed due to one or more job failures (first failed job: {name}-node-0)",
-                             {"failed": 1})
+                self._finish(key, "Failed", "FailedJobs", f"jobset failed due to one or more job failures (first failed job: {name}-node-0)", {"failed": 1})
             else:
                 self._finish(key, "Complete", "AllJobsCompleted", "jobset completed successfully", {"succeeded": 1})
 
@@ -590,15 +653,24 @@ class FakeKube:
 
     def add_pod(self, name: str, labels: dict[str, str], namespace: str = "sicog") -> dict:
         """A pod that exists without a Deployment (e.g. the pipeline task's own pod)."""
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "uid": str(uuid.uuid4())},
-               "spec": {"containers": [{"name": "main", "image": "sicog"}]}, "status": {"phase": "Running"}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "uid": str(uuid.uuid4())},
+            "spec": {"containers": [{"name": "main", "image": "sicog"}]},
+            "status": {"phase": "Running"},
+        }
         with self.lock:
             self.pods[(namespace, name)] = pod
         return pod
 
     def add_workflow(self, name: str, namespace: str = "sicog", phase: str = "Running") -> dict:
-        workflow = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-                    "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}, "status": {"phase": phase}}
+        workflow = {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+            "status": {"phase": phase},
+        }
         with self.lock:
             self.workflows[(namespace, name)] = workflow
         return workflow
@@ -608,12 +680,14 @@ class FakeKube:
             obj = store.get((namespace, name))
             return (200, json.loads(json.dumps(obj))) if obj is not None else (404, _status(404, "NotFound", f'{resource} "{name}" not found'))
 
-    def _objects(self, store: dict, api_version: str, kind: str, resource: str, method: str, namespace: str, name: str | None,
-                 body: dict | None, query: dict):
+    def _objects(self, store: dict, api_version: str, kind: str, resource: str, method: str, namespace: str, name: str | None, body: dict | None, query: dict):
         if method == "GET" and name is None:
             with self.lock:
-                items = [json.loads(json.dumps(o)) for (ns, _), o in store.items()
-                         if ns == namespace and _matches(o["metadata"].get("labels"), query.get("labelSelector", ""))]
+                items = [
+                    json.loads(json.dumps(o))
+                    for (ns, _), o in store.items()
+                    if ns == namespace and _matches(o["metadata"].get("labels"), query.get("labelSelector", ""))
+                ]
             return 200, {"apiVersion": api_version, "kind": f"{kind}List", "metadata": {"resourceVersion": "1"}, "items": items}
         if method == "POST" and name is None:
             return self._create_object(store, kind, resource, namespace, body)
@@ -633,8 +707,13 @@ class FakeKube:
             for proc in procs:
                 threading.Thread(target=self._terminate, args=(proc,), daemon=True).start()
             if kind == "Deployment":  # apps/v1 answers a Status; a Service's DELETE answers the object
-                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                             "details": {"name": name, "group": "apps", "kind": "deployments", "uid": obj["metadata"]["uid"]}}
+                return 200, {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": name, "group": "apps", "kind": "deployments", "uid": obj["metadata"]["uid"]},
+                }
             return 200, obj
         return 405, _status(405, "MethodNotAllowed", method)
 
@@ -676,7 +755,7 @@ class FakeKube:
             else:
                 ref = var["valueFrom"]["secretKeyRef"]
                 if ref["key"] not in self.secrets.get(ref["name"], {}):
-                    raise KeyError(f'couldn\'t find key {ref["key"]} in Secret {ref["name"]}')
+                    raise KeyError(f"couldn't find key {ref['key']} in Secret {ref['name']}")
                 env[var["name"]] = self.secrets[ref["name"]][ref["key"]]
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -684,15 +763,17 @@ class FakeKube:
     @staticmethod
     def _rewriter(container: dict, pod_dir: Path, skip: tuple[str, ...] = ()):
         """Paths under the container's volume mounts (but `skip`) -> the fake pod's folder of that volume."""
-        mounts = sorted(((m["mountPath"], pod_dir / "volumes" / m["name"]) for m in container.get("volumeMounts", [])
-                         if m["mountPath"] not in ("/dev/shm", *skip)), key=lambda m: -len(m[0]))
+        mounts = sorted(
+            ((m["mountPath"], pod_dir / "volumes" / m["name"]) for m in container.get("volumeMounts", []) if m["mountPath"] not in ("/dev/shm", *skip)),
+            key=lambda m: -len(m[0]),
+        )
         for _, local in mounts:
             local.mkdir(parents=True, exist_ok=True)
 
         def rewrite(value: str) -> str:
             for mount, local in mounts:
                 if value == mount or value.startswith(mount + "/"):
-                    return str(local) + value[len(mount):]
+                    return str(local) + value[len(mount) :]
             return value
 
         return rewrite
@@ -711,8 +792,10 @@ class FakeKube:
             if main is not None:
                 status["containerStatuses"] = main
             if conditions is not None:
-                status["conditions"] = [{"type": t, "status": s, **({"reason": r} if r else {}), **({"message": m} if m else {}),
-                                         "lastTransitionTime": _now()} for t, s, r, m in conditions]
+                status["conditions"] = [
+                    {"type": t, "status": s, **({"reason": r} if r else {}), **({"message": m} if m else {}), "lastTransitionTime": _now()}
+                    for t, s, r, m in conditions
+                ]
             return True
 
     def _set_ready(self, deployment_key, key, image: str, name: str, ready: bool) -> None:
@@ -727,8 +810,12 @@ class FakeKube:
                     status[field] = 1
                 else:
                     status.pop(field, None)
-        self._set_pod(key, phase="Running", main=[_running(name, image, ready)],
-                      conditions=[("PodScheduled", "True", "", ""), ("Initialized", "True", "", ""), ("Ready", "True" if ready else "False", "", "")])
+        self._set_pod(
+            key,
+            phase="Running",
+            main=[_running(name, image, ready)],
+            conditions=[("PodScheduled", "True", "", ""), ("Initialized", "True", "", ""), ("Ready", "True" if ready else "False", "", "")],
+        )
 
     def _run(self, key, argv: list[str], env: dict, pod_dir: Path, log: Path) -> subprocess.Popen | None:
         with self.lock:
@@ -750,9 +837,13 @@ class FakeKube:
             key = (namespace, pod_name)
             spec = template["spec"]
             self.pod_owner[key] = (namespace, deployment_name)
-            self.pods[key] = {"apiVersion": "v1", "kind": "Pod",
-                              "metadata": {"name": pod_name, "namespace": namespace, "labels": dict(template["metadata"]["labels"]), "uid": str(uuid.uuid4())},
-                              "spec": json.loads(json.dumps(spec)), "status": {"phase": "Pending"}}
+            self.pods[key] = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": namespace, "labels": dict(template["metadata"]["labels"]), "uid": str(uuid.uuid4())},
+                "spec": json.loads(json.dumps(spec)),
+                "status": {"phase": "Pending"},
+            }
         if not self.schedulable:
             self._set_pod(key, conditions=[("PodScheduled", "False", "Unschedulable", "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")])
             return
@@ -762,11 +853,15 @@ class FakeKube:
         log.touch()
         inits, main = spec.get("initContainers", []), spec["containers"][0]
         pending = [_waiting(c["name"], c["image"], "PodInitializing") for c in inits]
-        self._set_pod(key, init=pending, main=[_waiting(main["name"], main["image"], "PodInitializing")],
-                      conditions=[("PodScheduled", "True", "", ""), ("Initialized", "False", "ContainersNotInitialized", "")])
+        self._set_pod(
+            key,
+            init=pending,
+            main=[_waiting(main["name"], main["image"], "PodInitializing")],
+            conditions=[("PodScheduled", "True", "", ""), ("Initialized", "False", "ContainersNotInitialized", "")],
+        )
         done: list[dict] = []
         for i, c in enumerate(inits):
-            if not self._start_init(key, c, pod_dir, log, done, pending[i + 1:], main):
+            if not self._start_init(key, c, pod_dir, log, done, pending[i + 1 :], main):
                 return
         self._run_engine(key, (namespace, deployment_name), main, template["metadata"]["labels"], pod_dir, log, done)
 
@@ -792,11 +887,25 @@ class FakeKube:
             return False
         code = proc.wait()
         if code != 0:  # the kubelet restarts it with a back-off: Init:CrashLoopBackOff
-            self._set_pod(key, init=done + [_waiting(c["name"], c["image"], "CrashLoopBackOff", f"back-off 10s restarting failed container={c['name']}",
-                                                     restarts=1, last=_terminated(code, "Error"))] + later)
+            self._set_pod(
+                key,
+                init=done
+                + [
+                    _waiting(
+                        c["name"],
+                        c["image"],
+                        "CrashLoopBackOff",
+                        f"back-off 10s restarting failed container={c['name']}",
+                        restarts=1,
+                        last=_terminated(code, "Error"),
+                    )
+                ]
+                + later,
+            )
             return False
-        done.append({"name": c["name"], "image": c["image"], "imageID": "", "ready": True, "restartCount": 0,
-                     "state": {"terminated": _terminated(0, "Completed")}})
+        done.append(
+            {"name": c["name"], "image": c["image"], "imageID": "", "ready": True, "restartCount": 0, "state": {"terminated": _terminated(0, "Completed")}}
+        )
         return True
 
     def _service_ip(self, namespace: str, labels: dict, timeout: float = 60) -> str | None:
@@ -815,8 +924,12 @@ class FakeKube:
         """The stand-in engine in place of the engine container; ready once its readiness probe answers."""
         image = c["image"]
         if self._unpullable(image):
-            self._set_pod(key, init=inits, main=[_waiting(c["name"], image, "ImagePullBackOff", f'Back-off pulling image "{image}"')],
-                          conditions=[("PodScheduled", "True", "", ""), ("Initialized", "True", "", ""), ("Ready", "False", "ContainersNotReady", "")])
+            self._set_pod(
+                key,
+                init=inits,
+                main=[_waiting(c["name"], image, "ImagePullBackOff", f'Back-off pulling image "{image}"')],
+                conditions=[("PodScheduled", "True", "", ""), ("Initialized", "True", "", ""), ("Ready", "False", "ContainersNotReady", "")],
+            )
             return
         rewrite = self._rewriter(c, pod_dir)
         try:
@@ -853,8 +966,19 @@ class FakeKube:
             alive = key in self.pods
         if alive:  # it exited on its own: the kubelet restarts it with a back-off
             self._set_ready(deployment_key, key, image, c["name"], False)
-            self._set_pod(key, main=[_waiting(c["name"], image, "CrashLoopBackOff", f"back-off 10s restarting failed container={c['name']}",
-                                              restarts=1, last=_terminated(proc.returncode, "Error"))])
+            self._set_pod(
+                key,
+                main=[
+                    _waiting(
+                        c["name"],
+                        image,
+                        "CrashLoopBackOff",
+                        f"back-off 10s restarting failed container={c['name']}",
+                        restarts=1,
+                        last=_terminated(proc.returncode, "Error"),
+                    )
+                ],
+            )
 
     def server_gone(self, name: str, namespace: str = "sicog", timeout: float = 20) -> bool:
         """True once the Deployment, its Service and its pods are gone and every process of its pods has ended."""

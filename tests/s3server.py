@@ -15,9 +15,13 @@ import io
 import socket
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+if TYPE_CHECKING:
+    from minio import Minio
 from werkzeug.serving import make_server
 
 
@@ -75,8 +79,9 @@ class S3Server:
             # minio's WebIdentityProvider sends the same parameters as the query string of an empty
             # POST (which AWS STS accepts too): hand them to moto as the form body.
             body = environ["QUERY_STRING"].encode()
-            environ.update({"QUERY_STRING": "", "CONTENT_TYPE": "application/x-www-form-urlencoded",
-                            "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)})
+            environ.update(
+                {"QUERY_STRING": "", "CONTENT_TYPE": "application/x-www-form-urlencoded", "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+            )
             self.sts_calls.append(query)
 
     def client(self) -> "Minio":

@@ -11,9 +11,13 @@ from sicog.annotate.cod import accept, annotate_cod, cod_records, teacher_prompt
 from sicog.cli import app
 from sicog.prompts import CAPTION_COD, CAPTION_DD, COD_HEADERS, COT_HEADERS, format_cod, parse_cod, parse_cot
 
-STEPS = ["A red circle and a blue square.", "The circle is bright red; the square is small.",
-         "The circle is above the square.", "The background is plain white.",
-         "A bright red circle sits above a small blue square on a plain white background."]
+STEPS = [
+    "A red circle and a blue square.",
+    "The circle is bright red; the square is small.",
+    "The circle is above the square.",
+    "The background is plain white.",
+    "A bright red circle sits above a small blue square on a plain white background.",
+]
 
 
 class CannedTeacher:
@@ -35,8 +39,11 @@ class CannedTeacher:
 
 
 def _caption(rid: str) -> dict:
-    return {"id": rid, "image": f"{rid}.png", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
-                                                                 {"from": "gpt", "value": "A red circle above a blue square."}]}
+    return {
+        "id": rid,
+        "image": f"{rid}.png",
+        "conversations": [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "A red circle above a blue square."}],
+    }
 
 
 def test_teacher_prompt_carries_guidelines_steps_and_reference():
@@ -50,14 +57,16 @@ def test_teacher_prompt_carries_guidelines_steps_and_reference():
 
 def test_accepted_retried_and_quarantined_answers():
     good = format_cod(STEPS)
-    teacher = CannedTeacher({
-        ("ok", 0): "\n" + good + "\n",                      # whitespace around is fine
-        ("late", 0): "Sure! Here is the description.\n" + good,  # text before step 1: malformed
-        ("late", 1): good,
-        ("bad", 0): good.replace("Step 3:", "Step three:"),
-        ("bad", 1): "A red circle.",
-        ("down", 0): "ERROR:after 4 attempt(s): HTTP 503: overloaded",
-    })
+    teacher = CannedTeacher(
+        {
+            ("ok", 0): "\n" + good + "\n",  # whitespace around is fine
+            ("late", 0): "Sure! Here is the description.\n" + good,  # text before step 1: malformed
+            ("late", 1): good,
+            ("bad", 0): good.replace("Step 3:", "Step three:"),
+            ("bad", 1): "A red circle.",
+            ("down", 0): "ERROR:after 4 attempt(s): HTTP 503: overloaded",
+        }
+    )
     records = [_caption(r) for r in ("ok", "late", "bad", "down")]
     annotated, quarantine = annotate_cod(records, teacher, seed=5, max_new_tokens=1200, temperature=0.2)
     # first pass asks everyone; only the malformed ones are asked again, with a new seed
@@ -85,13 +94,26 @@ def test_accept_and_records_refuse_malformed_steps():
 
 
 LLAVA_COT = [
-    {"id": "q1", "image": "1.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat colour is the circle?\nAnswer the question using a single word or phrase."},
-        {"from": "gpt", "value": "<SUMMARY> Find the colour. </SUMMARY>\n<CAPTION> A red circle. </CAPTION>\n"
-                                 "<REASONING> The circle is red. </REASONING>\n<CONCLUSION> Red </CONCLUSION>"}]},
-    {"id": "q2", "image": "2.png", "conversations": [
-        {"from": "human", "value": "<image>\nHow many shapes?"},
-        {"from": "gpt", "value": "<SUMMARY> Count. </SUMMARY><CAPTION> Two shapes. </CAPTION><CONCLUSION> 2 </CONCLUSION>"}]},
+    {
+        "id": "q1",
+        "image": "1.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the circle?\nAnswer the question using a single word or phrase."},
+            {
+                "from": "gpt",
+                "value": "<SUMMARY> Find the colour. </SUMMARY>\n<CAPTION> A red circle. </CAPTION>\n"
+                "<REASONING> The circle is red. </REASONING>\n<CONCLUSION> Red </CONCLUSION>",
+            },
+        ],
+    },
+    {
+        "id": "q2",
+        "image": "2.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nHow many shapes?"},
+            {"from": "gpt", "value": "<SUMMARY> Count. </SUMMARY><CAPTION> Two shapes. </CAPTION><CONCLUSION> 2 </CONCLUSION>"},
+        ],
+    },
 ]
 
 

@@ -11,13 +11,13 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from sicog.errors import UserError
-from sicog.steps import StepIO
-from sicog.steps.model import extract_backbone as extract_step
-from sicog.steps.sample import sample
 from sicog.generate.backbone import extract_backbone, is_multimodal
 from sicog.generate.local import LocalSampler
 from sicog.generate.plan import plan_requests
 from sicog.generate.seeds import candidate_seed
+from sicog.steps import StepIO
+from sicog.steps.model import extract_backbone as extract_step
+from sicog.steps.sample import sample
 from tiny import tiny_sampler_model
 
 PROMPTS = ["Say hello.", "Name a shape.", "What colour is the sky?"]

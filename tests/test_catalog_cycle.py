@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sicog import store
@@ -46,10 +47,8 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
         name = Path(rec["image"]).name
         shutil.copy(world / rec["image"], nested / name)
         human, gpt = rec["conversations"]
-        align.append({"image": f"00000/{name}", "conversations": [
-            {"from": "human", "value": human["value"].replace("<image>\n", "") + "\n<image>"}, gpt]})
-    align.append({"image": "00000/missing.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Nothing."}]})
+        align.append({"image": f"00000/{name}", "conversations": [{"from": "human", "value": human["value"].replace("<image>\n", "") + "\n<image>"}, gpt]})
+    align.append({"image": "00000/missing.png", "conversations": [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Nothing."}]})
     (data / "558k" / "chat.json").write_text(json.dumps(align))
 
     # instruct: JSONL with a system turn on every third record and one malformed line; images beside it.
@@ -64,10 +63,9 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
 
     # perception: a Hugging Face save_to_disk folder with the image bytes inside; reasoning: JSONL.
     perception = _jsonl(world / "perception.jsonl")
-    ds = datasets.Dataset.from_list([
-        {"id": r["id"], "image": {"bytes": (world / r["image"]).read_bytes(), "path": None}, "conversations": r["conversations"]}
-        for r in perception
-    ]).cast_column("image", datasets.Image(decode=False))
+    ds = datasets.Dataset.from_list(
+        [{"id": r["id"], "image": {"bytes": (world / r["image"]).read_bytes(), "path": None}, "conversations": r["conversations"]} for r in perception]
+    ).cast_column("image", datasets.Image(decode=False))
     ds.save_to_disk(str(data / "perception-hf"))
     shutil.copytree(world / "images", data / "reasoning" / "images")
     shutil.copy(world / "reasoning.jsonl", data / "reasoning" / "reasoning.jsonl")
@@ -95,20 +93,26 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # a micro cycle under kfp.local: ~4 min here
 def test_a_cycle_runs_on_a_catalog_of_user_datasets(bucket, tmp_path):
     world = tmp_path / "world"
-    made = subprocess.run([sys.executable, "-m", "sicog.cli", "world", "--config", str(MICRO), "--out", str(world)],
-                          capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [sys.executable, "-m", "sicog.cli", "world", "--config", str(MICRO), "--out", str(world)], capture_output=True, text=True, timeout=300
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     catalog = _user_data(world, tmp_path / "data", bucket)
 
-    check = subprocess.run([sys.executable, "-m", "sicog.cli", "data", "check", str(catalog), "--json"],
-                           capture_output=True, text=True, timeout=300)
+    check = subprocess.run([sys.executable, "-m", "sicog.cli", "data", "check", str(catalog), "--json"], capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-2000:]
 
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", str(out),
-                           "--set", f"data.catalog={catalog}"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", str(out), "--set", f"data.catalog={catalog}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     # Every role was read from the user's files: counts per role, the bad rows quarantined by reason.

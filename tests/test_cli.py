@@ -15,7 +15,17 @@ runner = CliRunner()
 
 
 def _cand(id_, index, fmt, text):
-    return {"id": id_, "task": "vqa", "format": fmt, "index": index, "seed": index, "prompt": "What color is the circle?", "image": "a.png", "text": text, "model": "m"}
+    return {
+        "id": id_,
+        "task": "vqa",
+        "format": fmt,
+        "index": index,
+        "seed": index,
+        "prompt": "What color is the circle?",
+        "image": "a.png",
+        "text": text,
+        "model": "m",
+    }
 
 
 def _cot(answer):
@@ -23,9 +33,15 @@ def _cot(answer):
 
 
 ROWS = [
-    _cand("q1", 0, "cot", _cot("red")), _cand("q1", 1, "cot", _cot("red")), _cand("q1", 2, "da", "Red."),
-    _cand("q2", 0, "cot", _cot("blue")), _cand("q2", 1, "cot", "not a chain of thought"), _cand("q2", 2, "da", "green"),
-    _cand("q3", 0, "cot", "garbage"), _cand("q3", 1, "cot", "garbage"), _cand("q3", 2, "da", "red"),
+    _cand("q1", 0, "cot", _cot("red")),
+    _cand("q1", 1, "cot", _cot("red")),
+    _cand("q1", 2, "da", "Red."),
+    _cand("q2", 0, "cot", _cot("blue")),
+    _cand("q2", 1, "cot", "not a chain of thought"),
+    _cand("q2", 2, "da", "green"),
+    _cand("q3", 0, "cot", "garbage"),
+    _cand("q3", 1, "cot", "garbage"),
+    _cand("q3", 2, "da", "red"),
 ]
 EXACT = ["--set", "curate.vqa.similarity=exact", "--set", "curate.vqa.threshold=0.9"]
 TRUTH = [{"id": "q1", "answer": "red"}, {"id": "q2", "answer": "blue"}, {"id": "q3", "answer": "red"}]
@@ -66,8 +82,7 @@ def test_score_output_is_what_curate_reads(tmp_path, name):
         assert {"scored.jsonl", "rejected.jsonl"} <= {p.name for p in (tmp_path / name).iterdir()}
     else:
         assert sorted(p.name for p in tmp_path.glob("scored*")) == ["scored.jsonl", "scored.rejected.jsonl"]
-    result = runner.invoke(app, ["curate", "--world", str(tmp_path / "world"), "--scored", str(tmp_path / name),
-                                 "--out", str(tmp_path / "curated"), *EXACT])
+    result = runner.invoke(app, ["curate", "--world", str(tmp_path / "world"), "--scored", str(tmp_path / name), "--out", str(tmp_path / "curated"), *EXACT])
     assert result.exit_code == 0, result.output
     (curated,) = _lines((tmp_path / "curated/curated.jsonl").read_text())
     assert curated["id"] == "q1" and curated["conversations"][1]["value"] == _cot("red")

@@ -97,17 +97,21 @@ def test_served_engine_deploys_a_server_per_sampling_model_inside_an_exit_handle
     assert served_from == {"perception": "perception/warmup", "reasoning": "reasoning/warmup", "backbone": "extract-backbone"}
     for group in groups:
         dag = group["dag"]["tasks"]
-        handler, = (t for t in dag if t.startswith("exit-handler"))
-        teardown, = (t for t in dag if t.startswith("delete-server"))
-        collect, = (t for t in dag if t.startswith("collect-candidates"))
+        (handler,) = (t for t in dag if t.startswith("exit-handler"))
+        (teardown,) = (t for t in dag if t.startswith("delete-server"))
+        (collect,) = (t for t in dag if t.startswith("collect-candidates"))
         assert dag[teardown]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs when sampling failed too
         assert dag[teardown]["dependentTasks"] == [handler] and dag[collect]["dependentTasks"] == [handler]
         inner = ir["components"][dag[handler]["componentRef"]["name"]]["dag"]["tasks"]
         assert any(t.startswith("launch-server") for t in inner) and any(t.startswith("sample-shards") for t in inner)
     shard_execs = [e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-sample-shard")]
     assert len(shard_execs) == 3 and not any("accelerator" in _resources(ir, e) for e in shard_execs)  # the servers hold the GPUs
-    shard_tasks = [t for c in ir["components"].values() for n, t in c.get("dag", {}).get("tasks", {}).items()
-                   if n.startswith("sample-shard") and not n.startswith("sample-shards")]
+    shard_tasks = [
+        t
+        for c in ir["components"].values()
+        for n, t in c.get("dag", {}).get("tasks", {}).items()
+        if n.startswith("sample-shard") and not n.startswith("sample-shards")
+    ]
     assert len(shard_tasks) == 3 and all(set(t["inputs"]["artifacts"]) == {"world"} for t in shard_tasks)  # no model download
     assert all("server" in t["inputs"]["parameters"] for t in shard_tasks)
     for executor in (e for e in ir["deploymentSpec"]["executors"] if e.startswith(("exec-launch-server", "exec-delete-server"))):
@@ -134,16 +138,26 @@ def test_a_cluster_run_without_a_catalog_or_a_starting_model_stops_before_any_ta
     """The demo world and the tiny model are for `sicog cycle`: a cluster run names its data and its model."""
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     for missing in ("data.catalog", "model.start"):
-        proc = _cli("pipeline", "submit", "--config", str(PAPER), "--set", f"{missing}=", "--host", kfp_api.url, "--series",
-                    "s3://sicog/series", env=env)
+        proc = _cli("pipeline", "submit", "--config", str(PAPER), "--set", f"{missing}=", "--host", kfp_api.url, "--series", "s3://sicog/series", env=env)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert f"{missing} is not set" in " ".join(proc.stderr.split())
     assert kfp_api.posted("/apis/v2beta1/runs") == []
 
 
 def test_submit_starts_one_run_of_the_compiled_pipeline(kfp_api, tmp_path):
-    proc = _cli("pipeline", "submit", "--config", str(PAPER), "--host", kfp_api.url, "--series", "s3://sicog/series",
-                "--run-name", "cycle-now", env={**os.environ, "HOME": str(tmp_path / "home")})
+    proc = _cli(
+        "pipeline",
+        "submit",
+        "--config",
+        str(PAPER),
+        "--host",
+        kfp_api.url,
+        "--series",
+        "s3://sicog/series",
+        "--run-name",
+        "cycle-now",
+        env={**os.environ, "HOME": str(tmp_path / "home")},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("run run-1")
     (run,) = kfp_api.posted("/apis/v2beta1/runs")
@@ -160,8 +174,21 @@ def test_submit_starts_one_run_of_the_compiled_pipeline(kfp_api, tmp_path):
 
 def test_schedule_creates_a_weekly_recurring_run(kfp_api, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path / "home")}
-    proc = _cli("pipeline", "schedule", "--config", str(PAPER), "--host", kfp_api.url, "--series", "s3://sicog/series",
-                "--cron", "0 0 3 * * 1", "--name", "weekly", env=env)
+    proc = _cli(
+        "pipeline",
+        "schedule",
+        "--config",
+        str(PAPER),
+        "--host",
+        kfp_api.url,
+        "--series",
+        "s3://sicog/series",
+        "--cron",
+        "0 0 3 * * 1",
+        "--name",
+        "weekly",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (recurring,) = kfp_api.posted("/apis/v2beta1/recurringruns")
     assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}

@@ -48,7 +48,8 @@ def test_missing_and_malformed_files(tmp_path):
 def test_cli_reports_config_errors_in_one_line_with_nonzero_exit(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "sicog.cli", "world", "--config", str(ROOT / "configs/demo.yaml"), "--set", "world.n_base=-1", "--out", str(tmp_path / "w")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "config error: world.n_base" in proc.stderr

@@ -63,7 +63,7 @@ def test_best_is_the_highest_score_and_ties_go_to_the_lowest_index():
     scores = rng.random(int(sizes.sum()))
     best = best_in_groups(scores, sizes)
     starts = np.cumsum(sizes) - sizes
-    assert [int(np.argmax(scores[s:s + k])) for s, k in zip(starts, sizes)] == best.tolist()
+    assert [int(np.argmax(scores[s : s + k])) for s, k in zip(starts, sizes)] == best.tolist()
     # exact ties and ties within float rounding: the lowest index wins
     assert best_in_groups([0.5, 0.9, 0.9, 0.9 + 1e-9, 0.1, 0.3], [4, 2]).tolist() == [1, 1]
 
@@ -102,7 +102,7 @@ def test_exact_scores_match_brute_force():
     keys = [str(k) for k in rng.integers(0, 3, size=int(sizes.sum()))]
     expected, start = [], 0
     for k in sizes:
-        group = keys[start:start + k]
+        group = keys[start : start + k]
         expected += [(group.count(key) - 1) / (k - 1) for key in group]
         start += k
     np.testing.assert_allclose(exact_scores(keys, sizes), expected)
@@ -138,8 +138,7 @@ class BagOfWords:
 
 def _cand(id_, index, fmt, text, task=None, image="img/1.png"):
     task = task or {"dd": "caption", "cod": "caption", "da": "vqa", "cot": "vqa", "text": "text"}[fmt]
-    row = {"id": id_, "task": task, "format": fmt, "index": index, "seed": 100 + index, "prompt": f"prompt {fmt}",
-           "text": text, "model": "m"}
+    row = {"id": id_, "task": task, "format": fmt, "index": index, "seed": 100 + index, "prompt": f"prompt {fmt}", "text": text, "model": "m"}
     if task != "text":
         row["image"] = image
     return row
@@ -156,7 +155,9 @@ def test_embedding_scores_compare_cod_step_five_and_whole_dd_text():
         _cand("img1", 1, "cod", format_cod(COD_STEPS)),
         _cand("img1", 0, "cod", format_cod(COD_STEPS[:4] + [COD_STEPS[4].replace("large ", "")])),
         _cand("img1", 2, "dd", other),
-        _cand("img2", 0, "dd", "a cat"), _cand("img2", 1, "dd", "a dog"), _cand("img2", 2, "dd", "a cat"),
+        _cand("img2", 0, "dd", "a cat"),
+        _cand("img2", 1, "dd", "a dog"),
+        _cand("img2", 2, "dd", "a cat"),
     ]
     scored, rejected = score_instances(cands, "embedding", emb)
     assert rejected == [] and [r["id"] for r in scored] == ["img1", "img2"]
@@ -172,8 +173,7 @@ def test_embedding_scores_compare_cod_step_five_and_whole_dd_text():
 
 def test_exact_and_hybrid_similarity():
     short = [_cand("q1", 0, "cot", _cot("The answer is red.")), _cand("q1", 1, "cot", _cot("Blue")), _cand("q1", 2, "da", "Red")]
-    long = [_cand("q2", i, "da", t) for i, t in enumerate(
-        ["the circle is red and large", "the circle is red and large", "it is a small blue square shape"])]
+    long = [_cand("q2", i, "da", t) for i, t in enumerate(["the circle is red and large", "the circle is red and large", "it is a small blue square shape"])]
     scored, _ = score_instances(short + long, "exact", None)
     assert [r["scores"] for r in scored] == [[0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]
     assert [r["best"] for r in scored] == [0, 0] and {r["similarity"] for r in scored} == {"exact"}
@@ -193,9 +193,15 @@ def test_exact_and_hybrid_similarity():
 def test_malformed_candidates_are_excluded_and_listed():
     good = format_cod(COD_STEPS)
     cands = [
-        _cand("a", 0, "cod", good), _cand("a", 1, "cod", "Step 1: not the header\nsomething"), _cand("a", 2, "dd", COD_STEPS[4]),
-        _cand("b", 0, "cod", good.replace("Step 5:", "Step 6:")), _cand("b", 1, "cod", ""), _cand("b", 2, "dd", "a lone caption"),
-        _cand("c", 0, "dd", "   "), _cand("c", 1, "dd", "x"), _cand("c", 2, "dd", "x"),
+        _cand("a", 0, "cod", good),
+        _cand("a", 1, "cod", "Step 1: not the header\nsomething"),
+        _cand("a", 2, "dd", COD_STEPS[4]),
+        _cand("b", 0, "cod", good.replace("Step 5:", "Step 6:")),
+        _cand("b", 1, "cod", ""),
+        _cand("b", 2, "dd", "a lone caption"),
+        _cand("c", 0, "dd", "   "),
+        _cand("c", 1, "dd", "x"),
+        _cand("c", 2, "dd", "x"),
     ]
     scored, rejected = score_instances(cands, "embedding", BagOfWords())
     (a, c) = scored
@@ -209,8 +215,7 @@ def test_malformed_candidates_are_excluded_and_listed():
 
 
 def test_instances_with_duplicate_indices_or_mixed_tasks_are_rejected():
-    cands = [_cand("a", 0, "dd", "x"), _cand("a", 0, "dd", "y"),
-             _cand("b", 0, "dd", "x"), _cand("b", 1, "da", "x")]
+    cands = [_cand("a", 0, "dd", "x"), _cand("a", 0, "dd", "y"), _cand("b", 0, "dd", "x"), _cand("b", 1, "da", "x")]
     scored, rejected = score_instances(cands, "exact", None)
     assert scored == [] and [r["reason"].split()[0] for r in rejected] == ["duplicate", "candidates"]
     with pytest.raises(UserError, match="candidate row 0: .*lacks index"):
@@ -222,23 +227,36 @@ def test_instances_with_duplicate_indices_or_mixed_tasks_are_rejected():
 
 def _row(id_, score, task="vqa", best=0, fmt="da", text="red"):
     cands = [_cand(id_, i, fmt, text, task=task) for i in range(3)]
-    return {"id": id_, "task": task, "candidates": cands, "compared": [text] * 3, "scores": [score, score - 0.1, score - 0.2],
-            "best": best, "score": score, "similarity": "embedding", "malformed": []}
+    return {
+        "id": id_,
+        "task": task,
+        "candidates": cands,
+        "compared": [text] * 3,
+        "scores": [score, score - 0.1, score - 0.2],
+        "best": best,
+        "score": score,
+        "similarity": "embedding",
+        "malformed": [],
+    }
 
 
 def test_threshold_selection_with_reasons():
     rows = [_row("a", 0.9), _row("b", 0.8123), _row("c", 0.85)]
     kept, rejected = select_instances(rows, "vqa", threshold=0.85)
     assert [r["id"] for r in kept] == ["a", "c"] and [r["kept"] for r in rows] == [True, False, True]
-    assert rejected == [{"id": "b", "task": "vqa", "reason": "best score 0.8123 < threshold 0.85",
-                         "scores": rows[1]["scores"], "best": 0, "score": 0.8123}]
+    assert rejected == [{"id": "b", "task": "vqa", "reason": "best score 0.8123 < threshold 0.85", "scores": rows[1]["scores"], "best": 0, "score": 0.8123}]
     with pytest.raises(ValueError, match="not 'caption'"):
         select_instances(rows, "caption", 0.5)
 
 
 def test_text_top_k_keeps_the_highest_scores_ties_by_id():
-    rows = [_row("d", 0.9, "text", fmt="text"), _row("b", 0.9, "text", fmt="text"),
-            _row("c", 0.95, "text", fmt="text"), _row("a", 0.5, "text", fmt="text"), _row("e", 0.7, "text", fmt="text")]
+    rows = [
+        _row("d", 0.9, "text", fmt="text"),
+        _row("b", 0.9, "text", fmt="text"),
+        _row("c", 0.95, "text", fmt="text"),
+        _row("a", 0.5, "text", fmt="text"),
+        _row("e", 0.7, "text", fmt="text"),
+    ]
     kept, rejected = select_instances(rows, "text", threshold=0.6, top_k=2)
     assert sorted(r["id"] for r in kept) == ["b", "c"]
     reasons = {r["id"]: r["reason"] for r in rejected}
@@ -250,17 +268,40 @@ def test_text_top_k_keeps_the_highest_scores_ties_by_id():
 
 def test_curated_records_and_five_turn_conversation():
     cod_text = format_cod(COD_STEPS)
-    row = {"id": "img7", "task": "caption", "best": 1, "score": 0.97, "scores": [0.9, 0.97, 0.8], "similarity": "embedding",
-           "candidates": [_cand("img7", 0, "dd", COD_STEPS[4]), _cand("img7", 1, "cod", cod_text), _cand("img7", 2, "dd", "x")]}
-    text_row = {"id": "t1", "task": "text", "best": 2, "score": 0.8, "scores": [0.7, 0.6, 0.8], "similarity": "embedding",
-                "candidates": [_cand("t1", i, "text", f"answer {i}") for i in range(3)]}
+    row = {
+        "id": "img7",
+        "task": "caption",
+        "best": 1,
+        "score": 0.97,
+        "scores": [0.9, 0.97, 0.8],
+        "similarity": "embedding",
+        "candidates": [_cand("img7", 0, "dd", COD_STEPS[4]), _cand("img7", 1, "cod", cod_text), _cand("img7", 2, "dd", "x")],
+    }
+    text_row = {
+        "id": "t1",
+        "task": "text",
+        "best": 2,
+        "score": 0.8,
+        "scores": [0.7, 0.6, 0.8],
+        "similarity": "embedding",
+        "candidates": [_cand("t1", i, "text", f"answer {i}") for i in range(3)],
+    }
     # A CoD winner at or above the conversation threshold is CONVERTED: one record, its five steps as five turns.
     records = to_curated([row, text_row], cycle=2, conversation_threshold=0.95)
     assert [r["id"] for r in records] == ["img7", "t1"]
     conv, text = records
     assert conv["image"] == "img/1.png" and len(conv["conversations"]) == 10
-    assert conv["sicog"] == {"cycle": 2, "task": "caption", "format": "cod", "index": 1, "seed": 101, "score": 0.97,
-                             "scores": [0.9, 0.97, 0.8], "model": "m", "conversation": True}
+    assert conv["sicog"] == {
+        "cycle": 2,
+        "task": "caption",
+        "format": "cod",
+        "index": 1,
+        "seed": 101,
+        "score": 0.97,
+        "scores": [0.9, 0.97, 0.8],
+        "model": "m",
+        "conversation": True,
+    }
     assert [t["value"] for t in conv["conversations"][1::2]] == COD_STEPS
     assert conv["conversations"][0]["value"] == "<image>\n" + COD_TURN_QUESTIONS[0]
     assert [t["value"] for t in conv["conversations"][2::2]] == COD_TURN_QUESTIONS[1:]
@@ -290,8 +331,14 @@ def _text_instance(id_, answers):
     return [_cand(id_, i, "text", a) for i, a in enumerate(answers)]
 
 
-STEP_CONFIG = {"curate": {"text": {"similarity": "exact", "threshold": 0.5}, "text_top_k": 2,
-                          "caption": {"similarity": "exact", "threshold": 0.5}, "conversation_threshold": 0.9}}
+STEP_CONFIG = {
+    "curate": {
+        "text": {"similarity": "exact", "threshold": 0.5},
+        "text_top_k": 2,
+        "caption": {"similarity": "exact", "threshold": 0.5},
+        "conversation_threshold": 0.9,
+    }
+}
 
 
 def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
@@ -309,7 +356,9 @@ def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
         assert figures["text"]["threshold"] == 0.5
     one = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "scored-one/rejected.jsonl").read_text().splitlines())}
     assert one == {"c": "best score 0.0000 < threshold 0.5"}  # the threshold applies before the top-K
-    quality = curate(STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored-one"), str(tmp_path / "scored-two")]}))
+    quality = curate(
+        STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored-one"), str(tmp_path / "scored-two")]})
+    )
     curated = [json.loads(line) for line in (tmp_path / "cur/curated.jsonl").read_text().splitlines()]
     # Each scored input kept 2 (its own top-K); together the top-K is 2 of the whole pool: a and d (1.0), by score then id.
     assert sorted(r["id"] for r in curated) == ["a", "d"] and quality["text"]["kept"] == 2
@@ -324,8 +373,14 @@ def test_the_curate_step_converts_high_consistency_cod_winners(tmp_path):
     from sicog.steps.score import score
 
     cod = format_cod(COD_STEPS)
-    cands = [_cand("img1", 0, "cod", cod), _cand("img1", 1, "cod", cod), _cand("img1", 2, "dd", COD_STEPS[4]),  # all agree: 1.0
-             _cand("img2", 0, "cod", cod), _cand("img2", 1, "dd", COD_STEPS[4]), _cand("img2", 2, "dd", "other")]  # best 0.5
+    cands = [
+        _cand("img1", 0, "cod", cod),
+        _cand("img1", 1, "cod", cod),
+        _cand("img1", 2, "dd", COD_STEPS[4]),  # all agree: 1.0
+        _cand("img2", 0, "cod", cod),
+        _cand("img2", 1, "dd", COD_STEPS[4]),
+        _cand("img2", 2, "dd", "other"),
+    ]  # best 0.5
     world = tmp_path / "world"
     _write(world / "truth.jsonl", [])
     score(STEP_CONFIG, StepIO("score", str(tmp_path / "scored"), {"candidates": [_write(tmp_path / "cand.jsonl", cands)]}))
@@ -394,8 +449,14 @@ def test_malformed_counts_include_instances_rejected_for_too_few_well_formed_can
     from sicog.steps.score import score
 
     cod = format_cod(COD_STEPS)
-    cands = [_cand("img1", 0, "cod", cod), _cand("img1", 1, "cod", cod), _cand("img1", 2, "cod", "no steps"),  # scored, 1 malformed
-             _cand("img2", 0, "cod", "no steps"), _cand("img2", 1, "cod", "none"), _cand("img2", 2, "dd", COD_STEPS[4])]  # unscored, 2
+    cands = [
+        _cand("img1", 0, "cod", cod),
+        _cand("img1", 1, "cod", cod),
+        _cand("img1", 2, "cod", "no steps"),  # scored, 1 malformed
+        _cand("img2", 0, "cod", "no steps"),
+        _cand("img2", 1, "cod", "none"),
+        _cand("img2", 2, "dd", COD_STEPS[4]),
+    ]  # unscored, 2
     world = tmp_path / "world"
     _write(world / "truth.jsonl", [])
     figures = score(STEP_CONFIG, StepIO("score", str(tmp_path / "scored"), {"candidates": [_write(tmp_path / "cand.jsonl", cands)]}))

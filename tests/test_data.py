@@ -72,10 +72,17 @@ def llava665k(tmp_path) -> Path:
     root = tmp_path / "665k"
     _write(root / "coco/a.jpg", _image_bytes("jpg"))
     rows = [
-        {"id": "1", "image": "coco/a.jpg", "conversations": [{"from": "system", "value": "You are helpful."},
-                                                             {"from": "human", "value": f"What colour?\n{IMAGE_TOKEN}"},
-                                                             {"from": "gpt", "value": "Red."},
-                                                             {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]},
+        {
+            "id": "1",
+            "image": "coco/a.jpg",
+            "conversations": [
+                {"from": "system", "value": "You are helpful."},
+                {"from": "human", "value": f"What colour?\n{IMAGE_TOKEN}"},
+                {"from": "gpt", "value": "Red."},
+                {"from": "human", "value": "Sure?"},
+                {"from": "gpt", "value": "Yes."},
+            ],
+        },
         _caption("Name a prime.", "Seven.", id="2"),
         _caption("Name a colour.", "Blue.", id="3"),
         _caption("Again?", "Same id.", id="2"),
@@ -146,8 +153,14 @@ def test_llava_json_array(llava558k):
     assert records[0]["id"] == f"blip_558k/{content_id(raw)}" and records[0]["meta"]["id_from_content"]
     assert content_id(raw).startswith("sha256-") and content_id({**raw, "id": 5}) == content_id(raw)  # stable, id ignored
     assert len({r["id"] for r in records}) == 6
-    assert _reasons(quarantined) == {"image not found": 1, "corrupt image": 1, "image over the pixel limit": 1,
-                                     "image path escapes the data root": 1, "no answer": 1, "not a JSON object": 1}
+    assert _reasons(quarantined) == {
+        "image not found": 1,
+        "corrupt image": 1,
+        "image over the pixel limit": 1,
+        "image path escapes the data root": 1,
+        "no answer": 1,
+        "not a JSON object": 1,
+    }
 
 
 def test_truncated_json_array_keeps_complete_records(tmp_path):
@@ -244,8 +257,7 @@ def test_hf_save_to_disk_and_parquet(tmp_path):
 
 def test_llava_cot_converted_on_read(tmp_path):
     tagged = "<SUMMARY>Count.</SUMMARY><CAPTION>Two boxes.</CAPTION><REASONING>One and one.</REASONING><CONCLUSION>2</CONCLUSION>"
-    rows = [_caption("How many? Answer the question using a single word or phrase.", tagged, id="q1"),
-            _caption("How many?", "<SUMMARY>x</SUMMARY>", id="q2")]
+    rows = [_caption("How many? Answer the question using a single word or phrase.", tagged, id="q1"), _caption("How many?", "<SUMMARY>x</SUMMARY>", id="q2")]
     path = _write(tmp_path / "cot.json", json.dumps(rows))
     data = open_role(catalog_from_dict({"reasoning": {"uri": str(path), "format": "llava-cot"}}), "reasoning")
     assert len(data) == 4

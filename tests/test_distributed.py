@@ -19,7 +19,6 @@ from sicog.models import load_model
 from sicog.train.backends import torchrun
 from sicog.train.batch import BatchError, batch_plan
 from sicog.train.request import TrainRequest
-
 from tiny import colour_world, tiny_model
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
@@ -43,8 +42,7 @@ def _config(**train) -> dict:
 
 def _request(world, out: Path, config: dict, resume: bool = False) -> TrainRequest:
     root, model_dir = world
-    return TrainRequest.of(config, stage="instruct", data="base", name="instruct/base", model=str(model_dir), world=str(root),
-                           out=str(out), resume=resume)
+    return TrainRequest.of(config, stage="instruct", data="base", name="instruct/base", model=str(model_dir), world=str(root), out=str(out), resume=resume)
 
 
 def _argv(request: TrainRequest, nproc=None) -> list[str]:

@@ -13,7 +13,6 @@ from sicog.annotate.dpo import CORRUPTIONS, METHODS, corrupt, make_pairs
 from sicog.config import StageConfig, TrainConfig
 from sicog.models import load_model
 from sicog.train.dpo import train_dpo
-
 from tiny import colour_world, tiny_model
 from tiny import record as _rec
 
@@ -165,7 +164,10 @@ def test_dpo_runs_on_two_ranks(world, tmp_path):
     make_pairs(records, model_dir, root, tmp_path / "pairs", seed=0, max_new_tokens=8, batch_size=4)
     stage = {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}
     config = {"train": {"nproc": 2, "max_length": 256, "dpo": stage}}
-    log = torchrun(TrainRequest.of(config, stage="dpo", data="perception", name="dpo", model=str(model_dir), world=str(root),
-                                   out=str(tmp_path / "out"), pairs=str(tmp_path / "pairs")))
+    log = torchrun(
+        TrainRequest.of(
+            config, stage="dpo", data="perception", name="dpo", model=str(model_dir), world=str(root), out=str(tmp_path / "out"), pairs=str(tmp_path / "pairs")
+        )
+    )
     assert log["steps"] == 2 and log["gradient_accumulation_steps"] == 2
     load_model(tmp_path / "out")

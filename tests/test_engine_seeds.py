@@ -85,8 +85,9 @@ def _plan():
 
 def _run(url: str, root, engine: str, share_prefill: bool = True) -> dict:
     # concurrency 1: transformers serve seeds a process-wide generator, so only serial requests reproduce there
-    sampler = RemoteSampler(url, root, served_model="perception", engine=engine, share_prefill=share_prefill, concurrency=1,
-                            max_new_tokens=16, temperature=1.0, top_p=1.0)
+    sampler = RemoteSampler(
+        url, root, served_model="perception", engine=engine, share_prefill=share_prefill, concurrency=1, max_new_tokens=16, temperature=1.0, top_p=1.0
+    )
     rows = {(r["id"], r["index"]): r for r in sampler.generate(_plan())}
     assert all(isinstance(r["text"], str) and "error" not in r for r in rows.values()), rows
     return rows

@@ -12,13 +12,14 @@ from sicog.report.figures import figure_tables, read_block, replace_block
 METRICS = {
     "world": {"seed": 3},
     "cycle": 1,
-    "heldout": {"control": {"vqa_accuracy": 0.25, "caption_attribute_recall": None},
-                "base": {"vqa_accuracy": 0.5, "caption_attribute_recall": 0.125}},
+    "heldout": {"control": {"vqa_accuracy": 0.25, "caption_attribute_recall": None}, "base": {"vqa_accuracy": 0.5, "caption_attribute_recall": 0.125}},
     "steps": {"base": "align 2 + instruct 3"},
     "final_loss": {"base": 1.23456},
     "thresholds": {"vqa": 0.95, "caption": 0.8},
-    "curation": {"vqa": {"kept_accuracy": 0.75, "selected_accuracy": 0.5, "mean_candidate_accuracy": 0.4, "kept": 3, "instances": 12},
-                 "text": {"kept": 2, "instances": 6}},  # no ground truth: no quality row
+    "curation": {
+        "vqa": {"kept_accuracy": 0.75, "selected_accuracy": 0.5, "mean_candidate_accuracy": 0.4, "kept": 3, "instances": 12},
+        "text": {"kept": 2, "instances": 6},
+    },  # no ground truth: no quality row
 }
 README = "intro\n<!-- figures:demo -->\nold numbers\n<!-- /figures:demo -->\noutro\n"
 

@@ -43,7 +43,6 @@ from sicog.records import read_jsonl
 from sicog.train.data import IGNORE_INDEX, encode_record
 from sicog.train.trainer import train_stage
 from sicog.world.scenes import render_scene, sample_scene
-
 from tiny import COLOURS, record
 
 CLIP_IMAGE_SIZE, CLIP_PATCH = 336, 14  # CLIP-ViT-L/14-336
@@ -178,14 +177,14 @@ QUESTION = "What colour is the image?"
 # and the token that ends an assistant turn (a label, and the eos the sampler stops at).
 PROMPTS = {
     "qwen2": f"<|im_start|>user\n<image>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
-    "llama3.1": f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\n{QUESTION}<|eot_id|>"
-    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "llama3.1": f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\n{QUESTION}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
 }
 TURN_END = {"qwen2": "<|im_end|>", "llama3.1": "<|eot_id|>"}
 
 
-def hub_tokenizer(texts: list[str], specials: list[str], chat_template: str, *, eos: str, bos: str | None = None,
-                  pad: str | None = None) -> PreTrainedTokenizerFast:
+def hub_tokenizer(
+    texts: list[str], specials: list[str], chat_template: str, *, eos: str, bos: str | None = None, pad: str | None = None
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer shaped like a released one: its special tokens and chat template,
     and, with `bos`, a post-processor that prepends BOS to every encoding as Llama 3's does."""
     tok = Tokenizer(models.BPE())
@@ -195,8 +194,9 @@ def hub_tokenizer(texts: list[str], specials: list[str], chat_template: str, *, 
     tok.train_from_iterator(texts, trainer=trainer)
     if bos is not None:
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template,
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=chat_template, clean_up_tokenization_spaces=False
+    )
 
 
 def _texts() -> list[str]:
@@ -208,9 +208,19 @@ def save_qwen2(directory) -> None:
     151646 tokens, so "<image>" needs no resize)."""
     tok = hub_tokenizer(_texts(), QWEN2_SPECIALS, QWEN2_CHAT_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>")
     tok.save_pretrained(directory)
-    config = Qwen2Config(vocab_size=len(tok) + 64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=False,
-                         bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.eos_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tok) + 64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tok.eos_token_id,
+    )
     Qwen2ForCausalLM(config).save_pretrained(directory)
 
 
@@ -220,9 +230,20 @@ def save_llama31(directory) -> None:
     tok = hub_tokenizer(_texts(), LLAMA3_SPECIALS, LLAMA31_CHAT_TEMPLATE, eos="<|eot_id|>", bos="<|begin_of_text|>")
     tok.save_pretrained(directory)
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=1, max_position_embeddings=131072, rope_theta=500000.0, rope_scaling=rope, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=[tok.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")])
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=rope,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=[tok.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
+    )
     LlamaForCausalLM(config).save_pretrained(directory)
 
 
@@ -231,8 +252,9 @@ def clip_dir(tmp_path_factory):
     """CLIP-ViT-L/14-336 at 64 wide and 2 deep, with the released preprocessing settings."""
     directory = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH)
+    config = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH
+    )
     CLIPVisionModel(config).save_pretrained(directory)
     crop = {"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
     CLIPImageProcessor(size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size=crop, do_center_crop=True).save_pretrained(directory)
@@ -253,8 +275,7 @@ def data(tmp_path_factory):
     scene = sample_scene(random.Random(0), max_objects=3)
     render_scene(scene, 400).save(root / "img" / "heldout.png")
     heldout = [
-        {"id": "h-q0", "image": "img/heldout.png", "task": "vqa", "question": "What is the background colour?",
-         "answer": scene["background"], "scene": scene},
+        {"id": "h-q0", "image": "img/heldout.png", "task": "vqa", "question": "What is the background colour?", "answer": scene["background"], "scene": scene},
         {"id": "h-cap", "image": "img/heldout.png", "task": "caption", "scene": scene},
     ]
     (root / "heldout.jsonl").write_text("".join(json.dumps(row) + "\n" for row in heldout))

@@ -136,8 +136,7 @@ def test_every_rendered_resource_passes_kubernetes_validate_strict(rendered, cas
     for doc in docs:
         assert kubernetes_validate.validate(doc, KUBE_VERSION, strict=True) == "1.30", doc["kind"]
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
-            "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding"} <= kinds
     if case == "minio-trial":
         assert {"Secret", "PersistentVolumeClaim", "Job"} <= kinds
 
@@ -211,8 +210,19 @@ def test_sampler_runs_pinned_vllm_serve_by_default_on_the_requested_gpus(rendere
     assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["vllm"]
     assert vllm["image"] == ENGINE_IMAGES["vllm"] and not vllm["image"].endswith(":latest")
     assert vllm["command"] == ["vllm", "serve"]
-    assert vllm["args"] == ["/models/model", "--host", "0.0.0.0", "--port", "8000", "--served-model-name", "sampler",
-                            "--max-num-seqs", "128", "--tensor-parallel-size", "1"]
+    assert vllm["args"] == [
+        "/models/model",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--served-model-name",
+        "sampler",
+        "--max-num-seqs",
+        "128",
+        "--tensor-parallel-size",
+        "1",
+    ]
     env = {e["name"]: e["value"] for e in vllm["env"]}
     assert env["VLLM_NO_USAGE_STATS"] == env["DO_NOT_TRACK"] == env["HF_HUB_OFFLINE"] == "1" and "USAGE_STATS" not in env
     assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False  # no VLLM_*-like Service variables
@@ -224,12 +234,31 @@ def test_sampler_runs_pinned_vllm_serve_by_default_on_the_requested_gpus(rendere
     assert vllm["resources"]["requests"]["nvidia.com/gpu"] == vllm["resources"]["limits"]["nvidia.com/gpu"] == values["sampler"]["gpus"]
     assert one(rendered["default"], "Service", "sicog-sampler")["spec"]["ports"][0]["port"] == 8000
     # More GPUs: requested and limited alike, and the model sharded over them; an explicit port wins.
-    docs = render(*MINIMAL, "sampler.gpus=2", "sampler.port=9000", "sampler.servedModelName=backbone",
-                  "sampler.maxConcurrentRequests=64", "sampler.extraArgs={--dtype,bfloat16}")
+    docs = render(
+        *MINIMAL,
+        "sampler.gpus=2",
+        "sampler.port=9000",
+        "sampler.servedModelName=backbone",
+        "sampler.maxConcurrentRequests=64",
+        "sampler.extraArgs={--dtype,bfloat16}",
+    )
     vllm = container(one(docs, "Deployment", "sicog-sampler"), "vllm")
     assert vllm["resources"]["requests"]["nvidia.com/gpu"] == vllm["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert vllm["args"] == ["/models/model", "--host", "0.0.0.0", "--port", "9000", "--served-model-name", "backbone",
-                            "--max-num-seqs", "64", "--tensor-parallel-size", "2", "--dtype", "bfloat16"]
+    assert vllm["args"] == [
+        "/models/model",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        "--served-model-name",
+        "backbone",
+        "--max-num-seqs",
+        "64",
+        "--tensor-parallel-size",
+        "2",
+        "--dtype",
+        "bfloat16",
+    ]
     assert vllm["ports"][0]["containerPort"] == one(docs, "Service", "sicog-sampler")["spec"]["ports"][0]["port"] == 9000
 
 
@@ -293,8 +322,9 @@ def test_sampler_model_from_the_store_or_a_claim(rendered):
     assert {"name": "model", "mountPath": "/models"} in fetch["volumeMounts"]
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in container(deployment, "vllm")["volumeMounts"]
     # From a PVC instead: mounted read-only at the same path, no init container.
-    deployment = one(render("s3.existingSecret=sicog-s3", "sampler.model.existingClaim=models", "sampler.model.subPath=qwen2-7b"),
-                     "Deployment", "sicog-sampler")
+    deployment = one(
+        render("s3.existingSecret=sicog-s3", "sampler.model.existingClaim=models", "sampler.model.subPath=qwen2-7b"), "Deployment", "sicog-sampler"
+    )
     spec = deployment["spec"]["template"]["spec"]
     assert "initContainers" not in spec
     assert {v["name"]: v for v in spec["volumes"]}["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
@@ -359,8 +389,11 @@ def test_nothing_secret_is_a_value():
                 yield from keys(item, path)
 
     schema = yaml.safe_load((CHART / "values.schema.json").read_text())
-    for name, doc in (("values.yaml", yaml.safe_load((CHART / "values.yaml").read_text())),
-                      ("values-a100.yaml", yaml.safe_load(A100.read_text())), ("values.schema.json", schema)):
+    for name, doc in (
+        ("values.yaml", yaml.safe_load((CHART / "values.yaml").read_text())),
+        ("values-a100.yaml", yaml.safe_load(A100.read_text())),
+        ("values.schema.json", schema),
+    ):
         leaked = [k for k in keys(doc) if suspicious.search(k.rsplit(".", 1)[-1])]
         assert not leaked, f"{name}: {leaked}"
     # The only S3 value is a Secret's name.
@@ -376,8 +409,10 @@ def test_bundled_minio_uses_a_generated_secret_kept_out_of_values(rendered):
     assert again["data"]["AWS_SECRET_ACCESS_KEY"] != secret["data"]["AWS_SECRET_ACCESS_KEY"]  # random, not a value
     minio = container(one(docs, "Deployment", "sicog-minio"), "minio")
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in minio["env"] if "valueFrom" in e}
-    assert env == {"MINIO_ROOT_USER": {"name": "sicog-s3", "key": "AWS_ACCESS_KEY_ID"},
-                   "MINIO_ROOT_PASSWORD": {"name": "sicog-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert env == {
+        "MINIO_ROOT_USER": {"name": "sicog-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "MINIO_ROOT_PASSWORD": {"name": "sicog-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
     assert minio["image"].split(":")[1].startswith("RELEASE.")  # pinned
     # The bucket Job is a hook whose pod the MinIO Service does not select.
     job = one(docs, "Job", "sicog-minio-buckets")
@@ -385,8 +420,7 @@ def test_bundled_minio_uses_a_generated_secret_kept_out_of_values(rendered):
     selector = one(docs, "Service", "sicog-minio")["spec"]["selector"]
     assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
     # With a sampler, its model fetcher reads the bundled MinIO with the generated Secret.
-    fetch = container(one(render("minio.enabled=true", f"sampler.model.uri={MODEL_URI}"), "Deployment", "sicog-sampler"),
-                      "fetch-model", init=True)
+    fetch = container(one(render("minio.enabled=true", f"sampler.model.uri={MODEL_URI}"), "Deployment", "sicog-sampler"), "fetch-model", init=True)
     env = {e["name"]: e for e in fetch["env"]}
     assert env["SICOG_S3_ENDPOINT"]["value"] == f"http://sicog-minio.{NAMESPACE}.svc:9000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "sicog-s3"
@@ -418,8 +452,9 @@ def test_network_policies_admit_only_pipeline_clients(rendered):
 
 
 def test_role_lets_the_pipeline_launch_and_watch_trainjobs_and_pytorchjobs(rendered):
-    docs = render(*MINIMAL, "rbac.extraSubjects[0].kind=ServiceAccount", "rbac.extraSubjects[0].name=pipeline-runner",
-                  "rbac.extraSubjects[0].namespace=kubeflow")
+    docs = render(
+        *MINIMAL, "rbac.extraSubjects[0].kind=ServiceAccount", "rbac.extraSubjects[0].name=pipeline-runner", "rbac.extraSubjects[0].namespace=kubeflow"
+    )
     assert one(docs, "ServiceAccount", "sicog-pipeline")
     role = one(docs, "Role", "sicog-pipeline")
     # Kubeflow Trainer v2 (the default trainer) and the Training Operator v1 (cluster.trainer pytorchjob).
@@ -437,8 +472,10 @@ def test_role_lets_the_pipeline_launch_and_watch_trainjobs_and_pytorchjobs(rende
     assert not any("*" in verbs or "*" in resources for (_, resources), verbs in rules.items())
     binding = one(docs, "RoleBinding", "sicog-pipeline")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sicog-pipeline"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sicog-pipeline", "namespace": NAMESPACE},
-                                   {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sicog-pipeline", "namespace": NAMESPACE},
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"},
+    ]
     # The pipeline's default service account is this one.
     assert load_config().cluster.service_account == "sicog-pipeline"
 
@@ -510,7 +547,8 @@ def test_notes_name_the_endpoints_for_the_sicog_config(tmp_path):
     shutil.copytree(CHART, chart)
     shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
     (chart / "templates" / "notes-test.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n')
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n'
+    )
 
     def notes(*sets):
         proc = template(*sets, chart=chart)
@@ -551,7 +589,7 @@ def _pod_env(c: dict, secret: dict[str, str], volumes: dict[str, Path]) -> dict[
 def _moved(arg: str, volumes: dict[str, Path]) -> str:
     for mount, local in volumes.items():
         if arg == mount or arg.startswith(mount + "/"):
-            return str(local) + arg[len(mount):]
+            return str(local) + arg[len(mount) :]
     return arg
 
 
@@ -593,8 +631,7 @@ def test_rendered_scorer_serves_on_its_probe_port_and_drains_within_the_grace_pe
     probe_port = scorer["readinessProbe"]["grpc"]["port"]
     (tmp_path / "tmp").mkdir()
     volumes = {"/tmp": tmp_path / "tmp"}
-    proc = subprocess.Popen(_command(scorer, volumes), env=_pod_env(scorer, {}, volumes),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(_command(scorer, volumes), env=_pod_env(scorer, {}, volumes), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # The startup probe's budget: period x failureThreshold seconds to report SERVING.
         deadline = time.monotonic() + scorer["startupProbe"]["periodSeconds"] * scorer["startupProbe"]["failureThreshold"]
@@ -650,7 +687,10 @@ def test_monitoring_renders_servicemonitors_and_a_podmonitor_valid_against_the_o
     docs = render(*MONITORING)
     monitors = [d for d in docs if d["kind"] in MONITOR_CRDS]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in monitors) == [
-        ("PodMonitor", "sicog-engines"), ("ServiceMonitor", "sicog-sampler"), ("ServiceMonitor", "sicog-scorer")]
+        ("PodMonitor", "sicog-engines"),
+        ("ServiceMonitor", "sicog-sampler"),
+        ("ServiceMonitor", "sicog-scorer"),
+    ]
     for doc in monitors:
         schema = monitor_schema(doc["kind"])
         jsonschema.Draft7Validator(schema).validate(doc)

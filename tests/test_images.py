@@ -31,6 +31,7 @@ BUILD_TOOLS = ("apt-get", "apt ", "apk ", "pip ", "pip3 ", "gcc", "g++", "build-
 
 # ---- helpers ----
 
+
 def stages(path: Path) -> list[dict]:
     """The Dockerfile's stages in order: {"from": image, "name": alias, "steps": [(instruction, value)]}."""
     out = []
@@ -101,11 +102,11 @@ def hadolint(dockerfile: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     binary = Path(sys.executable).parent / "hadolint"
     assert binary.exists(), "hadolint not installed: make setup"
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
-    return subprocess.run([str(binary), "--no-color", str(dockerfile)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([str(binary), "--no-color", str(dockerfile)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
 
 
 # ---- lint ----
+
 
 @pytest.mark.parametrize("dockerfile", [CPU, TRAINER, EVAL], ids=["cpu", "trainer", "eval"])
 def test_hadolint_clean(dockerfile, tmp_path):
@@ -134,6 +135,7 @@ def test_hadolint_ignores_carry_a_reason(dockerfile):
 
 # ---- structure shared by both images ----
 
+
 @pytest.mark.parametrize("dockerfile", [CPU, TRAINER, EVAL], ids=["cpu", "trainer", "eval"])
 def test_bases_are_pinned_tags(dockerfile):
     for stage in stages(dockerfile):
@@ -156,8 +158,9 @@ def test_final_stage(dockerfile):
     assert json.loads(steps(final, "ENTRYPOINT")[-1]) == ["sicog"]
     workdir = steps(final, "WORKDIR")[-1]
     created = " ".join(steps(final, "RUN"))
-    assert f"--uid {user.split(':')[0]}" in created and f"--home-dir {workdir}" in created and "--create-home" in created, \
+    assert f"--uid {user.split(':')[0]}" in created and f"--home-dir {workdir}" in created and "--create-home" in created, (
         "the user is created with the WORKDIR as its own home"
+    )
 
     # The venv comes from the build stage; the final stage installs and compiles nothing.
     assert "--from=build /opt/venv /opt/venv" in steps(final, "COPY")
@@ -189,6 +192,7 @@ def test_final_stage(dockerfile):
 
 
 # ---- per image ----
+
 
 def test_cpu_image():
     build, final = stages(CPU)
@@ -261,12 +265,21 @@ def test_dockerignore_sends_only_what_the_images_copy():
     assert copied >= {"images/requirements.txt", "requirements-eval.lock", "pyproject.toml", "src", "components", "pipelines"}
     for path in copied | {"src/sicog/cli.py", "components/_image.py", "pipelines/cycle.py"}:
         assert in_context(path), f"{path} is copied but .dockerignore leaves it out"
-    for path in (".venv/bin/python", ".git/HEAD", "runs/demo/report.html", "tests/test_images.py", "requirements.lock",
-                 "src/sicog/__pycache__/cli.cpython-311.pyc", "sicog.egg-info/PKG-INFO", "model.safetensors"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "runs/demo/report.html",
+        "tests/test_images.py",
+        "requirements.lock",
+        "src/sicog/__pycache__/cli.cpython-311.pyc",
+        "sicog.egg-info/PKG-INFO",
+        "model.safetensors",
+    ):
         assert not in_context(path), f"{path} would be sent to the build"
 
 
 # ---- the dependency lock ----
+
 
 def test_the_lock_pins_every_requirement_of_pyproject_with_hashes():
     """requirements.lock covers pyproject.toml (runtime + test extra) at versions its specifiers allow,
@@ -336,6 +349,7 @@ def test_lock_is_complete_for_a_no_deps_install():
 
 
 # ---- names the rest of the project uses ----
+
 
 def test_component_image_default_is_this_repository(monkeypatch):
     monkeypatch.delenv("SICOG_IMAGE", raising=False)

@@ -31,10 +31,20 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 TOP = ("sicog.steps", "sicog.cli")  # left out: see the module docstring
 RESTRICTED = ("sicog.config", "sicog.store", "sicog.records", "sicog.errors", "sicog.retry", "sicog.console", "sicog.logs", "sicog.data")
 ROOMS_FORBIDDEN = ("sicog.generate", "sicog.train", "sicog.curate", "sicog.evaluate", "sicog.report", "sicog.cluster")
-FOUNDATION = ("sicog.config", "sicog.records", "sicog.prompts", "sicog.models", "sicog.store", "sicog.errors", "sicog.retry",
-              "sicog.console", "sicog.logs", "sicog.lineage", "sicog.data")
-ROOMS = ("sicog.annotate", "sicog.generate", "sicog.curate", "sicog.train", "sicog.evaluate", "sicog.report", "sicog.scorer",
-         "sicog.cluster", "sicog.world")
+FOUNDATION = (
+    "sicog.config",
+    "sicog.records",
+    "sicog.prompts",
+    "sicog.models",
+    "sicog.store",
+    "sicog.errors",
+    "sicog.retry",
+    "sicog.console",
+    "sicog.logs",
+    "sicog.lineage",
+    "sicog.data",
+)
+ROOMS = ("sicog.annotate", "sicog.generate", "sicog.curate", "sicog.train", "sicog.evaluate", "sicog.report", "sicog.scorer", "sicog.cluster", "sicog.world")
 # An import-free table in a room that the foundation may read: the benchmark names config validates
 # (it lives beside lmms.py, which runs in the eval environment with nothing but the sicog package).
 LEAVES_ALLOWED = ("sicog.evaluate.benchmarks",)

@@ -20,25 +20,25 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from PIL import Image
-
 import pytest
 import yaml
+from PIL import Image
 
 from sicog.config import EvalConfig, WorldConfig
+from sicog.data import read_role, run_catalog
 from sicog.errors import UserError
 from sicog.evaluate import lmms
 from sicog.evaluate.heldout import evaluate_heldout
 from sicog.evaluate.metrics import normalize_answer, vqa_correct
 from sicog.prompts import da_question
-from sicog.data import read_role, run_catalog
 from sicog.world import build_world, world_texts
 from tiny import tiny_sampler_model
 
 SMALL = dict(n_base=40, n_annotated=24, n_pool_images=12, n_pool_vqa=20, n_pool_text=12, n_heldout=16, max_objects=4)
 MAX_NEW_TOKENS = 16
-CREATE_ENV = (f"no lmms-eval environment: `make setup-eval` creates it from requirements-eval.lock (or point "
-              f"${lmms.EVAL_PYTHON_ENV} at an interpreter that has it)")
+CREATE_ENV = (
+    f"no lmms-eval environment: `make setup-eval` creates it from requirements-eval.lock (or point ${lmms.EVAL_PYTHON_ENV} at an interpreter that has it)"
+)
 
 
 def _eval_python() -> Path:
@@ -67,6 +67,8 @@ def _ours(model, rows, image_root, path):
     return result, {json.loads(line)["id"]: json.loads(line) for line in path.read_text().splitlines()}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # lmms-eval end to end in the eval environment
 def test_heldout_task_through_lmms_eval_equals_heldout_eval(world_model, tmp_path, monkeypatch):
     python = _eval_python()
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
@@ -83,8 +85,7 @@ def test_heldout_task_through_lmms_eval_equals_heldout_eval(world_model, tmp_pat
     ours, predictions = _ours(model, rows, root / "world", tmp_path / "ours.jsonl")
     assert 0 < ours["vqa_accuracy"] < 1 and ours["errors"] == 0
 
-    scores = lmms.run_benchmarks(model, [], tmp_path / "lmms", heldout_rows=rows, image_root=root / "world",
-                                 max_new_tokens=MAX_NEW_TOKENS, python=python)
+    scores = lmms.run_benchmarks(model, [], tmp_path / "lmms", heldout_rows=rows, image_root=root / "world", max_new_tokens=MAX_NEW_TOKENS, python=python)
 
     # The same schema: flat 0-1 scores with their counts, mergeable into eval.json's model entry.
     assert scores[lmms.HELDOUT_VQA] == ours["vqa_accuracy"]
@@ -107,12 +108,13 @@ def test_heldout_task_through_lmms_eval_equals_heldout_eval(world_model, tmp_pat
     assert raw["results"][lmms.HELDOUT_VQA]["exact_match,none"] == pytest.approx(ours["vqa_accuracy"], abs=5e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # lmms-eval end to end in the eval environment
 def test_limit_is_honoured(world_model, tmp_path, monkeypatch):
     python = _eval_python()
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     root, rows, model = world_model
-    scores = lmms.run_benchmarks(model, [], tmp_path / "lmms", heldout_rows=rows, image_root=root / "world", limit=3,
-                                 max_new_tokens=4, python=python)
+    scores = lmms.run_benchmarks(model, [], tmp_path / "lmms", heldout_rows=rows, image_root=root / "world", limit=3, max_new_tokens=4, python=python)
     assert scores[f"{lmms.HELDOUT_VQA}_n"] == 3 and scores[f"{lmms.HELDOUT_CAPTION}_n"] == 3
 
 
@@ -127,9 +129,14 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append(body)
         type(self).keys.add(self.headers.get("Authorization"))
-        reply = {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": type(self).answer}}],
-                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        reply = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": type(self).answer}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
         data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -141,6 +148,8 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # lmms-eval end to end in the eval environment
 def test_served_model_through_the_openai_backend(world_model, tmp_path, monkeypatch):
     """backend "openai": lmms-eval's OpenAI-compatible client against a served model (a stand-in
     that always gives the commonest held-out answer): the request carries the held-out prompt and
@@ -156,10 +165,17 @@ def test_served_model_through_the_openai_backend(world_model, tmp_path, monkeypa
     answers = [normalize_answer(r["answer"]) for r in vqa]
     _FakeOpenAI.answer = max(answers, key=answers.count)
     try:
-        scores = lmms.run_benchmarks("served-sicog", [], tmp_path / "lmms", heldout_rows=vqa, image_root=root / "world",
-                                     backend="openai", batch_size=4, python=python,
-                                     model_args={"base_url": f"http://127.0.0.1:{server.server_port}/v1", "api_key": "sk-served",
-                                                 "num_concurrent": 2})
+        scores = lmms.run_benchmarks(
+            "served-sicog",
+            [],
+            tmp_path / "lmms",
+            heldout_rows=vqa,
+            image_root=root / "world",
+            backend="openai",
+            batch_size=4,
+            python=python,
+            model_args={"base_url": f"http://127.0.0.1:{server.server_port}/v1", "api_key": "sk-served", "num_concurrent": 2},
+        )
     finally:
         server.shutdown()
     expected = round(sum(vqa_correct(_FakeOpenAI.answer, r["answer"]) for r in vqa) / len(vqa), 4)
@@ -185,6 +201,7 @@ _Loader.add_multi_constructor("!", lambda loader, suffix, node: f"!{suffix}")
 
 def _task_configs(tasks_dir: Path) -> dict[str, dict]:
     """Every lmms-eval task YAML by task name, its `include` templates merged in (as TaskManager does)."""
+
     def load(path: Path) -> dict:
         config = yaml.load(path.read_text(), Loader=_Loader) or {}
         if isinstance(config, dict) and "include" in config:
@@ -206,8 +223,12 @@ def test_benchmark_metrics_are_the_installed_task_metrics():
     """Each benchmark's primary metric is one its lmms-eval task YAML declares (read from the eval
     environment's lmms-eval, so a version bump that renames a metric fails here)."""
     python = _eval_python()
-    out = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('lmms_eval').submodule_search_locations[0])"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('lmms_eval').submodule_search_locations[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     configs = _task_configs(Path(out.stdout.strip()) / "tasks")
     for name, (metric, _) in lmms.BENCHMARKS.items():
         if name in lmms.HELDOUT_EQUIVALENT:
@@ -226,12 +247,26 @@ def test_parse_results_maps_primary_metrics_to_0_1():
             "pope": {"pope_accuracy,none": 0.8, "pope_f1_score,none": 0.75},
             "docvqa_val": {"anls,none": float("nan")},
         },
-        "n-samples": {"ai2d": {"original": 3088, "effective": 20}, "mmstar": {"original": 1500, "effective": 1500},
-                      "mmvet": {"original": 218, "effective": 218}, "pope": {"original": 9000, "effective": 10}},
+        "n-samples": {
+            "ai2d": {"original": 3088, "effective": 20},
+            "mmstar": {"original": 1500, "effective": 1500},
+            "mmvet": {"original": 218, "effective": 218},
+            "pope": {"original": 9000, "effective": 10},
+        },
     }
     scores = lmms.parse_results(raw, ["ai2d", "mmstar", "mmvet", "pope", "docvqa_val"])
-    assert scores == {"ai2d": 0.5, "ai2d_n": 20, "mmstar": 0.41, "mmstar_n": 1500, "mmvet": 0.375, "mmvet_n": 218,
-                      "pope": 0.75, "pope_n": 10, "docvqa_val": None, "docvqa_val_n": 0}
+    assert scores == {
+        "ai2d": 0.5,
+        "ai2d_n": 20,
+        "mmstar": 0.41,
+        "mmstar_n": 1500,
+        "mmvet": 0.375,
+        "mmvet_n": 218,
+        "pope": 0.75,
+        "pope_n": 10,
+        "docvqa_val": None,
+        "docvqa_val_n": 0,
+    }
 
 
 def test_arguments_are_checked_before_anything_runs(tmp_path, monkeypatch):
@@ -249,8 +284,12 @@ def test_arguments_are_checked_before_anything_runs(tmp_path, monkeypatch):
 def test_judge_endpoint_follows_each_task_convention(monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
     judge = lmms.Judge("http://judge:8000/v1/", "qwen2.5-72b", api_key_env="JUDGE_KEY")
-    assert judge.env("base_url") == {"API_TYPE": "openai", "MODEL_VERSION": "qwen2.5-72b",
-                                     "OPENAI_API_URL": "http://judge:8000/v1", "OPENAI_API_KEY": "sk-test"}
+    assert judge.env("base_url") == {
+        "API_TYPE": "openai",
+        "MODEL_VERSION": "qwen2.5-72b",
+        "OPENAI_API_URL": "http://judge:8000/v1",
+        "OPENAI_API_KEY": "sk-test",
+    }
     assert judge.env("full_url")["OPENAI_API_URL"] == "http://judge:8000/v1/chat/completions"
 
 
@@ -258,6 +297,8 @@ def test_main_environment_never_imports_lmms_eval():
     assert importlib.util.find_spec("lmms_eval") is None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # lmms-eval end to end in the eval environment
 def test_evaluate_step_merges_benchmarks_into_the_heldout_schema(world_model, tmp_path):
     """eval.benchmarks in a cycle's evaluate step: lmms-eval's scores land in the same per-model dict
     as the held-out metrics (eval.json, metrics.json's `heldout`, the promotion gate, KFP Metrics),
@@ -273,8 +314,11 @@ def test_evaluate_step_merges_benchmarks_into_the_heldout_schema(world_model, tm
     results = evaluate(cfg, StepIO("evaluate", str(tmp_path / "eval"), {"world": str(root / "world"), "models": {"base": str(model)}}))
     base = results["base"]
     assert base["sicog_heldout_vqa"] == base["vqa_accuracy"] and base["sicog_heldout_vqa_n"] == base["vqa_n"] > 0
-    assert heldout_scores(base) == {"vqa_accuracy": base["vqa_accuracy"], "caption_attribute_recall": base["caption_attribute_recall"],
-                                          "sicog_heldout_vqa": base["sicog_heldout_vqa"]}
+    assert heldout_scores(base) == {
+        "vqa_accuracy": base["vqa_accuracy"],
+        "caption_attribute_recall": base["caption_attribute_recall"],
+        "sicog_heldout_vqa": base["sicog_heldout_vqa"],
+    }
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["base"]["sicog_heldout_vqa"] == base["sicog_heldout_vqa"]
     assert (tmp_path / "eval" / "base" / "lmms" / "scores.json").is_file()
     step = json.loads((tmp_path / "eval" / "step.json").read_text())

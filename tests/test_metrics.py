@@ -7,19 +7,22 @@ from sicog.evaluate.metrics import caption_attribute_recall, curation_quality, n
 from sicog.prompts import format_cod, format_cot
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Red", "red"),
-    ("The answer is: Three.", "3"),
-    ("Answer: two", "2"),
-    ("So, the final answer is yes.", "yes"),
-    ("A red circle.", "red circle"),
-    ("the  Light-Blue   square!", "light blue square"),
-    ("3.5", "3.5"),
-    ("ten", "10"),
-    ("eleven", "eleven"),  # only zero..ten are mapped
-    ("A", "a"),  # an article that is the whole answer survives (multiple-choice letters)
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Red", "red"),
+        ("The answer is: Three.", "3"),
+        ("Answer: two", "2"),
+        ("So, the final answer is yes.", "yes"),
+        ("A red circle.", "red circle"),
+        ("the  Light-Blue   square!", "light blue square"),
+        ("3.5", "3.5"),
+        ("ten", "10"),
+        ("eleven", "eleven"),  # only zero..ten are mapped
+        ("A", "a"),  # an article that is the whole answer survives (multiple-choice letters)
+        ("", ""),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -32,24 +35,29 @@ def test_vqa_correct():
     assert not vqa_correct("", "")  # an empty ground truth judges nothing as correct
 
 
-SCENE = {"objects": [
-    {"shape": "circle", "color": "red", "size": "large", "position": "left"},
-    {"shape": "square", "color": "blue", "size": "small", "position": "right"},
-    {"shape": "triangle", "color": "green", "size": "small", "position": "top"},
-    {"shape": "box", "color": "light blue", "size": "small", "position": "bottom"},
-]}
+SCENE = {
+    "objects": [
+        {"shape": "circle", "color": "red", "size": "large", "position": "left"},
+        {"shape": "square", "color": "blue", "size": "small", "position": "right"},
+        {"shape": "triangle", "color": "green", "size": "small", "position": "top"},
+        {"shape": "box", "color": "light blue", "size": "small", "position": "bottom"},
+    ]
+}
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("A large red circle, a small blue square, a green triangle and a light blue box.", 1.0),
-    ("A Large RED Circle and two blue squares.", 0.5),  # case and plural
-    ("A red large circle.", 0.25),  # the object's own size word between colour and shape
-    ("A red small circle.", 0.0),  # a size that is not the object's
-    ("A circle, a square; something red and something blue.", 0.0),  # colour and shape named apart
-    ("Some light   blue boxes.", 0.25),  # multi-word colour, plural -es
-    ("A bluesquare and a greentriangle.", 0.0),  # word boundaries
-    ("", 0.0),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("A large red circle, a small blue square, a green triangle and a light blue box.", 1.0),
+        ("A Large RED Circle and two blue squares.", 0.5),  # case and plural
+        ("A red large circle.", 0.25),  # the object's own size word between colour and shape
+        ("A red small circle.", 0.0),  # a size that is not the object's
+        ("A circle, a square; something red and something blue.", 0.0),  # colour and shape named apart
+        ("Some light   blue boxes.", 0.25),  # multi-word colour, plural -es
+        ("A bluesquare and a greentriangle.", 0.0),  # word boundaries
+        ("", 0.0),
+    ],
+)
 def test_caption_attribute_recall(caption, expected):
     assert caption_attribute_recall(caption, SCENE) == expected
 
@@ -71,14 +79,35 @@ def _cand(id_, index, fmt, text):
 def test_vqa_curation_quality_on_a_hand_built_example():
     rows = [
         # kept, best correct; candidates correct, correct, wrong
-        {"id": "q1", "task": "vqa", "best": 0, "score": 0.9, "scores": [0.9, 0.9, 0.5], "kept": True,
-         "candidates": [_cand("q1", 0, "cot", _cot("The answer is red.")), _cand("q1", 1, "cot", _cot("Red")), _cand("q1", 2, "da", "blue")]},
+        {
+            "id": "q1",
+            "task": "vqa",
+            "best": 0,
+            "score": 0.9,
+            "scores": [0.9, 0.9, 0.5],
+            "kept": True,
+            "candidates": [_cand("q1", 0, "cot", _cot("The answer is red.")), _cand("q1", 1, "cot", _cot("Red")), _cand("q1", 2, "da", "blue")],
+        },
         # not kept, best wrong; candidates correct, wrong, malformed (not counted)
-        {"id": "q2", "task": "vqa", "best": 1, "score": 0.7, "scores": [0.6, 0.7, None], "kept": False,
-         "candidates": [_cand("q2", 0, "da", "square"), _cand("q2", 1, "da", "circle"), _cand("q2", 2, "cot", "Step 9: ?")]},
+        {
+            "id": "q2",
+            "task": "vqa",
+            "best": 1,
+            "score": 0.7,
+            "scores": [0.6, 0.7, None],
+            "kept": False,
+            "candidates": [_cand("q2", 0, "da", "square"), _cand("q2", 1, "da", "circle"), _cand("q2", 2, "cot", "Step 9: ?")],
+        },
         # kept but without ground truth: counted in kept/total, judged nowhere
-        {"id": "q3", "task": "vqa", "best": 0, "score": 0.99, "scores": [0.99, 0.99], "kept": True,
-         "candidates": [_cand("q3", 0, "da", "x"), _cand("q3", 1, "da", "x")]},
+        {
+            "id": "q3",
+            "task": "vqa",
+            "best": 0,
+            "score": 0.99,
+            "scores": [0.99, 0.99],
+            "kept": True,
+            "candidates": [_cand("q3", 0, "da", "x"), _cand("q3", 1, "da", "x")],
+        },
     ]
     truth = {"q1": {"answer": "red"}, "q2": {"answer": "square"}}
     quality = curation_quality(rows, truth, "vqa", [0.5, 0.8, 0.95])
@@ -101,9 +130,17 @@ def test_caption_curation_quality_uses_the_compared_text():
     scene = {"objects": [{"shape": "circle", "color": "red", "size": "large"}, {"shape": "square", "color": "blue", "size": "small"}]}
     # CoD steps 1-4 name both objects, step 5 only the circle: only step 5 counts (recall 0.5)
     cod = format_cod(["A red circle and a blue square.", "Sizes differ.", "Side by side.", "Nothing else.", "A red circle."])
-    rows = [{"id": "c1", "task": "caption", "best": 0, "score": 0.8, "scores": [0.8, 0.7, 0.6], "kept": False,
-             "candidates": [_cand("c1", 0, "cod", cod), _cand("c1", 1, "dd", "A red circle and a blue square."),
-                            _cand("c1", 2, "dd", "Nothing here.")]}]
+    rows = [
+        {
+            "id": "c1",
+            "task": "caption",
+            "best": 0,
+            "score": 0.8,
+            "scores": [0.8, 0.7, 0.6],
+            "kept": False,
+            "candidates": [_cand("c1", 0, "cod", cod), _cand("c1", 1, "dd", "A red circle and a blue square."), _cand("c1", 2, "dd", "Nothing here.")],
+        }
+    ]
     quality = curation_quality(rows, {"c1": {"scene": scene}}, "caption", [0.75])
     assert quality["kept_attribute_recall"] is None  # nothing kept
     assert quality["selected_attribute_recall"] == 0.5

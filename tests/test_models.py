@@ -118,8 +118,17 @@ def test_assemble_puts_every_weight_in_place_and_reloads_identically(tmp_path):
     clip.save_pretrained(tmp_path / "clip")
     tok = train_tokenizer(TEXTS, 300)
     tok.save_pretrained(tmp_path / "lm")
-    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
+    lm = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+        )
+    )
     lm.save_pretrained(tmp_path / "lm")
     out = assemble_model(tmp_path / "clip", tmp_path / "lm", tmp_path / "llava", seed=0)
     model, processor = load_model(out)

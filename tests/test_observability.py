@@ -165,8 +165,8 @@ def test_json_formatter_writes_the_keys_in_order_and_the_exception(monkeypatch):
     assert list(line) == [*logs.KEYS, "exception"]
     assert line["message"] == "failed on shard 3" and line["level"] == "error" and line["step"] == "sample:caption:shard-00003"
     assert line["exception"].endswith("ValueError: bad value")
-    record = logging.LogRecord("sicog.x", logging.INFO, __file__, 1, "é ✓ \"quoted\"", None, None)
-    assert json.loads(logs.JsonFormatter().format(record))["message"] == "é ✓ \"quoted\""
+    record = logging.LogRecord("sicog.x", logging.INFO, __file__, 1, 'é ✓ "quoted"', None, None)
+    assert json.loads(logs.JsonFormatter().format(record))["message"] == 'é ✓ "quoted"'
 
 
 def test_progress_is_off_and_say_is_json_with_json_logs(monkeypatch, capsys):
@@ -218,8 +218,7 @@ def test_every_task_pod_gets_the_run_id_from_its_kfp_label_and_training_pods_inh
 def _engine_pod(engine: str) -> tuple[dict, dict]:
     """(pod template metadata, pod spec) of a run's sampler server, as sicog.cluster.serving deploys it."""
     cfg = SicogConfig.model_validate({"sample": {"engine": engine}, "cluster": {"namespace": NS, "s3_secret": "sicog-s3"}})
-    deployment, _ = server_manifests(cfg, run_id=RUN, role="perception" if engine != "tgi" else "backbone", model_uri="s3://sicog/models/base",
-                                     namespace=NS)
+    deployment, _ = server_manifests(cfg, run_id=RUN, role="perception" if engine != "tgi" else "backbone", model_uri="s3://sicog/models/base", namespace=NS)
     template = deployment["spec"]["template"]
     return template["metadata"], template["spec"]
 

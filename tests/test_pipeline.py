@@ -22,16 +22,30 @@ def test_pipeline_compiles_with_every_step(tmp_path):
     executors = ir["deploymentSpec"]["executors"]
     assert all(e["container"]["image"].startswith("ghcr.io/") for e in executors.values())
     components = set(ir["components"])
-    for step in ("start-cycle", "make-world", "init-model", "train", "extract-backbone", "sample-shard", "collect-candidates", "score",
-                 "curate", "evaluate", "report"):
+    for step in (
+        "start-cycle",
+        "make-world",
+        "init-model",
+        "train",
+        "extract-backbone",
+        "sample-shard",
+        "collect-candidates",
+        "score",
+        "curate",
+        "evaluate",
+        "report",
+    ):
         assert f"comp-{step}" in components, step
     # Step 2 is one sub-graph per task: its shards fan out (ParallelFor over sample_shards), then one
     # collect task; no sampling task is ever cached (they resume from the store instead).
     tasks = ir["root"]["dag"]["tasks"]
     assert {f"sample-task{s}" for s in ("", "-2", "-3")} <= set(tasks)
     # Text-only prompts are answered by the backbone LLM (paper App. A), extracted from the base model.
-    samplers = {spec["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]: spec["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
-                for name, spec in tasks.items() if name.startswith("sample-task")}
+    samplers = {
+        spec["inputs"]["parameters"]["task"]["runtimeValue"]["constant"]: spec["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+        for name, spec in tasks.items()
+        if name.startswith("sample-task")
+    }
     assert samplers["text"] == {"outputArtifactKey": "backbone", "producerTask": "extract-backbone"}
     assert samplers["caption"]["producerTask"].startswith("train") and samplers["vqa"]["producerTask"].startswith("train")
     base = tasks["extract-backbone"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
@@ -49,11 +63,15 @@ def test_pipeline_compiles_with_every_step(tmp_path):
     assert ir["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]["world"]["seed"] == cfg.world.seed
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # one micro cycle (and its ablations) under kfp.local: ~3 min here, more on a loaded machine
 def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", str(out), "--ablations"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -64,8 +82,18 @@ def test_cycle_runs_end_to_end_under_kfp_local(tmp_path):
     assert metrics["curation"]["vqa"]["instances"] == 12 and metrics["curation"]["caption"]["instances"] == 8
     assert metrics["curation"]["vqa"]["total"] <= 12
     assert metrics["curation"]["text"]["kept"] <= 3
-    for step in ("world", "model-init", "train:stage1/align", "train:base/instruct", "sample:caption:shard-00000",
-                 "sample:caption:shard-00001", "collect:caption", "score", "curate", "evaluate"):
+    for step in (
+        "world",
+        "model-init",
+        "train:stage1/align",
+        "train:base/instruct",
+        "sample:caption:shard-00000",
+        "sample:caption:shard-00001",
+        "collect:caption",
+        "score",
+        "curate",
+        "evaluate",
+    ):
         assert metrics["timings_s"][step] >= 0, step
     assert metrics["timings_s"]["train:base/instruct"] > 0 and metrics["timings_s"]["evaluate"] > 0
     # Stage budgets are documented per model, and the control gets the same stage-1.5 steps as the cycle.
@@ -94,8 +122,9 @@ def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tm
     series = tmp_path / "series"
     options = ["--config", str(MICRO), "--series", str(series), "--set", "promote.tolerance=1.0", "--set", "train.carry_curated=true"]
     for run in (1, 2):
-        proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--out", str(tmp_path / f"run-{run}"), *options],
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sicog.cli", "cycle", "--out", str(tmp_path / f"run-{run}"), *options], capture_output=True, text=True, timeout=1800
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "Logging error" not in proc.stderr
         if run == 1:
@@ -137,7 +166,8 @@ def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tm
     curated = Path(uri(second, "curated", "inputs")) / "curated.jsonl"
     assert all(json.loads(line)["sicog"]["cycle"] == 2 for line in curated.read_text().splitlines())
     # And the series report reads both cycles back.
-    proc = subprocess.run([sys.executable, "-m", "sicog.cli", "series", "report", str(series), "--out", str(tmp_path / "sr")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sicog.cli", "series", "report", str(series), "--out", str(tmp_path / "sr")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((tmp_path / "sr/series.csv").read_text().splitlines()) == 3 and (tmp_path / "sr/series.png").stat().st_size > 0

@@ -25,6 +25,7 @@ from kubeflow.training.api_client import ApiClient
 from kubeflow.training.utils.utils import FakeResponse
 from typer.testing import CliRunner
 
+from kubeapi import FakeKube, crd_schema, pruned
 from sicog import store
 from sicog.cli import app
 from sicog.cluster.launcher import JobError
@@ -38,14 +39,16 @@ from sicog.train.backends import pytorchjob, request_uri
 from sicog.train.batch import batch_plan
 from sicog.train.request import TrainRequest
 from sicog.train.run import rank_output
-
-from kubeapi import FakeKube, crd_schema, pruned
 from tiny import colour_world, tiny_model
 
 PAPER = Path(__file__).parents[1] / "configs" / "paper-qwen2-7b.yaml"
 RUN = "s3://sicog/runs/r1"
-URIS_15 = {"model": f"{RUN}/pipeline/train-align/trained", "world": f"{RUN}/pipeline/world/world", "curated": f"{RUN}/pipeline/curate/curated",
-           "out": f"{RUN}/pipeline/train-pretrain/trained"}
+URIS_15 = {
+    "model": f"{RUN}/pipeline/train-align/trained",
+    "world": f"{RUN}/pipeline/world/world",
+    "curated": f"{RUN}/pipeline/curate/curated",
+    "out": f"{RUN}/pipeline/train-pretrain/trained",
+}
 STAGE_15 = {"stage": "pretrain", "name": "cycle/pretrain", "out": URIS_15["out"], "request_uri": f"{URIS_15['out']}.request.json"}
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
@@ -114,8 +117,24 @@ def test_job_names_are_dns_labels_unique_per_output_and_stable_per_task():
 
 
 def test_cli_renders_the_pytorchjob_on_request():
-    args = ["--config", str(PAPER), "--stage", "pretrain", "--data", "curated", "--name", "cycle/pretrain", "--model", URIS_15["model"],
-            "--curated", URIS_15["curated"], "--out", URIS_15["out"], "--world", URIS_15["world"]]
+    args = [
+        "--config",
+        str(PAPER),
+        "--stage",
+        "pretrain",
+        "--data",
+        "curated",
+        "--name",
+        "cycle/pretrain",
+        "--model",
+        URIS_15["model"],
+        "--curated",
+        URIS_15["curated"],
+        "--out",
+        URIS_15["out"],
+        "--world",
+        URIS_15["world"],
+    ]
     runner = CliRunner()
     rendered = runner.invoke(app, ["job", "render", "--pytorchjob", *args])  # the default is a TrainJob (tests/test_trainjob.py)
     assert rendered.exit_code == 0, rendered.output
@@ -202,12 +221,20 @@ def run(kube, tiny, bucket, s3_server, monkeypatch):
     for key, step in (("world", "world"), ("model", "model"), ("curated", "curate")):
         uris[key] = store.join(work, "steps", step)
         store.upload_dir(tiny[key], uris[key])
-    cfg = validate_config({
-        "seed": 3,
-        "train": {"max_length": 256, "nproc": 2, "pretrain": {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}},
-        "cluster": {"trainer": "pytorchjob", "namespace": "sicog", "s3_secret": "sicog-s3", "s3_endpoint": s3_server.endpoint,
-                    "poll_s": 0.2, "job_timeout_s": 300},
-    })
+    cfg = validate_config(
+        {
+            "seed": 3,
+            "train": {"max_length": 256, "nproc": 2, "pretrain": {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}},
+            "cluster": {
+                "trainer": "pytorchjob",
+                "namespace": "sicog",
+                "s3_secret": "sicog-s3",
+                "s3_endpoint": s3_server.endpoint,
+                "poll_s": 0.2,
+                "job_timeout_s": 300,
+            },
+        }
+    )
     return {"api": api, "kubeconfig": config, "work": work, "cfg": cfg, **uris}
 
 
@@ -288,9 +315,16 @@ def test_a_7b_shaped_stage_on_the_cluster_path_writes_its_model_once(run, store_
     out = _out(run, "cycle/pretrain-once")
     trained = Model(name="trained", uri=out, metadata={})
     trained.custom_path = str(tmp_path / "artifact")  # the task's local folder of the artifact (KFP uploads it afterwards)
-    returned = train_component.python_func(config=run["cfg"].model_dump(mode="json"), stage="pretrain", data="curated",
-                                           name="cycle/pretrain-once", model=run["model"], world=run["world"],
-                                           curated=run["curated"], trained=trained)
+    returned = train_component.python_func(
+        config=run["cfg"].model_dump(mode="json"),
+        stage="pretrain",
+        data="curated",
+        name="cycle/pretrain-once",
+        model=run["model"],
+        world=run["world"],
+        curated=run["curated"],
+        trained=trained,
+    )
     assert returned == out and trained.metadata["steps"] == 2 and trained.metadata["stage"] == "pretrain"
     assert list(Path(trained.path).iterdir()) == []  # nothing downloaded into the task's artifact folder
 
@@ -303,8 +337,10 @@ def test_a_7b_shaped_stage_on_the_cluster_path_writes_its_model_once(run, store_
     assert store_writes[f"{prefix}/model.safetensors"] == store.read_manifest(out)["model.safetensors"]["size"]  # the weights, once
     total = sum(store_writes.values())
     assert total < 1.1 * model_bytes  # once: not 2x (published, then uploaded again by KFP) or 3x (plus a download)
-    print(f"\nstage on the cluster path: model {model_bytes} bytes, {total} bytes written to the store ({total / model_bytes:.3f}x), "
-          f"0 bytes into the task's folder")
+    print(
+        f"\nstage on the cluster path: model {model_bytes} bytes, {total} bytes written to the store ({total / model_bytes:.3f}x), "
+        f"0 bytes into the task's folder"
+    )
 
 
 @pytest.mark.slow
@@ -315,8 +351,12 @@ def test_failed_job_fails_the_task_with_its_reason_and_the_master_log(run, capsy
     err = capsys.readouterr().err
     assert "last lines of sicog-bad-pretrain-" in err and f"error: no such file: {missing}" in err  # the entry point's own one-line error
     out = _out(run, "bad/pretrain")
-    assert [p.name for p in (run["api"].workdir / job_name("bad/pretrain", out) / "tmp").glob("sicog-stage-*")] == [  # kept for a restarted container
-        f"sicog-stage-{hashlib.sha256(out.encode()).hexdigest()[:16]}"]
+    assert (
+        [p.name for p in (run["api"].workdir / job_name("bad/pretrain", out) / "tmp").glob("sicog-stage-*")]
+        == [  # kept for a restarted container
+            f"sicog-stage-{hashlib.sha256(out.encode()).hexdigest()[:16]}"
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -339,10 +379,30 @@ def test_sigterm_deletes_the_job_and_exits_non_zero(run, tmp_path):
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(run["cfg"].model_dump(mode="json")))
     out = store.join(run["work"], "steps", "train", "cancel/pretrain")
-    argv = [sys.executable, "-m", "sicog.cli", "job", "run", "--config", str(config), "--stage", "pretrain", "--data", "curated",
-            "--name", "cancel/pretrain", "--model", run["model"], "--world", run["world"], "--curated", run["curated"], "--out", out]
-    proc = subprocess.Popen(argv, env={**ENV, **os.environ, "KUBECONFIG": str(run["kubeconfig"])}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "sicog.cli",
+        "job",
+        "run",
+        "--config",
+        str(config),
+        "--stage",
+        "pretrain",
+        "--data",
+        "curated",
+        "--name",
+        "cancel/pretrain",
+        "--model",
+        run["model"],
+        "--world",
+        run["world"],
+        "--curated",
+        run["curated"],
+        "--out",
+        out,
+    ]
+    proc = subprocess.Popen(argv, env={**ENV, **os.environ, "KUBECONFIG": str(run["kubeconfig"])}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()

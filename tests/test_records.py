@@ -97,8 +97,9 @@ def test_candidate_rows_are_typed_at_both_ends():
 def test_scored_and_curated_rows_round_trip():
     from sicog.records import CuratedRecord, Provenance, ScoredRow
 
-    scored = ScoredRow(id="a", task="vqa", candidates=[{"index": 0}, {"index": 1}], compared=["x", "x"], scores=[1.0, 1.0],
-                       best=0, score=1.0, similarity="exact", kept=True)
+    scored = ScoredRow(
+        id="a", task="vqa", candidates=[{"index": 0}, {"index": 1}], compared=["x", "x"], scores=[1.0, 1.0], best=0, score=1.0, similarity="exact", kept=True
+    )
     assert ScoredRow.from_row(scored.to_row()) == scored
     try:
         ScoredRow.from_row({k: v for k, v in scored.to_row().items() if k != "kept"})
@@ -106,8 +107,11 @@ def test_scored_and_curated_rows_round_trip():
         assert "lacks kept" in str(exc)
     else:
         raise AssertionError("a scored row without a keep decision was accepted")
-    record = CuratedRecord(id="a", conversations=[{"from": "human", "value": "q"}, {"from": "gpt", "value": "x"}],
-                           sicog=Provenance(cycle=1, task="text", format="text", index=0, seed=3, score=1.0, scores=[1.0, 1.0], model="m"))
+    record = CuratedRecord(
+        id="a",
+        conversations=[{"from": "human", "value": "q"}, {"from": "gpt", "value": "x"}],
+        sicog=Provenance(cycle=1, task="text", format="text", index=0, seed=3, score=1.0, scores=[1.0, 1.0], model="m"),
+    )
     row = record.to_row()
     assert list(row) == ["id", "conversations", "sicog"] and row["sicog"]["conversation"] is False  # no image: no "image" key
     assert CuratedRecord.from_row(row) == record

@@ -54,8 +54,11 @@ def _errors(validator, obj) -> list[str]:
 
 def test_schema_fixture_rejects_what_tgi_rejects():
     """The vendored schema is live: a body TGI would refuse fails it."""
-    good = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
-                                                      {"type": "text", "text": "hi"}]}], "seed": 3, "max_tokens": 8}
+    good = {
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}, {"type": "text", "text": "hi"}]}],
+        "seed": 3,
+        "max_tokens": 8,
+    }
     assert _errors(CHAT_REQUEST, good) == []
     assert _errors(CHAT_REQUEST, {"messages": [{"role": "user", "content": [{"type": "image", "url": "x"}]}]})
     assert _errors(CHAT_REQUEST, {**good, "seed": -1})
@@ -253,8 +256,14 @@ def test_cod_teacher_retries_once_then_quarantines(served, recorder):
     """The random tiny model cannot write 5 CoD steps: every record is asked twice (fresh seed,
     temperature 0.2), then quarantined with both raw answers and the parse error."""
     server, root = served
-    records = [{"id": f"cap-{i}", "image": f"{i}.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A red circle above a blue square."}]} for i in range(2)]
+    records = [
+        {
+            "id": f"cap-{i}",
+            "image": f"{i}.png",
+            "conversations": [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A red circle above a blue square."}],
+        }
+        for i in range(2)
+    ]
     teacher = RemoteSampler(server.base_url, root, served_model=server.model, concurrency=2)
     annotated, quarantine = annotate_cod(records, teacher, seed=0, max_new_tokens=16, temperature=0.2)
     assert annotated == []
@@ -299,7 +308,11 @@ def test_candidates_that_share_a_prompt_are_grouped_only_for_engines_with_n():
     reqs = plan_requests(_records()[:2], "caption", {"cod": 2, "dd": 1}, cycle_seed=3)
     groups = prompt_groups(reqs, share=True)
     assert [[(r["id"], r["format"], r["index"]) for r in g] for g in groups] == [
-        [("img-0", "cod", 0), ("img-0", "cod", 1)], [("img-0", "dd", 2)], [("img-1", "cod", 0), ("img-1", "cod", 1)], [("img-1", "dd", 2)]]
+        [("img-0", "cod", 0), ("img-0", "cod", 1)],
+        [("img-0", "dd", 2)],
+        [("img-1", "cod", 0), ("img-1", "cod", 1)],
+        [("img-1", "dd", 2)],
+    ]
     assert [len(g) for g in prompt_groups(reqs, share=False)] == [1] * 6
     assert RemoteSampler("http://x/v1", ".", engine="vllm").share_prefill
     # SGLang copies one seed to all n choices: one request per candidate; TGI ignores n, transformers serve refuses it

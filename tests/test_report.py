@@ -31,8 +31,11 @@ def _metrics(seed: int = 0, base_vqa=0.5, cycle_vqa=0.6, control_vqa=0.55, kept=
         "steps": {"base": "align 100 + <b>instruct</b> 600", "cycle": "align 100 + pretrain 200 + instruct 600"},
         "curation": {
             "vqa": {
-                "kept_accuracy": kept, "selected_accuracy": 0.72, "mean_candidate_accuracy": mean,
-                "kept": 30, "total": 60,
+                "kept_accuracy": kept,
+                "selected_accuracy": 0.72,
+                "mean_candidate_accuracy": mean,
+                "kept": 30,
+                "total": 60,
                 "sweep": [
                     {"threshold": 0.9, "keep_rate": 0.8, "precision": 0.75},
                     {"threshold": 0.95, "keep_rate": 0.5, "precision": 0.8},
@@ -40,14 +43,17 @@ def _metrics(seed: int = 0, base_vqa=0.5, cycle_vqa=0.6, control_vqa=0.55, kept=
                 ],
             },
             "caption": {
-                "kept_attribute_recall": None, "selected_attribute_recall": 0.6,
-                "mean_candidate_attribute_recall": 0.55, "kept": 0, "total": 20, "conversations": 0,
+                "kept_attribute_recall": None,
+                "selected_attribute_recall": 0.6,
+                "mean_candidate_attribute_recall": 0.55,
+                "kept": 0,
+                "total": 20,
+                "conversations": 0,
                 "sweep": [{"threshold": 0.8, "keep_rate": 0.1, "precision": 0.6}],
             },
             "text": {"kept": 10, "total": 10},
         },
-        "counts": {"quarantined": {"pool_vqa": 2}, "rejected": {"vqa": 30, "caption": 20}, "sample_failures": 0,
-                   "malformed": {}},
+        "counts": {"quarantined": {"pool_vqa": 2}, "rejected": {"vqa": 30, "caption": 20}, "sample_failures": 0, "malformed": {}},
         "timings_s": {"sample": 12.5, "train": 37.5},
     }
 
@@ -57,8 +63,7 @@ SCORES = {
     "vqa": {"best": [1.0, 0.97], "all": [1.0, 1.0, 0.2, 0.97, 0.9, float("nan")]},
     "text": {"best": [], "all": []},
 }
-LOSSES = {"base/instruct": [[0, 3.0], [10, 2.0], [20, 1.5]], "cycle/pretrain": [[0, 2.0], [5, None]],
-          "control/pretrain": [[0, 1.9], [5, 1.2]]}
+LOSSES = {"base/instruct": [[0, 3.0], [10, 2.0], [20, 1.5]], "cycle/pretrain": [[0, 2.0], [5, None]], "control/pretrain": [[0, 1.9], [5, 1.2]]}
 
 
 class _Checker(HTMLParser):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import moto.settings
+import pytest
 from typer.testing import CliRunner
 
 from sicog import lineage, store
@@ -17,8 +18,6 @@ from sicog.store import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/micro.yaml"
-
-
 
 
 def test_single_steps_through_the_bucket(bucket):
@@ -48,13 +47,16 @@ def test_wrong_credentials_one_line_nothing_written(bucket, monkeypatch):
     assert store.list_files(f"s3://{bucket}") == []
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # a micro cycle under kfp.local, its steps through the bucket: ~3 min here
 def test_cycle_with_out_in_s3(bucket, tmp_path):
     out = f"s3://{bucket}/runs/micro"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", out],
-                          capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sicog.cli", "cycle", "--config", str(MICRO), "--out", out], capture_output=True, text=True, timeout=900, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out}/report.html" in proc.stdout
     files = store.list_files(out)

@@ -21,16 +21,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 os.environ["HF_HUB_OFFLINE"] = "1"  # the default embedder must load with no model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sicog.errors import UserError  # noqa: E402
-from sicog.steps import StepIO  # noqa: E402
-from sicog.steps.score import score  # noqa: E402
 from sicog.curate.consistency import best_in_groups, consistency_scores  # noqa: E402
+from sicog.errors import UserError  # noqa: E402
 from sicog.prompts import format_cod, format_cot  # noqa: E402
 from sicog.scorer.batcher import DeadlineExpired, MicroBatcher  # noqa: E402
 from sicog.scorer.client import ScorerClient, ScorerError  # noqa: E402
 from sicog.scorer.core import Limits  # noqa: E402
 from sicog.scorer.server import SERVICE, ScorerServer, ServerOptions  # noqa: E402
 from sicog.scorer.v1 import scorer_pb2, scorer_pb2_grpc  # noqa: E402
+from sicog.steps import StepIO  # noqa: E402
+from sicog.steps.score import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_request_texts=64, max_group_texts=8, max_text_chars=2000)
@@ -163,14 +163,24 @@ def test_score_groups_equal_the_in_process_math(client, minilm):
 
 
 def test_bad_groups_are_reported_by_id_and_never_fail_the_others(client, stub, server):
-    groups = [("good", CAPTIONS[:3]), ("one", ["a lone caption"]), ("blank", ["red", "  "]), ("long", ["red", "x" * 2001]),
-              ("many", ["red"] * 9), ("good2", CAPTIONS[2:4])]
+    groups = [
+        ("good", CAPTIONS[:3]),
+        ("one", ["a lone caption"]),
+        ("blank", ["red", "  "]),
+        ("long", ["red", "x" * 2001]),
+        ("many", ["red"] * 9),
+        ("good2", CAPTIONS[2:4]),
+    ]
     response = client.score_groups(groups)
     by_id = {r.id: r for r in response.results}
     assert response.failed_groups == 4
     assert by_id["good"].status.code == OK and len(by_id["good"].scores) == 3 and len(by_id["good2"].scores) == 2
-    for gid, code, words in [("one", INVALID, "at least 2"), ("blank", INVALID, "text 1 is empty"), ("long", INVALID, "2001 characters"),
-                             ("many", EXHAUSTED, "max_group_texts=8")]:
+    for gid, code, words in [
+        ("one", INVALID, "at least 2"),
+        ("blank", INVALID, "text 1 is empty"),
+        ("long", INVALID, "2001 characters"),
+        ("many", EXHAUSTED, "max_group_texts=8"),
+    ]:
         assert by_id[gid].status.code == code and f"group {gid!r}" in by_id[gid].status.message and words in by_id[gid].status.message
         assert len(by_id[gid].scores) == 0
     alone = client.score_groups([("good", CAPTIONS[:3])])
@@ -211,7 +221,9 @@ def test_stream_answers_each_batch_in_order(client, stub):
     for streamed, alone in zip([responses[0].results[0], responses[1].results[0], responses[2].results[0]], unary.results):
         np.testing.assert_allclose(streamed.scores, alone.scores, atol=1e-6)
         assert (streamed.best_index, streamed.kept) == (alone.best_index, alone.kept)
-    indices = [m.batch_index for m in stub.ScoreGroupsStream(iter([scorer_pb2.ScoreGroupsStreamRequest(batch=scorer_pb2.ScoreGroupsRequest())] * 3), timeout=10)]
+    indices = [
+        m.batch_index for m in stub.ScoreGroupsStream(iter([scorer_pb2.ScoreGroupsStreamRequest(batch=scorer_pb2.ScoreGroupsRequest())] * 3), timeout=10)
+    ]
     assert indices == [0, 1, 2]
     # A whole-batch error ends the stream with its status, naming the batch.
     too_big = [("g", ["a", "b"])] * 33
@@ -223,9 +235,14 @@ def test_stream_answers_each_batch_in_order(client, stub):
 def test_metrics_endpoint(server, client):
     client.encode(["metrics please"])
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    for name in ('sicog_scorer_requests_total{code="OK",method="Embed"}', "sicog_scorer_request_latency_seconds_bucket",
-                 "sicog_scorer_batch_size_texts_bucket", "sicog_scorer_texts_embedded_total", "sicog_scorer_texts_received_total",
-                 'sicog_scorer_requests_total{code="INVALID_ARGUMENT",method="Embed"}'):
+    for name in (
+        'sicog_scorer_requests_total{code="OK",method="Embed"}',
+        "sicog_scorer_request_latency_seconds_bucket",
+        "sicog_scorer_batch_size_texts_bucket",
+        "sicog_scorer_texts_embedded_total",
+        "sicog_scorer_texts_received_total",
+        'sicog_scorer_requests_total{code="INVALID_ARGUMENT",method="Embed"}',
+    ):
         assert name in body, name
 
 
@@ -237,22 +254,53 @@ def _candidates(path: Path) -> None:
     cot = lambda answer: format_cot(["Look.", "A circle.", f"The circle is {answer}.", answer])  # noqa: E731
     rows = []
     for n, texts in enumerate([CAPTIONS[:3], CAPTIONS[2:], CAPTIONS[1:4]]):
-        rows += [{"id": f"img{n}", "task": "caption", "format": "cod" if i < 2 else "dd", "index": i, "seed": i, "prompt": "Describe.",
-                  "image": "a.png", "text": cod(t) if i < 2 else t, "model": "m"} for i, t in enumerate(texts)]
+        rows += [
+            {
+                "id": f"img{n}",
+                "task": "caption",
+                "format": "cod" if i < 2 else "dd",
+                "index": i,
+                "seed": i,
+                "prompt": "Describe.",
+                "image": "a.png",
+                "text": cod(t) if i < 2 else t,
+                "model": "m",
+            }
+            for i, t in enumerate(texts)
+        ]
     answers = [["red", "red", "Red."], ["the circle on the left is large and red", "a large red circle is on the left side", "blue"]]
     for n, texts in enumerate(answers):
-        rows += [{"id": f"q{n}", "task": "vqa", "format": "cot" if i < 2 else "da", "index": i, "seed": i, "prompt": "Colour?",
-                  "image": "a.png", "text": cot(t) if i < 2 else t, "model": "m"} for i, t in enumerate(texts)]
-    rows += [{"id": "t0", "task": "text", "format": "text", "index": i, "seed": i, "prompt": "Say.", "text": t, "model": "m"}
-             for i, t in enumerate(["yes", "yes", "no"])]
+        rows += [
+            {
+                "id": f"q{n}",
+                "task": "vqa",
+                "format": "cot" if i < 2 else "da",
+                "index": i,
+                "seed": i,
+                "prompt": "Colour?",
+                "image": "a.png",
+                "text": cot(t) if i < 2 else t,
+                "model": "m",
+            }
+            for i, t in enumerate(texts)
+        ]
+    rows += [
+        {"id": "t0", "task": "text", "format": "text", "index": i, "seed": i, "prompt": "Say.", "text": t, "model": "m"}
+        for i, t in enumerate(["yes", "yes", "no"])
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_score_step_through_the_service_equals_in_process(tmp_path, address):
     src = tmp_path / "candidates.jsonl"
     _candidates(src)
-    config = {"curate": {"caption": {"similarity": "embedding", "threshold": 0.5}, "vqa": {"similarity": "hybrid", "threshold": 0.5},
-                         "text": {"similarity": "exact", "threshold": -1.0}}}
+    config = {
+        "curate": {
+            "caption": {"similarity": "embedding", "threshold": 0.5},
+            "vqa": {"similarity": "hybrid", "threshold": 0.5},
+            "text": {"similarity": "exact", "threshold": -1.0},
+        }
+    }
     local = score(config, StepIO("score", str(tmp_path / "local"), {"candidates": [str(src)]}))
     remote = score(config, StepIO("score", str(tmp_path / "remote"), {"candidates": [str(src)]}), scorer=address)
     assert local == remote
@@ -270,8 +318,9 @@ def test_score_step_through_the_service_equals_in_process(tmp_path, address):
 
     from sicog.cli import app
 
-    result = CliRunner().invoke(app, ["score", "--in", str(src), "--out", str(tmp_path / "cli.jsonl"), "--scorer", address,
-                                      "--set", "curate.caption.threshold=0.5"])
+    result = CliRunner().invoke(
+        app, ["score", "--in", str(src), "--out", str(tmp_path / "cli.jsonl"), "--scorer", address, "--set", "curate.caption.threshold=0.5"]
+    )
     assert result.exit_code == 0, result.output
     assert {r["id"] for r in map(json.loads, (tmp_path / "cli.jsonl").read_text().splitlines())} == {"img0", "img1", "img2", "q0", "q1", "t0"}
     with pytest.raises(UserError, match="serves 'all-MiniLM-L6-v2', but curate.embedder is 'other'"):
@@ -402,7 +451,10 @@ def test_serve_scorer_command_serves_and_drains_on_sigterm():
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sicog.cli", "serve", "scorer", "--port", "0", "--host", "127.0.0.1", "--metrics-port", "0", "--grace-s", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         line = proc.stdout.readline()

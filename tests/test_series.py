@@ -35,20 +35,27 @@ def _previous(cycle_scores: dict, number: int = 1) -> dict:
 
 
 def test_gate_promotes_a_cycle_that_holds_up_against_previous_and_base():
-    decision = lineage.promotion(PromoteConfig(), _heldout({"vqa_accuracy": 0.45, "caption_attribute_recall": 0.11}),
-                                 _previous({"vqa_accuracy": 0.44, "caption_attribute_recall": 0.12}))
+    decision = lineage.promotion(
+        PromoteConfig(), _heldout({"vqa_accuracy": 0.45, "caption_attribute_recall": 0.11}), _previous({"vqa_accuracy": 0.44, "caption_attribute_recall": 0.12})
+    )
     assert decision["promoted"] is True and decision["reason"].startswith("promoted: ")
     assert [(c["against"], c["metric"], c["passed"]) for c in decision["checks"]] == [
-        ("previous", "vqa_accuracy", True), ("previous", "caption_attribute_recall", True),
-        ("base", "vqa_accuracy", True), ("base", "caption_attribute_recall", True)]
+        ("previous", "vqa_accuracy", True),
+        ("previous", "caption_attribute_recall", True),
+        ("base", "vqa_accuracy", True),
+        ("base", "caption_attribute_recall", True),
+    ]
     # The reason names each metric, its value, the reference and the tolerance.
     assert "caption_attribute_recall 0.1100 vs previous cycle 1 0.1200 (-0.0100): within tolerance 0.0200" in decision["reason"]
     assert decision["previous"] == {"cycle": 1, "work_uri": "s3://b/series/cycles/x", "lineage": ""}
 
 
 def test_gate_refuses_a_regression_against_the_previous_cycle():
-    decision = lineage.promotion(PromoteConfig(), _heldout({"vqa_accuracy": 0.45, "caption_attribute_recall": 0.11}),
-                                 _previous({"vqa_accuracy": 0.50, "caption_attribute_recall": 0.11}, number=4))
+    decision = lineage.promotion(
+        PromoteConfig(),
+        _heldout({"vqa_accuracy": 0.45, "caption_attribute_recall": 0.11}),
+        _previous({"vqa_accuracy": 0.50, "caption_attribute_recall": 0.11}, number=4),
+    )
     assert decision["promoted"] is False
     (failed,) = [c for c in decision["checks"] if c["passed"] is False]
     assert (failed["against"], failed["metric"], failed["value"], failed["reference"]) == ("previous", "vqa_accuracy", 0.45, 0.50)
@@ -64,8 +71,7 @@ def test_gate_refuses_a_regression_against_its_own_base_model():
     assert all(c["passed"] is None for c in decision["checks"] if c["against"] == "previous")
     assert "vqa_accuracy 0.4500: the previous promoted cycle (none yet) has no value, skipped" in decision["reason"]
     # Only against previous: the same cycle passes.
-    assert lineage.promotion(PromoteConfig(against=["previous"]), _heldout({"vqa_accuracy": 0.45, "caption_attribute_recall": 0.05}),
-                             None)["promoted"] is True
+    assert lineage.promotion(PromoteConfig(against=["previous"]), _heldout({"vqa_accuracy": 0.45, "caption_attribute_recall": 0.05}), None)["promoted"] is True
 
 
 @pytest.mark.parametrize("base, promoted", [(0.52, True), (0.5201, False)])
@@ -101,14 +107,17 @@ def test_gate_compares_what_both_sides_measured_so_a_user_catalog_without_captio
     assert decision["reason"].startswith("promoted: compared vqa_accuracy: ")
     assert "caption_attribute_recall: measured by neither the cycle model nor base, skipped" in decision["reason"]
     # The cycle model lacking a score its reference has is still refused.
-    refused = lineage.promotion(PromoteConfig(), _heldout({"vqa_accuracy": 0.55, "caption_attribute_recall": None},
-                                                          base={"vqa_accuracy": 0.5, "caption_attribute_recall": 0.1}), None)
+    refused = lineage.promotion(
+        PromoteConfig(), _heldout({"vqa_accuracy": 0.55, "caption_attribute_recall": None}, base={"vqa_accuracy": 0.5, "caption_attribute_recall": 0.1}), None
+    )
     assert refused["promoted"] is False and "caption_attribute_recall: not measured for the cycle model" in refused["reason"]
 
 
 def test_gate_on_every_reported_metric_by_default_so_new_benchmarks_flow_through():
-    heldout = _heldout({"vqa_accuracy": 0.5, "caption_attribute_recall": 0.2, "mmmu_accuracy": 0.2},
-                       base={"vqa_accuracy": 0.4, "caption_attribute_recall": 0.1, "mmmu_accuracy": 0.3})
+    heldout = _heldout(
+        {"vqa_accuracy": 0.5, "caption_attribute_recall": 0.2, "mmmu_accuracy": 0.2},
+        base={"vqa_accuracy": 0.4, "caption_attribute_recall": 0.1, "mmmu_accuracy": 0.3},
+    )
     decision = lineage.promotion(PromoteConfig(), heldout, None)
     assert decision["promoted"] is False and "mmmu_accuracy 0.2000 vs base 0.3000 (-0.1000)" in decision["reason"]
     assert lineage.promotion(PromoteConfig(against=[]), heldout, None)["promoted"] is True  # the gate turned off
@@ -129,8 +138,14 @@ def test_promote_config_is_typed_and_documented():
 
 
 def _seal(series: str, name: str, cycle: int, finished_at: float, **extra) -> str:
-    record = {"cycle": cycle, "status": "succeeded", "finished_at": finished_at, "work_uri": store.join(series, "cycles", name),
-              "models": {"cycle": store.join(series, "cycles", name, "steps/train/cycle/instruct")}, **extra}
+    record = {
+        "cycle": cycle,
+        "status": "succeeded",
+        "finished_at": finished_at,
+        "work_uri": store.join(series, "cycles", name),
+        "models": {"cycle": store.join(series, "cycles", name, "steps/train/cycle/instruct")},
+        **extra,
+    }
     uri = store.join(series, "cycles", name, "lineage.json")
     store.write_text(uri, json.dumps(record))
     return uri
@@ -178,9 +193,15 @@ def _metrics(cycle_vqa: float, promoted: bool, quarantined: int = 2) -> dict:
     """The parts of metrics.json (steps.report) that write_lineage records."""
     return {
         "heldout": _heldout({"vqa_accuracy": cycle_vqa, "caption_attribute_recall": 0.1}),
-        "promotion": {"promoted": promoted, "reason": "promoted: ..." if promoted else "refused: ...", "tolerance": 0.02,
-                      "previous": None, "checks": [{"metric": "vqa_accuracy", "against": "base", "value": cycle_vqa,
-                                                    "reference": 0.4, "tolerance": 0.02, "passed": promoted, "reason": "..."}]},
+        "promotion": {
+            "promoted": promoted,
+            "reason": "promoted: ..." if promoted else "refused: ...",
+            "tolerance": 0.02,
+            "previous": None,
+            "checks": [
+                {"metric": "vqa_accuracy", "against": "base", "value": cycle_vqa, "reference": 0.4, "tolerance": 0.02, "passed": promoted, "reason": "..."}
+            ],
+        },
         "curation": {"caption": {"kept": 6, "total": 8}, "vqa": {"kept": 3, "total": 12, "kept_accuracy": 0.5}, "text": {"kept": 0, "total": 0}},
         "counts": {"quarantined": {"sample:vqa": quarantined, "world": 1}, "rejected": {"vqa": 9, "caption": 2}},
         "steps": {"cycle": "align 2 (align) + pretrain 2 (curated) + instruct 3 (base)"},
@@ -193,9 +214,15 @@ def test_write_lineage_records_the_decision_and_the_data_counts(tmp_path):
     record = lineage.write_lineage(cfg, str(tmp_path / "work"), "run-1", {"cycle": "m"}, {"world": "w"}, _metrics(0.3, False))
     assert json.loads((tmp_path / "work/lineage.json").read_text()) == record
     assert record["status"] == "succeeded" and record["promoted"] is False and record["promotion"]["reason"] == "refused: ..."
-    assert record["data"] == {"curated": {"caption": {"kept": 6, "total": 8, "keep_rate": 0.75}, "vqa": {"kept": 3, "total": 12, "keep_rate": 0.25},
-                                          "text": {"kept": 0, "total": 0, "keep_rate": None}},
-                              "quarantined": 3, "rejected": 11}
+    assert record["data"] == {
+        "curated": {
+            "caption": {"kept": 6, "total": 8, "keep_rate": 0.75},
+            "vqa": {"kept": 3, "total": 12, "keep_rate": 0.25},
+            "text": {"kept": 0, "total": 0, "keep_rate": None},
+        },
+        "quarantined": 3,
+        "rejected": 11,
+    }
     assert record["optimizer_steps"]["cycle"] == 7 and record["steps"]["cycle"].startswith("align 2")
     assert record["heldout"]["cycle"]["vqa_accuracy"] == 0.3
     assert not lineage.is_start(record)
@@ -216,8 +243,7 @@ def _series(root: str) -> str:
         metrics = _metrics(vqa, promoted, quarantined=n)
         if n == 2:
             metrics["heldout"]["cycle"]["mmmu_accuracy"] = 0.25
-        lineage.write_lineage(cfg, store.join(series, "cycles", name), f"run-{n}", {"cycle": store.join(series, "cycles", name, "model")},
-                              {}, metrics)
+        lineage.write_lineage(cfg, store.join(series, "cycles", name), f"run-{n}", {"cycle": store.join(series, "cycles", name, "model")}, {}, metrics)
     store.write_text(store.join(series, "cycles", "20261122T030000Z-dddd", "steps", "x.json"), "{}")  # unfinished: not a row
     return series
 
@@ -227,8 +253,10 @@ def test_series_rows_come_from_the_lineage_files(where, tmp_path, request):
     root = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('bucket')}"
     rows = series_rows(_series(root))
     assert [(r["run"], r["cycle"], r["gate"], r["started from"]) for r in rows] == [
-        (1, 1, "promoted", "fresh"), (2, 2, "refused (vqa_accuracy vs base)", "20261101T030000Z-aaaa"),
-        (3, 2, "promoted", "20261101T030000Z-aaaa")]
+        (1, 1, "promoted", "fresh"),
+        (2, 2, "refused (vqa_accuracy vs base)", "20261101T030000Z-aaaa"),
+        (3, 2, "promoted", "20261101T030000Z-aaaa"),
+    ]
     assert [r["cycle vqa_accuracy"] for r in rows] == [0.45, 0.30, 0.47] and rows[0]["base vqa_accuracy"] == 0.40
     assert [r["quarantined"] for r in rows] == [1, 2, 3] and rows[0]["kept vqa"] == 3 and rows[0]["keep rate caption"] == 0.75
     assert rows[0]["cycle step budget"].startswith("align 2") and rows[0]["cycle optimizer steps"] == 7

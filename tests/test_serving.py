@@ -31,8 +31,8 @@ from sicog.cluster.serving import KubeApi, ServerError, delete_servers, launch_s
 from sicog.config import ENGINE_IMAGES, SicogConfig
 from sicog.errors import UserError
 from sicog.generate.plan import plan_requests
-from sicog.generate.sample import model_image_edge
 from sicog.generate.remote import RemoteSampler
+from sicog.generate.sample import model_image_edge
 from sicog.prompts import CAPTION_COD, CAPTION_DD
 from tiny import IMAGE_SIZE, tiny_sampler_model
 
@@ -52,11 +52,13 @@ PORT = _free_port()  # the servers' port (each listens on its own 127.0.0.k)
 
 
 def config(engine: str = "vllm", cluster: dict | None = None, **server) -> SicogConfig:
-    return SicogConfig.model_validate({
-        "seed": 3,
-        "sample": {"engine": engine, "concurrency": 4, "server": {"port": PORT, "startup_s": 180, **server}},
-        "cluster": {"namespace": NS, "s3_secret": "sicog-s3", **(cluster or {})},
-    })
+    return SicogConfig.model_validate(
+        {
+            "seed": 3,
+            "sample": {"engine": engine, "concurrency": 4, "server": {"port": PORT, "startup_s": 180, **server}},
+            "cluster": {"namespace": NS, "s3_secret": "sicog-s3", **(cluster or {})},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +114,20 @@ def test_server_names_are_dns_1035_deterministic_and_per_role():
     assert serving.run_label(RUN) == RUN and serving.run_label("a/b") != serving.run_label("a:b")
 
 
-GPU_CLUSTER = {"accelerator": "nvidia.com/gpu", "node_selector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
-               "tolerations": [{"key": "nvidia.com/gpu"}, {"key": "pool", "operator": "Equal", "value": "a100", "effect": "NoExecute"}],
-               "s3_endpoint": "http://minio.minio.svc:9000", "shm_size": "16Gi"}
+GPU_CLUSTER = {
+    "accelerator": "nvidia.com/gpu",
+    "node_selector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    "tolerations": [{"key": "nvidia.com/gpu"}, {"key": "pool", "operator": "Equal", "value": "a100", "effect": "NoExecute"}],
+    "s3_endpoint": "http://minio.minio.svc:9000",
+    "shm_size": "16Gi",
+}
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang", "tgi"])
 def test_manifests_pass_strict_validation_with_placement_labels_and_owner(engine, monkeypatch):
     monkeypatch.setenv("SICOG_IMAGE", "registry.example/sicog:9.9")
     cfg = config(engine, GPU_CLUSTER, gpus=2, cpu="12", memory="100Gi", ttl_s=3600, startup_s=1800)
-    deployment, service = server_manifests(cfg, run_id=RUN, role="reasoning", model_uri="s3://sicog/models/base", namespace=NS,
-                                           owner=WORKFLOW, now=1_000_000)
+    deployment, service = server_manifests(cfg, run_id=RUN, role="reasoning", model_uri="s3://sicog/models/base", namespace=NS, owner=WORKFLOW, now=1_000_000)
     for doc in (deployment, service):
         assert kubernetes_validate.validate(doc, KUBE_VERSION, strict=True) == "1.30"
     name = server_name(RUN, "reasoning")
@@ -140,8 +145,10 @@ def test_manifests_pass_strict_validation_with_placement_labels_and_owner(engine
     assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["port"] == PORT
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == GPU_CLUSTER["node_selector"]
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                                  {"key": "pool", "operator": "Equal", "value": "a100", "effect": "NoExecute"}]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "pool", "operator": "Equal", "value": "a100", "effect": "NoExecute"},
+    ]
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False and pod["securityContext"]["runAsNonRoot"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["shm"] == {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} and "emptyDir" in volumes["model"]
@@ -162,11 +169,45 @@ def test_manifests_pass_strict_validation_with_placement_labels_and_owner(engine
 
 
 ENGINE_ARGS = {
-    "vllm": (["vllm", "serve"], ["/models/model", "--served-model-name", "backbone", "--host", "0.0.0.0", "--port", "8000",
-                                 "--max-num-seqs", "64", "--seed", "3", "--tensor-parallel-size", "2"]),
-    "sglang": (["python3", "-m", "sglang.launch_server"], ["--model-path", "/models/model", "--served-model-name", "backbone", "--host", "0.0.0.0",
-                                                          "--port", "8000", "--max-running-requests", "64", "--random-seed", "3", "--tp-size", "2",
-                                                          "--enable-metrics", "--enable-deterministic-inference"]),
+    "vllm": (
+        ["vllm", "serve"],
+        [
+            "/models/model",
+            "--served-model-name",
+            "backbone",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--max-num-seqs",
+            "64",
+            "--seed",
+            "3",
+            "--tensor-parallel-size",
+            "2",
+        ],
+    ),
+    "sglang": (
+        ["python3", "-m", "sglang.launch_server"],
+        [
+            "--model-path",
+            "/models/model",
+            "--served-model-name",
+            "backbone",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--max-running-requests",
+            "64",
+            "--random-seed",
+            "3",
+            "--tp-size",
+            "2",
+            "--enable-metrics",
+            "--enable-deterministic-inference",
+        ],
+    ),
     "tgi": (None, ["--model-id", "/models/model", "--hostname", "0.0.0.0", "--port", "8000", "--max-concurrent-requests", "64", "--num-shard", "2"]),
 }
 
@@ -183,7 +224,10 @@ def test_engine_command_per_engine_with_extra_args_and_image_override(engine):
     assert "ownerReferences" not in deployment["metadata"] and "nodeSelector" not in deployment["spec"]["template"]["spec"]
     assert c["resources"] == {"requests": {"cpu": "8", "memory": "64Gi"}}  # no accelerator configured: no GPU request
     cfg.sample.server.image = "registry.example/engine:1"
-    assert server_manifests(cfg, run_id=RUN, role="backbone", model_uri="/m", namespace=NS)[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/engine:1"
+    assert (
+        server_manifests(cfg, run_id=RUN, role="backbone", model_uri="/m", namespace=NS)[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "registry.example/engine:1"
+    )
 
 
 def test_fake_api_refuses_what_the_api_server_refuses(kube):
@@ -237,14 +281,19 @@ def _in_task_pod(kube: FakeKube, monkeypatch, tmp_path: Path, namespace: str = N
 def test_owner_is_the_task_pods_workflow_in_the_same_namespace_only(kube, monkeypatch, tmp_path, capsys):
     workflow = _in_task_pod(kube, monkeypatch, tmp_path, namespace="elsewhere")
     api = KubeApi.connect()
-    assert serving.find_owner(api, "elsewhere") == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "cycle-abcde",
-                                                    "uid": workflow["metadata"]["uid"]}
+    assert serving.find_owner(api, "elsewhere") == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "name": "cycle-abcde",
+        "uid": workflow["metadata"]["uid"],
+    }
     assert serving.find_owner(api, NS) is None
     assert "runs in namespace elsewhere, the servers in sicog" in capsys.readouterr().out
     monkeypatch.setenv("HOSTNAME", "a-laptop")
     assert serving.find_owner(api, "elsewhere") is None and "404" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(600)  # a real engine stand-in starts (startup_s 180)
 def test_launch_samples_with_n_adopts_on_retry_and_delete_stops_it(kube, model, monkeypatch, tmp_path):
     model_uri, root = model
     workflow = _in_task_pod(kube, monkeypatch, tmp_path)
@@ -255,12 +304,21 @@ def test_launch_samples_with_n_adopts_on_retry_and_delete_stops_it(kube, model, 
     assert re.fullmatch(rf"http://127\.0\.0\.\d+:{PORT}/v1", out["endpoint"]) and out["image_edge"] == IMAGE_SIZE
     print(f"ready in {time.monotonic() - started:.1f} s")
     deployment = kube.deployments[(NS, name)]
-    assert deployment["metadata"]["ownerReferences"] == [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "cycle-abcde",
-                                                         "uid": workflow["metadata"]["uid"], "blockOwnerDeletion": False}]
+    assert deployment["metadata"]["ownerReferences"] == [
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "cycle-abcde", "uid": workflow["metadata"]["uid"], "blockOwnerDeletion": False}
+    ]
     # A real chat completion, image + text, through the client the shard tasks use; CoD's 2 candidates go as one request with n=2.
     reqs = plan_requests(_records(), "caption", {"cod": 2, "dd": 1}, cycle_seed=7)
-    sampler = RemoteSampler(out["endpoint"], root, served_model=out["served_model"], engine="vllm", share_prefill=True,
-                            concurrency=2, max_new_tokens=6, image_edge=out["image_edge"])
+    sampler = RemoteSampler(
+        out["endpoint"],
+        root,
+        served_model=out["served_model"],
+        engine="vllm",
+        share_prefill=True,
+        concurrency=2,
+        max_new_tokens=6,
+        image_edge=out["image_edge"],
+    )
     rows = list(sampler.generate(reqs))
     assert sorted((r["id"], r["index"]) for r in rows) == sorted((r["id"], r["index"]) for r in reqs)
     assert all(isinstance(r["text"], str) and "error" not in r and r["model"] == "perception" for r in rows), rows
@@ -284,6 +342,7 @@ def test_launch_samples_with_n_adopts_on_retry_and_delete_stops_it(kube, model, 
     assert delete_servers(RUN, NS) == []
 
 
+@pytest.mark.timeout(600)  # a real engine stand-in starts (startup_s 180)
 def test_failure_while_sampling_still_deletes_the_server(kube, model):
     """The library view of the pipeline's ExitHandler: sampling fails, the handler's teardown still runs."""
     model_uri, root = model
@@ -291,8 +350,9 @@ def test_failure_while_sampling_still_deletes_the_server(kube, model):
     with pytest.raises(RuntimeError, match="sampling failed"):
         out = launch_server(config("sglang"), run_id=run, role="reasoning", model_uri=model_uri, namespace=NS, poll_s=0.2)
         try:
-            [row] = RemoteSampler(out["endpoint"], root, served_model=out["served_model"], engine="sglang",
-                                  max_new_tokens=4).generate(plan_requests(_records(1), "caption", {"dd": 1}, cycle_seed=1))
+            [row] = RemoteSampler(out["endpoint"], root, served_model=out["served_model"], engine="sglang", max_new_tokens=4).generate(
+                plan_requests(_records(1), "caption", {"dd": 1}, cycle_seed=1)
+            )
             assert isinstance(row["text"], str) and row["model"] == "reasoning"
             raise RuntimeError("sampling failed")
         finally:
@@ -302,11 +362,17 @@ def test_failure_while_sampling_still_deletes_the_server(kube, model):
 
 FAST_FAILURES = {
     # case: (config, model URI (None: the tiny model), the reason the one line must name)
-    "image pull": (lambda: config("vllm", image="registry.invalid/sicog/missing-engine:0"), None,
-                   r"container vllm: ImagePullBackOff: Back-off pulling image \"registry.invalid/sicog/missing-engine:0\""),
+    "image pull": (
+        lambda: config("vllm", image="registry.invalid/sicog/missing-engine:0"),
+        None,
+        r"container vllm: ImagePullBackOff: Back-off pulling image \"registry.invalid/sicog/missing-engine:0\"",
+    ),
     "model fetch": (lambda: config("vllm"), "/nonexistent/model", r"init container fetch-model: CrashLoopBackOff \(last exit code 2"),
-    "missing secret key": (lambda: config("sglang", cluster={"s3_secret": "other-secret"}), None,
-                           r"init container fetch-model: CreateContainerConfigError: couldn't find key AWS_ACCESS_KEY_ID in Secret other-secret"),
+    "missing secret key": (
+        lambda: config("sglang", cluster={"s3_secret": "other-secret"}),
+        None,
+        r"init container fetch-model: CreateContainerConfigError: couldn't find key AWS_ACCESS_KEY_ID in Secret other-secret",
+    ),
     "engine crash": (lambda: config("vllm"), "BROKEN", r"container vllm: CrashLoopBackOff \(last exit code 1, Error\)"),
 }
 
@@ -420,6 +486,8 @@ def test_cli_sweep_and_teardown(kube):
 # --- the pipeline's own sampling group, run by kfp.local against the stand-ins -------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # kfp.local runs the group twice, each starting an engine: ~40 s here, minutes under load
 def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_sampling_fails(kube, model, tmp_path):
     """The compiled cycle's sampling group for a served engine (sicog.pipelines.cycle.served_sampling:
     launch the server, fan out the shards, delete the server in a dsl.ExitHandler, collect from the run's folder),
@@ -442,8 +510,7 @@ def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_samp
 
     def check(config, run_uri, model_uri, run_id):
         world = dsl.importer(artifact_uri=str(world_dir), artifact_class=Dataset, reimport=False)
-        group(config=config, run_uri=run_uri, task="caption", sample_shards=[0, 1], role="perception", model_uri=model_uri,
-              run_id=run_id, world=world.output)
+        group(config=config, run_uri=run_uri, task="caption", sample_shards=[0, 1], role="perception", model_uri=model_uri, run_id=run_id, world=world.output)
 
     # KFP reads parameter types from annotations, which this module's `from __future__ import annotations` makes strings.
     check.__annotations__ = {"config": dict, "run_uri": str, "model_uri": str, "run_id": str}

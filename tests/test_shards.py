@@ -23,7 +23,6 @@ from sicog.prompts import CAPTION_DD
 from tiny import IMAGE_SIZE, tiny_sampler_model
 
 
-
 def _text_records(n: int) -> list[dict]:
     return [{"id": f"t-{i:03d}", "conversations": [{"from": "human", "value": f"Name colour number {i}."}]} for i in range(n)]
 
@@ -129,8 +128,6 @@ def test_collected_candidates_do_not_depend_on_the_shard_count(tmp_path):
 # --- S3 -----------------------------------------------------------------------------------------
 
 
-
-
 def test_shards_resume_from_s3(bucket):
     cfg = SampleConfig(shards=2, chunk_size=2)
     records = _text_records(9)
@@ -161,11 +158,34 @@ def world(tmp_path_factory):
 
 
 def _sample_cmd(model_dir, world_dir, out) -> list[str]:
-    return [sys.executable, "-m", "sicog.cli", "sample", "--task", "text", "--model", str(model_dir), "--world", str(world_dir),
-            "--out", str(out), "--shard", "0", "--shards", "1", "--set", "sample.chunk_size=2", "--set", "sample.max_new_tokens=24",
-            "--set", "sample.batch_size=8"]
+    return [
+        sys.executable,
+        "-m",
+        "sicog.cli",
+        "sample",
+        "--task",
+        "text",
+        "--model",
+        str(model_dir),
+        "--world",
+        str(world_dir),
+        "--out",
+        str(out),
+        "--shard",
+        "0",
+        "--shards",
+        "1",
+        "--set",
+        "sample.chunk_size=2",
+        "--set",
+        "sample.max_new_tokens=24",
+        "--set",
+        "sample.batch_size=8",
+    ]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_kill_9_mid_shard_then_resume_gives_the_same_candidates(world, tmp_path):
     model_dir, world_dir = world
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")

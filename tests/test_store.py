@@ -16,8 +16,6 @@ from sicog import store
 from sicog.store import MANIFEST, StoreError
 
 
-
-
 def _folder(root, sizes: dict[str, int]) -> dict[str, bytes]:
     data = {}
     for name, size in sizes.items():
@@ -172,7 +170,7 @@ def test_server_stopped_mid_upload_and_restarted(bucket, s3_server, tmp_path, mo
         while not done.is_set():
             try:
                 for obj in raw.list_objects(bucket, prefix=prefix, recursive=True):
-                    name = obj.object_name[len(prefix):]
+                    name = obj.object_name[len(prefix) :]
                     blob = raw.get_object(bucket, obj.object_name).read()
                     if name == MANIFEST:
                         for fname, entry in json.loads(blob)["files"].items():
@@ -270,7 +268,8 @@ def test_web_identity_token_file_exchanged_at_sts(bucket, s3_server, tmp_path, m
     s3_server.signed_by.clear()
     _roundtrip(bucket, "irsa")
     assert [(c["Action"], c["RoleArn"], c["RoleSessionName"], c["WebIdentityToken"]) for c in s3_server.sts_calls] == [
-        ("AssumeRoleWithWebIdentity", ROLE, "sicog-test", token.read_text())]
+        ("AssumeRoleWithWebIdentity", ROLE, "sicog-test", token.read_text())
+    ]
     issued = next(r for r in sts_backends["111122223333"]["aws"].assumed_roles if r.session_name == "sicog-test")
     assert issued.access_key_id.startswith("ASIA")
     assert set(s3_server.signed_by) == {(issued.access_key_id, issued.session_token)}
@@ -307,8 +306,10 @@ def test_endpoint_from_aws_endpoint_url_s3(bucket, s3_server, monkeypatch):
 def test_profile_of_the_shared_credentials_file(bucket, s3_server, tmp_path, monkeypatch):
     _without_static_keys(monkeypatch, tmp_path)
     credentials = tmp_path / "credentials"
-    credentials.write_text("[default]\naws_access_key_id = AKIADEFAULTPROFILE\naws_secret_access_key = default-secret\n\n"
-                           "[sicog-ci]\naws_access_key_id = ASIACIPROFILE\naws_secret_access_key = ci-secret\naws_session_token = ci-token\n")
+    credentials.write_text(
+        "[default]\naws_access_key_id = AKIADEFAULTPROFILE\naws_secret_access_key = default-secret\n\n"
+        "[sicog-ci]\naws_access_key_id = ASIACIPROFILE\naws_secret_access_key = ci-secret\naws_session_token = ci-token\n"
+    )
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_PROFILE", "sicog-ci")
     s3_server.signed_by.clear()
@@ -355,9 +356,11 @@ def test_no_credentials_is_one_line_naming_every_source(bucket, tmp_path, monkey
     message = str(info.value)
     assert time.monotonic() - start < 5  # not retried: nothing will appear
     assert "\n" not in message and message.startswith(f"store: no S3 credentials for {store.s3_settings().endpoint}: tried ")
-    for tried in ("environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): not set",
-                  f"profile default of {tmp_path}/.aws/credentials: no such file",
-                  f"instance metadata ({nobody}): cannot connect"):
+    for tried in (
+        "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): not set",
+        f"profile default of {tmp_path}/.aws/credentials: no such file",
+        f"instance metadata ({nobody}): cannot connect",
+    ):
         assert tried in message, message
     # Half the keys: named, the key itself never shown.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASHOWNNOWHERE")
@@ -396,8 +399,9 @@ def test_cluster_pods_without_an_s3_secret_run_as_the_service_account():
 
     stage = dict(stage="pretrain", name="cycle/pretrain", out="s3://sicog/runs/1/pretrain", request_uri="s3://sicog/runs/1/pretrain/request.json")
     for secret, account in (("", "sicog-pipeline"), ("sicog-s3", None)):
-        cfg = SicogConfig.model_validate({"sample": {"engine": "vllm"}, "cluster": {
-            "s3_secret": secret, "s3_endpoint": "http://minio.minio.svc:9000", "service_account": "sicog-pipeline"}})
+        cfg = SicogConfig.model_validate(
+            {"sample": {"engine": "vllm"}, "cluster": {"s3_secret": secret, "s3_endpoint": "http://minio.minio.svc:9000", "service_account": "sicog-pipeline"}}
+        )
         pod = server_manifests(cfg, run_id="run-1", role="backbone", model_uri="s3://sicog/models/base", namespace="sicog")[0]["spec"]["template"]["spec"]
         master = build_pytorchjob(cfg, **stage).spec.pytorch_replica_specs["Master"].template.spec
         (patch,) = build_trainjob(cfg, **stage)["spec"]["runtimePatches"]

@@ -12,12 +12,12 @@ from sicog.config import StageConfig
 from sicog.models import load_model
 from sicog.train.data import IGNORE_INDEX, Collator, encode_record, encode_records
 from sicog.train.trainer import train_stage
-
 from tiny import colour_world, tiny_model
 from tiny import record as _rec
 
 # One thread: on tensors this tiny, syncing a second thread costs more than it saves, and a busy
 # machine (a parallel test run) makes multi-threaded tiny steps 10-100x slower.
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -239,8 +239,9 @@ def test_training_data_is_read_by_role_and_mixed_by_source_weight(tmp_path):
 
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(_text(str(i))) + "\n" for i in range(4)))
-    (tmp_path / "catalog.yaml").write_text("instruct:\n  - {name: a, uri: a.jsonl, weight: 2}\n  - {name: b, uri: b.jsonl, weight: 0.5, seed: 1}\n"
-                                           "perception: {name: p, uri: a.jsonl}\n")
+    (tmp_path / "catalog.yaml").write_text(
+        "instruct:\n  - {name: a, uri: a.jsonl, weight: 2}\n  - {name: b, uri: b.jsonl, weight: 0.5, seed: 1}\nperception: {name: p, uri: a.jsonl}\n"
+    )
     cfg = validate_config({"seed": 5})
     records, quarantine = training_records(cfg, "base", tmp_path, None)
     counts = Counter(r["id"] for r in records)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from kubeapi import FakeKube, pruned, trainjob_schema
 from sicog import store
 from sicog.cli import app
 from sicog.cluster import launcher
@@ -33,8 +34,6 @@ from sicog.steps.train import train as train_step
 from sicog.train.backends import BACKENDS, request_uri, torchrun, trainjob
 from sicog.train.batch import batch_plan
 from sicog.train.request import TrainRequest
-
-from kubeapi import FakeKube, pruned, trainjob_schema
 from tiny import colour_world, tiny_model
 
 ROOT = Path(__file__).parents[1]
@@ -42,9 +41,24 @@ PAPER = ROOT / "configs" / "paper-qwen2-7b.yaml"
 RUN = "s3://sicog/runs/r1"
 OUT = f"{RUN}/pipeline/train-pretrain/trained"
 STAGE_15 = {"stage": "pretrain", "name": "cycle/pretrain", "out": OUT, "request_uri": f"{OUT}.request.json"}
-ARGS = ["--config", str(PAPER), "--stage", "pretrain", "--data", "curated", "--name", "cycle/pretrain",
-        "--model", f"{RUN}/pipeline/train-align/trained", "--curated", f"{RUN}/pipeline/curate/curated", "--out", OUT,
-        "--world", f"{RUN}/pipeline/world/world"]
+ARGS = [
+    "--config",
+    str(PAPER),
+    "--stage",
+    "pretrain",
+    "--data",
+    "curated",
+    "--name",
+    "cycle/pretrain",
+    "--model",
+    f"{RUN}/pipeline/train-align/trained",
+    "--curated",
+    f"{RUN}/pipeline/curate/curated",
+    "--out",
+    OUT,
+    "--world",
+    f"{RUN}/pipeline/world/world",
+]
 
 
 def _node_patch(job: dict) -> dict:
@@ -182,12 +196,22 @@ def run(kube, tiny, bucket, s3_server, monkeypatch, tmp_path):
     for key, step in (("world", "world"), ("model", "model"), ("curated", "curate")):
         uris[key] = store.join(work, "steps", step)
         store.upload_dir(tiny[key], uris[key])
-    cfg = validate_config({
-        "seed": 3,
-        "train": {"max_length": 256, "nproc": 1, "pretrain": {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}},
-        "cluster": {"trainer": "trainjob", "nodes": 2, "namespace": "sicog", "s3_secret": "sicog-s3", "s3_endpoint": s3_server.endpoint,
-                    "queue": "cpu-queue", "poll_s": 0.2, "job_timeout_s": 300},
-    })
+    cfg = validate_config(
+        {
+            "seed": 3,
+            "train": {"max_length": 256, "nproc": 1, "pretrain": {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 4, "per_device_batch_size": 1}},
+            "cluster": {
+                "trainer": "trainjob",
+                "nodes": 2,
+                "namespace": "sicog",
+                "s3_secret": "sicog-s3",
+                "s3_endpoint": s3_server.endpoint,
+                "queue": "cpu-queue",
+                "poll_s": 0.2,
+                "job_timeout_s": 300,
+            },
+        }
+    )
     return {"api": api, "kubeconfig": config, "work": work, "cfg": cfg, "workflow": workflow, **uris}
 
 
@@ -220,8 +244,15 @@ def test_tiny_stage_runs_as_a_trainjob_to_complete_and_lands_in_the_store(run, c
     job = api.created[-1]
     assert job["kind"] == "TrainJob" and job["metadata"]["name"] == name and job["metadata"]["namespace"] == "sicog"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "cpu-queue"
-    assert job["metadata"]["ownerReferences"] == [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "cycle-abcde",
-                                                   "uid": run["workflow"]["metadata"]["uid"], "blockOwnerDeletion": False}]
+    assert job["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Workflow",
+            "name": "cycle-abcde",
+            "uid": run["workflow"]["metadata"]["uid"],
+            "blockOwnerDeletion": False,
+        }
+    ]
     envs = api.node_envs[name]
     assert [(e["PET_NNODES"], e["PET_NPROC_PER_NODE"], e["PET_NODE_RANK"]) for e in envs] == [("2", "1", "0"), ("2", "1", "1")]
     assert all(e["AWS_ACCESS_KEY_ID"] == "sicog-test" for e in envs)  # from the Secret only
@@ -241,8 +272,11 @@ def test_tiny_stage_runs_as_a_trainjob_to_complete_and_lands_in_the_store(run, c
 @pytest.mark.timeout(600)
 def test_failed_trainjob_fails_the_task_with_its_reason_and_a_node_log(run, capsys):
     missing = store.join(run["work"], "steps", "no-such-model")
-    with pytest.raises(JobError, match=r"^trainjob sicog-bad-pretrain-[0-9a-f]{8} failed: FailedJobs: jobset failed due to one or more "
-                                       r"job failures \(first failed job: sicog-bad-pretrain-[0-9a-f]{8}-node-0\)$"):
+    with pytest.raises(
+        JobError,
+        match=r"^trainjob sicog-bad-pretrain-[0-9a-f]{8} failed: FailedJobs: jobset failed due to one or more "
+        r"job failures \(first failed job: sicog-bad-pretrain-[0-9a-f]{8}-node-0\)$",
+    ):
         _train(run, name="bad/pretrain", model=missing)
     captured = capsys.readouterr()
     name = job_name("bad/pretrain", _out(run, "bad/pretrain"))
@@ -272,8 +306,29 @@ def test_trainjob_past_its_timeout_is_deleted_and_sigterm_deletes_it(run, tmp_pa
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(run["cfg"].model_dump(mode="json")))
     out = store.join(run["work"], "steps", "train", "cancel/pretrain")
-    argv = [sys.executable, "-m", "sicog.cli", "job", "run", "--config", str(config), "--stage", "pretrain", "--data", "curated",
-            "--name", "cancel/pretrain", "--model", run["model"], "--world", run["world"], "--curated", run["curated"], "--out", out]
+    argv = [
+        sys.executable,
+        "-m",
+        "sicog.cli",
+        "job",
+        "run",
+        "--config",
+        str(config),
+        "--stage",
+        "pretrain",
+        "--data",
+        "curated",
+        "--name",
+        "cancel/pretrain",
+        "--model",
+        run["model"],
+        "--world",
+        run["world"],
+        "--curated",
+        run["curated"],
+        "--out",
+        out,
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)

@@ -11,8 +11,8 @@ import functools
 import json
 import logging
 import os
-import shutil
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -161,8 +161,17 @@ def train(
     from sicog.train.backends import torchrun
     from sicog.train.request import TrainRequest
 
-    request = TrainRequest.of(_config(config, set_), stage=stage, data=data, name=name or f"{stage}/{data}", model=str(model),
-                              world=str(world), out=str(out), curated=curated or None, pairs=pairs or None)
+    request = TrainRequest.of(
+        _config(config, set_),
+        stage=stage,
+        data=data,
+        name=name or f"{stage}/{data}",
+        model=str(model),
+        world=str(world),
+        out=str(out),
+        curated=curated or None,
+        pairs=pairs or None,
+    )
     log = _trained(torchrun, request)
     _print({k: log[k] for k in TRAIN_SUMMARY if k in log})
 
@@ -195,20 +204,34 @@ def sample(
     task: Annotated[str, typer.Option(help="caption | vqa | text")],
     world: WorldOpt,
     out: OutOpt,
-    model: Annotated[str, typer.Option("--model", help="Model folder (local backend); local path or s3:// URI. Text task: the backbone LLM answers (paper App. A), extracted from this LLaVA, or this causal LM itself.")] = "",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Model folder (local backend); local path or s3:// URI. Text task: the backbone LLM answers (paper App. A), extracted from this LLaVA, or this causal LM itself.",
+        ),
+    ] = "",
     shard: Annotated[Optional[int], typer.Option(help="Sample only this shard (0-based) of sample.shards; default: all, then collect.")] = None,
     shards: Annotated[Optional[int], typer.Option(help="Number of shards (sets sample.shards).")] = None,
     work: Annotated[Optional[str], typer.Option(help="Where shard chunks live and resume from (store URI); default: OUT/work, or OUT with --shard.")] = None,
-    endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server (TGI, vLLM, SGLang, ...) to sample from: sets sample.endpoint (and sample.engine=openai where the config says local).")] = None,
+    endpoint: Annotated[
+        Optional[str],
+        typer.Option(
+            help="OpenAI-compatible server (TGI, vLLM, SGLang, ...) to sample from: sets sample.endpoint (and sample.engine=openai where the config says local)."
+        ),
+    ] = None,
     served_model: Annotated[Optional[str], typer.Option(help="Model name sent to the server (sets sample.served_model).")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Text task: a separate backbone LLM (causal-LM folder or s3:// URI) to answer with (sets sample.backbone).")] = None,
+    backbone: Annotated[
+        Optional[str], typer.Option(help="Text task: a separate backbone LLM (causal-LM folder or s3:// URI) to answer with (sets sample.backbone).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Step 2: sample candidates for a task's unlabeled pool into OUT/candidates.jsonl, shard by shard;
     re-running the same command resumes finished chunks. Text-only prompts are answered by the
     backbone LLM (paper App. A); candidates record the model that produced them."""
-    from sicog.steps.sample import POOLS, sample as sample_all, sample_shard
+    from sicog.steps.sample import POOLS, sample_shard
+    from sicog.steps.sample import sample as sample_all
 
     if task not in POOLS:
         raise UserError(f"unknown task {task!r}: choose caption, vqa or text")
@@ -273,7 +296,14 @@ def annotate_cot(
 @user_errors
 def score(
     in_: Annotated[list[str], typer.Option("--in", help="Candidates JSONL, or a folder holding candidates.jsonl (repeatable; local path or s3:// URI).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (scored.jsonl + rejected.jsonl), or a NAME.jsonl (+ NAME.rejected.jsonl beside it); local path or s3:// URI. `sicog curate --scored` reads either.")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder (scored.jsonl + rejected.jsonl), or a NAME.jsonl (+ NAME.rejected.jsonl beside it); local path or s3:// URI. `sicog curate --scored` reads either.",
+        ),
+    ],
     config: ConfigOpt = None,
     set_: SetOpt = None,
     scorer: ScorerOpt = None,
@@ -281,7 +311,8 @@ def score(
     """Step 3: self-consistency scores, best candidate and keep decision per instance."""
     import tempfile
 
-    from sicog.steps.score import REJECTED_FILE, SCORED_FILE, score as run, scored_files
+    from sicog.steps.score import REJECTED_FILE, SCORED_FILE, scored_files
+    from sicog.steps.score import score as run
 
     for uri in in_:
         if not store.is_remote(uri) and not store.local_path(uri).exists():
@@ -301,7 +332,12 @@ def score(
 @user_errors
 def curate(
     world: WorldOpt,
-    scored: Annotated[list[str], typer.Option(help="What `sicog score --out` wrote: a folder, or a NAME.jsonl with NAME.rejected.jsonl beside it; or the pipeline's scored folder (repeatable; local or s3://).")],
+    scored: Annotated[
+        list[str],
+        typer.Option(
+            help="What `sicog score --out` wrote: a folder, or a NAME.jsonl with NAME.rejected.jsonl beside it; or the pipeline's scored folder (repeatable; local or s3://)."
+        ),
+    ],
     out: OutOpt,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -375,7 +411,14 @@ def cycle(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the full kfp.local logs (always kept in OUT/cycle.log).")] = False,
     scorer: ScorerOpt = None,
     series: SeriesOpt = "",
-    cycles: Annotated[int, typer.Option("--cycles", min=1, help="Run N cycles one after another as a series, each from the newest promoted cycle: OUT/run-<i>/ per run, the series in --series (default OUT/series).")] = 1,
+    cycles: Annotated[
+        int,
+        typer.Option(
+            "--cycles",
+            min=1,
+            help="Run N cycles one after another as a series, each from the newest promoted cycle: OUT/run-<i>/ per run, the series in --series (default OUT/series).",
+        ),
+    ] = 1,
 ):
     """One whole SICOG cycle through kfp.local: OUT/metrics.json and OUT/report.html. With --cycles N, N
     cycles of a series, each gated for promotion (`promote` in the config)."""
@@ -471,12 +514,21 @@ def serve_scorer(
 
     if device not in ("cpu", "cuda"):
         raise UserError(f"unknown device {device!r}: choose cpu or cuda")
-    options = ServerOptions(host=host, port=port, metrics_port=None if metrics_port < 0 else metrics_port, threads=threads,
-                            grace_s=grace_s, max_message_bytes=max_message_mb * 2**20, max_wait_s=max_wait_ms / 1000)
+    options = ServerOptions(
+        host=host,
+        port=port,
+        metrics_port=None if metrics_port < 0 else metrics_port,
+        threads=threads,
+        grace_s=grace_s,
+        max_message_bytes=max_message_mb * 2**20,
+        max_wait_s=max_wait_ms / 1000,
+    )
     run(options, model, device, batch_size, torch_threads, trust_remote_code)
 
 
-NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the servers; empty: cluster.namespace's rule (the pod's own, else default).")]
+NamespaceOpt = Annotated[
+    str, typer.Option("--namespace", "-n", help="Namespace of the servers; empty: cluster.namespace's rule (the pod's own, else default).")
+]
 
 
 @serve_app.command("sweep")
@@ -496,8 +548,7 @@ def serve_sweep(namespace: NamespaceOpt = ""):
 
 @serve_app.command("teardown")
 @user_errors
-def serve_teardown(run_id: Annotated[str, typer.Argument(help="The run whose sampler servers to delete (its KFP run id).")],
-                   namespace: NamespaceOpt = ""):
+def serve_teardown(run_id: Annotated[str, typer.Argument(help="The run whose sampler servers to delete (its KFP run id).")], namespace: NamespaceOpt = ""):
     """Delete every sampler server of a run (what the pipeline's exit handler does)."""
     from sicog.cluster.serving import ServerError, delete_servers
 
@@ -512,8 +563,10 @@ def serve_teardown(run_id: Annotated[str, typer.Argument(help="The run whose sam
 
 @store_app.command("get")
 @user_errors
-def store_get(uri: Annotated[str, typer.Argument(help="Published folder: s3://bucket/key (or a local path).")],
-              dest: Annotated[Path, typer.Argument(help="Local folder to fill.")]):
+def store_get(
+    uri: Annotated[str, typer.Argument(help="Published folder: s3://bucket/key (or a local path).")],
+    dest: Annotated[Path, typer.Argument(help="Local folder to fill.")],
+):
     """Download a published folder, every file checked against its manifest (e.g. a model for TGI)."""
     from sicog import store
 
@@ -526,8 +579,9 @@ def store_get(uri: Annotated[str, typer.Argument(help="Published folder: s3://bu
 
 @store_app.command("put")
 @user_errors
-def store_put(src: Annotated[Path, typer.Argument(help="Local folder.")],
-              uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/key (or a local path).")]):
+def store_put(
+    src: Annotated[Path, typer.Argument(help="Local folder.")], uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/key (or a local path).")]
+):
     """Publish a local folder (files first, manifest last), e.g. an assembled base model."""
     from sicog import store
 
@@ -542,8 +596,12 @@ def store_put(src: Annotated[Path, typer.Argument(help="Local folder.")],
 
 @pipeline_app.command("compile")
 @user_errors
-def pipeline_compile(out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None,
-                     root: Annotated[str, typer.Option(help="Default pipeline root: the store folder (s3://...) runs keep their outputs in.")] = ""):
+def pipeline_compile(
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: Annotated[str, typer.Option(help="Default pipeline root: the store folder (s3://...) runs keep their outputs in.")] = "",
+):
     """Write the KFP IR YAML that Kubeflow runs (config as the default parameter)."""
     from sicog.pipelines.run import compile_pipeline
 
@@ -572,8 +630,17 @@ def pipeline_submit(
     """Start one cycle on Kubeflow Pipelines (compiled for the config's `cluster` section)."""
     from sicog.pipelines.run import submit
 
-    run_id = submit(_config(config, set_), host=host, series=series, run_uri=run_uri, scorer=scorer or "", ablations=ablations,
-                    experiment=experiment, run_name=run_name, namespace=namespace)
+    run_id = submit(
+        _config(config, set_),
+        host=host,
+        series=series,
+        run_uri=run_uri,
+        scorer=scorer or "",
+        ablations=ablations,
+        experiment=experiment,
+        run_name=run_name,
+        namespace=namespace,
+    )
     typer.echo(f"run {run_id}")
 
 
@@ -594,8 +661,17 @@ def pipeline_schedule(
     """Run a cycle on a schedule; every run continues the series from its last successful cycle."""
     from sicog.pipelines.run import schedule
 
-    recurring_id = schedule(_config(config, set_), host=host, cron=cron, series=series, name=name, scorer=scorer or "",
-                            ablations=ablations, experiment=experiment, namespace=namespace)
+    recurring_id = schedule(
+        _config(config, set_),
+        host=host,
+        cron=cron,
+        series=series,
+        name=name,
+        scorer=scorer or "",
+        ablations=ablations,
+        experiment=experiment,
+        namespace=namespace,
+    )
     typer.echo(f"recurring run {recurring_id}")
 
 
@@ -603,7 +679,9 @@ StageOpt = Annotated[str, typer.Option(help="align | pretrain | instruct | warmu
 JobNameOpt = Annotated[str, typer.Option(help="The stage's run name (lineage, logs; the job is named from it).")]
 JobModelOpt = Annotated[str, typer.Option("--model", help="Model folder in the store (s3://...).")]
 JobWorldOpt = Annotated[str, typer.Option("--world", help="World folder in the store (s3://...).")]
-JobOutOpt = Annotated[str, typer.Option("--out", "-o", help="Where the job writes the trained model (s3://...); its pods read the request at OUT.request.json.")]
+JobOutOpt = Annotated[
+    str, typer.Option("--out", "-o", help="Where the job writes the trained model (s3://...); its pods read the request at OUT.request.json.")
+]
 JobCuratedOpt = Annotated[Optional[str], typer.Option(help="Curated folder in the store (data curated/uncurated).")]
 
 
@@ -617,9 +695,13 @@ def _job_args(cfg: SicogConfig, stage: str, data: str, name: str, model: str, wo
     return request
 
 
-JobKindOpt = Annotated[Optional[bool], typer.Option(
-    "--pytorchjob/--trainjob", help="A kubeflow.org/v1 PyTorchJob (Training Operator v1) or a Kubeflow Trainer v2 TrainJob; "
-    "default: PyTorchJob only with cluster.trainer pytorchjob.")]
+JobKindOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--pytorchjob/--trainjob",
+        help="A kubeflow.org/v1 PyTorchJob (Training Operator v1) or a Kubeflow Trainer v2 TrainJob; default: PyTorchJob only with cluster.trainer pytorchjob.",
+    ),
+]
 
 
 def _pytorchjob(kind: Optional[bool], cfg: SicogConfig) -> bool:
@@ -628,10 +710,22 @@ def _pytorchjob(kind: Optional[bool], cfg: SicogConfig) -> bool:
 
 @job_app.command("render")
 @user_errors
-def job_render(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
-               curated: JobCuratedOpt = None, kind: JobKindOpt = None,
-               write_request: Annotated[bool, typer.Option("--write-request", help="Also write the request where the pods read it (OUT.request.json), so the printed job can be applied as it is.")] = False,
-               config: ConfigOpt = None, set_: SetOpt = None):
+def job_render(
+    stage: StageOpt,
+    data: TrainDataOpt,
+    name: JobNameOpt,
+    model: JobModelOpt,
+    world: JobWorldOpt,
+    out: JobOutOpt,
+    curated: JobCuratedOpt = None,
+    kind: JobKindOpt = None,
+    write_request: Annotated[
+        bool,
+        typer.Option("--write-request", help="Also write the request where the pods read it (OUT.request.json), so the printed job can be applied as it is."),
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
     """Print the stage's TrainJob (or PyTorchJob) as YAML for review or GitOps; its pods run
     `torchrun -m sicog.train OUT.request.json` and write the model once, at OUT."""
     import yaml
@@ -651,8 +745,18 @@ def job_render(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: Job
 
 @job_app.command("run")
 @user_errors
-def job_run(stage: StageOpt, data: TrainDataOpt, name: JobNameOpt, model: JobModelOpt, world: JobWorldOpt, out: JobOutOpt,
-            curated: JobCuratedOpt = None, kind: JobKindOpt = None, config: ConfigOpt = None, set_: SetOpt = None):
+def job_run(
+    stage: StageOpt,
+    data: TrainDataOpt,
+    name: JobNameOpt,
+    model: JobModelOpt,
+    world: JobWorldOpt,
+    out: JobOutOpt,
+    curated: JobCuratedOpt = None,
+    kind: JobKindOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
     """Write the request to OUT.request.json, create the stage's TrainJob (or PyTorchJob) and wait for it (Ctrl-C / SIGTERM delete it)."""
     from sicog.cluster.launcher import JobError
     from sicog.train.backends import pytorchjob, trainjob
@@ -673,9 +777,11 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("check")
 @user_errors
-def data_check(catalog: Annotated[str, typer.Argument(help="Catalog file (YAML or JSON; local path or s3:// URI).")],
-               role: Annotated[Optional[list[str]], typer.Option("--role", help="Check only this role (repeatable).")] = None,
-               json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False):
+def data_check(
+    catalog: Annotated[str, typer.Argument(help="Catalog file (YAML or JSON; local path or s3:// URI).")],
+    role: Annotated[Optional[list[str]], typer.Option("--role", help="Check only this role (repeatable).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+):
     """Read every record and image of a catalog as training would: counts, quarantine reasons, image stats."""
     from sicog.data import check_catalog, load_catalog, render_report
 
@@ -692,8 +798,12 @@ app.add_typer(series_app, name="series")
 
 @series_app.command("report")
 @user_errors
-def series_report(series: Annotated[str, typer.Argument(help="Series folder: local path or s3://bucket/prefix (the --series of the runs).")],
-                  out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder for series.md, series.csv and series.png (local or s3://); default: SERIES/report.")] = None):
+def series_report(
+    series: Annotated[str, typer.Argument(help="Series folder: local path or s3://bucket/prefix (the --series of the runs).")],
+    out: Annotated[
+        Optional[str], typer.Option("--out", "-o", help="Folder for series.md, series.csv and series.png (local or s3://); default: SERIES/report.")
+    ] = None,
+):
     """Every cycle of a series in one table and one plot: held-out scores, curated and quarantined counts,
     keep rates, step budgets and the promotion decision."""
     from sicog.report.series import rich_table, write_series_report

@@ -46,11 +46,14 @@ class DataConfig(_Section):
     """Where the cycle's data come from: a catalog of the user's datasets per SICOG role (sicog.data)."""
 
     catalog: str = Field(
-        "", description="Store URI (local path, file://, s3://) of a data catalog (see `sicog data check`); "
+        "",
+        description="Store URI (local path, file://, s3://) of a data catalog (see `sicog data check`); "
         "empty: the procedural demo world, which writes a catalog of its own files.",
     )
     pool_per_cycle: int = Field(
-        0, ge=0, description="Records of each pool role one cycle samples: cycle c takes rows (c-1)*N .. c*N-1 of the role "
+        0,
+        ge=0,
+        description="Records of each pool role one cycle samples: cycle c takes rows (c-1)*N .. c*N-1 of the role "
         "(its sources in order, each in file order), so the cycles of a series never reuse pool records (paper App. G: a new "
         "pool each cycle); a pool too short for cycle c stops it with one line. 0: the whole pool, every cycle.",
     )
@@ -70,11 +73,13 @@ class ModelConfig(_Section):
     vocab_size: int = Field(1024, description="Tokenizer vocabulary trained offline on the world's text.")
     trust_remote_code: bool = Field(False, description="Never load remote code unless asked to.")
     start: str = Field(
-        "", description="Store URI of a trained model (save_pretrained folder) the cycle starts from instead of a fresh tiny "
+        "",
+        description="Store URI of a trained model (save_pretrained folder) the cycle starts from instead of a fresh tiny "
         "one; a cycle in a series sets it to the last successful cycle's model (see sicog.lineage).",
     )
     foundation: bool = Field(
-        False, description="`start` is a foundation model, already aligned and instruction-tuned: stage 1 and the base model's "
+        False,
+        description="`start` is a foundation model, already aligned and instruction-tuned: stage 1 and the base model's "
         "stage 2 are not re-run; the base model is `start` itself, and the warm-ups and stage 1.5 start from it (paper App. G: "
         "cycle n+1 takes cycle n's model as its foundation model). A cycle in a series sets it; false: `start` goes through stage 1.",
     )
@@ -114,10 +119,14 @@ class TrainConfig(_Section):
     instruct: StageConfig = _stage(2e-3, 600)
     warmup: StageConfig = _stage(1e-3, 150)
     pretrain: StageConfig = _stage(1e-3, 200)
-    group_by_length: bool = Field(False, description="Batch records of similar length (LLaVA option): ~15% less padding, but on the demo world it made batches single-task and stalled learning.")
+    group_by_length: bool = Field(
+        False,
+        description="Batch records of similar length (LLaVA option): ~15% less padding, but on the demo world it made batches single-task and stalled learning.",
+    )
     bf16: bool = Field(False, description="bf16 autocast (paper: bf16); on CPU only where the processor has bf16 units.")
     deepspeed: Literal["none", "zero2", "zero3"] = Field(
-        "none", description="Paper: ZeRO-2. zero3 partitions weights too and saves a consolidated model.safetensors. none: plain Trainer/DDP (the CPU demo: measured faster on a tiny model)."
+        "none",
+        description="Paper: ZeRO-2. zero3 partitions weights too and saves a consolidated model.safetensors. none: plain Trainer/DDP (the CPU demo: measured faster on a tiny model).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on; the tiny demo model does not need it).")
     nproc: int = Field(1, ge=1, description="Processes torchrun starts per local training task (one per GPU; gloo on CPU).")
@@ -133,11 +142,13 @@ class TrainConfig(_Section):
         description="Labeled catalog roles mixed into stage 1.5 beside the curated data (paper: curated only).",
     )
     carry_curated: bool = Field(
-        False, description="In a series, stage 1.5 of cycle n+1 trains on its own curated data plus that of every earlier "
+        False,
+        description="In a series, stage 1.5 of cycle n+1 trains on its own curated data plus that of every earlier "
         "promoted cycle (paper App. G's option of keeping earlier self-generated data); false: its own only.",
     )
     earlier_curated: list[str] = Field(
-        default_factory=list, description="Store URIs of earlier cycles' curated datasets (folders with curated.jsonl) added to "
+        default_factory=list,
+        description="Store URIs of earlier cycles' curated datasets (folders with curated.jsonl) added to "
         "stage 1.5's curated data; set by a series' start from its lineage when carry_curated is on.",
     )
 
@@ -163,7 +174,9 @@ class ServerConfig(_Section):
     cpu: str = Field("8", description="CPU request of the server pod.")
     memory: str = Field("64Gi", description="Memory request of the server pod.")
     startup_s: float = Field(1800.0, gt=0, description="Longest wait for the server to become ready (model download from the store + load + warm-up).")
-    ttl_s: float = Field(86400.0, gt=0, description="Lifetime after which a sweep deletes the server whatever its run's state (the backstop when the exit handler never ran).")
+    ttl_s: float = Field(
+        86400.0, gt=0, description="Lifetime after which a sweep deletes the server whatever its run's state (the backstop when the exit handler never ran)."
+    )
     extra_args: list[str] = Field(default_factory=list, description="Extra engine arguments, e.g. [--max-model-len, '8192'].")
 
 
@@ -174,40 +187,59 @@ class SampleConfig(_Section):
     top_p: float = Field(0.95, gt=0, le=1, description="Paper: 0.95.")
     max_new_tokens: int = Field(256, ge=1, description="Reference scripts: 1200; the demo's answers are shorter.")
     batch_size: int = Field(64, ge=1, description="Sequences decoded together by the in-process sampler.")
-    caption_plan: dict[Literal["cod", "dd"], int] = Field(
-        default_factory=lambda: {"cod": 2, "dd": 1}, description="Paper: 2 CoD + 1 DD per image."
-    )
-    vqa_plan: dict[Literal["cot", "da"], int] = Field(
-        default_factory=lambda: {"cot": 2, "da": 1}, description="Paper: 2 CoT + 1 DA per image-question."
-    )
+    caption_plan: dict[Literal["cod", "dd"], int] = Field(default_factory=lambda: {"cod": 2, "dd": 1}, description="Paper: 2 CoD + 1 DD per image.")
+    vqa_plan: dict[Literal["cot", "da"], int] = Field(default_factory=lambda: {"cot": 2, "da": 1}, description="Paper: 2 CoT + 1 DA per image-question.")
     text_candidates: int = Field(3, ge=1, description="Paper: 3 answers per text-only prompt.")
     backbone: str = Field(
-        "", description="Text-only candidates come from the backbone LLM (paper App. A: '3 answers per text-only prompt from the "
+        "",
+        description="Text-only candidates come from the backbone LLM (paper App. A: '3 answers per text-only prompt from the "
         "backbone LLM'): a causal-LM folder or store URI (e.g. Qwen2-7B-Instruct). Empty: the language model inside the base "
         "LLaVA (its language_model + lm_head), extracted by the pipeline's extract-backbone step. Engine local only.",
     )
     # Sharding and resume: a pool is split into shards by a hash of record id, a shard into chunks.
-    shards: int = Field(2, ge=1, description="Shards per task's pool (record -> sha256(id) mod shards); the pipeline runs one task per shard. Demo: 2 (each kfp.local task costs ~8 s of start-up).")
-    chunk_size: int = Field(64, ge=1, description="Source records per chunk: the unit that is published and skipped on resume (at most one chunk is redone after a kill).")
+    shards: int = Field(
+        2,
+        ge=1,
+        description="Shards per task's pool (record -> sha256(id) mod shards); the pipeline runs one task per shard. Demo: 2 (each kfp.local task costs ~8 s of start-up).",
+    )
+    chunk_size: int = Field(
+        64, ge=1, description="Source records per chunk: the unit that is published and skipped on resume (at most one chunk is redone after a kill)."
+    )
     # Served engines: chat completions over HTTP (TGI, vLLM, SGLang; `transformers serve` locally).
     engine: Literal["local", "openai", "tgi", "vllm", "sglang"] = Field(
-        "local", description="local = in-process transformers generate. Served: chat completions against `endpoint` when set, "
+        "local",
+        description="local = in-process transformers generate. Served: chat completions against `endpoint` when set, "
         "else (compiled for a cluster) against a server the pipeline deploys per sampling model for the run (see `server`; "
         "tgi, vllm and sglang only). openai = any other OpenAI-compatible server (e.g. transformers serve): one request per "
         "candidate. TGI cannot serve HF LLaVA (model_type llava): a deployed TGI serves the text-only task only.",
     )
-    endpoint: str = Field("", description="Served engines: base URL of a running server (e.g. http://tgi:8080/v1); the client appends /chat/completions. Empty on a cluster: the run deploys its own servers.")
-    served_model: str = Field("", description="Served engines with `endpoint`: the `model` sent with each request (TGI ignores it; vLLM, SGLang and transformers serve need the served name).")
-    concurrency: int = Field(128, ge=1, description="Served engines: requests in flight per sampling task; a deployed server is started with the same batch capacity (vLLM --max-num-seqs, SGLang --max-running-requests, TGI --max-concurrent-requests).")
+    endpoint: str = Field(
+        "",
+        description="Served engines: base URL of a running server (e.g. http://tgi:8080/v1); the client appends /chat/completions. Empty on a cluster: the run deploys its own servers.",
+    )
+    served_model: str = Field(
+        "",
+        description="Served engines with `endpoint`: the `model` sent with each request (TGI ignores it; vLLM, SGLang and transformers serve need the served name).",
+    )
+    concurrency: int = Field(
+        128,
+        ge=1,
+        description="Served engines: requests in flight per sampling task; a deployed server is started with the same batch capacity (vLLM --max-num-seqs, SGLang --max-running-requests, TGI --max-concurrent-requests).",
+    )
     timeout_s: float = Field(600.0, gt=0, description="Served engines: seconds one request may take before it is retried.")
-    max_attempts: int = Field(4, ge=1, description="Served engines: attempts per request on 429 / 5xx / timeouts / connection errors before failure rows are written.")
+    max_attempts: int = Field(
+        4, ge=1, description="Served engines: attempts per request on 429 / 5xx / timeouts / connection errors before failure rows are written."
+    )
     share_prefill: bool = Field(
-        True, description="vLLM and SGLang: the candidates that share a prompt (e.g. the 2 CoD captions of an image) go as one "
+        True,
+        description="vLLM and SGLang: the candidates that share a prompt (e.g. the 2 CoD captions of an image) go as one "
         "request with `n`, so the image is encoded and prefilled once; the request is seeded with its first candidate's seed. "
         "An engine that answers with fewer choices gets the rest asked one by one with their own seeds. TGI ignores `n`: always one request per candidate.",
     )
     image_edge: int = Field(
-        -1, ge=-1, description="Served engines: images are resized on the client so that their shorter side is at most this many "
+        -1,
+        ge=-1,
+        description="Served engines: images are resized on the client so that their shorter side is at most this many "
         "pixels before they are sent (less to encode, transfer and decode; the model's processor resizes to its own input anyway). "
         "-1: the sampling model's own input size (its image processor's shortest edge or crop size); 0: send the original bytes.",
     )
@@ -243,18 +275,22 @@ class CurateConfig(_Section):
     embed_batch_size: int = Field(128, ge=1)
     trust_remote_code: bool = Field(False, description="Let the embedder run its repository's code (the paper's NV-Embed-v2 needs it); off unless asked.")
     scorer: str = Field(
-        "", description="HOST:PORT of a `sicog serve scorer` service that embeds for the score step (it must serve "
+        "",
+        description="HOST:PORT of a `sicog serve scorer` service that embeds for the score step (it must serve "
         "`embedder`); empty: embed in-process. `--scorer` and the pipeline's `scorer` parameter set it per run.",
     )
     caption: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.85))
     vqa: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=0.95))
     text: TaskCuration = Field(default_factory=lambda: TaskCuration(threshold=-1.0))
     conversation_threshold: float = Field(
-        0.95, description="CoD winners at or above this are converted to 5-turn conversations, one turn per step, in place of "
+        0.95,
+        description="CoD winners at or above this are converted to 5-turn conversations, one turn per step, in place of "
         "their single-turn record (paper Sec. 3.3: a higher threshold for multi-turn conversations).",
     )
     text_top_k: int = Field(
-        50_000, ge=0, description="Text-only: of the instances that reach curate.text.threshold, keep the top-K by score (paper: "
+        50_000,
+        ge=0,
+        description="Text-only: of the instances that reach curate.text.threshold, keep the top-K by score (paper: "
         "50k text samples in stage 1.5), across every scored input of the curate step; the others are rejected with their reason.",
     )
     sweep: list[float] = Field(
@@ -269,16 +305,22 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(96, ge=1, description="Greedy decoding budget for held-out answers and captions (and lmms-eval generations).")
     batch_size: int = Field(64, ge=1)
     benchmarks: list[str] = Field(
-        default_factory=list, description="lmms-eval tasks run on every evaluated model, scored into the same per-model dict as the "
+        default_factory=list,
+        description="lmms-eval tasks run on every evaluated model, scored into the same per-model dict as the "
         "held-out metrics (names of sicog.evaluate.benchmarks.BENCHMARKS: mmstar, ai2d, scienceqa_img, pope, mmbench_en_dev, chartqa, "
         "docvqa_val, ocrbench, seedbench, mmvet, mathvista_testmini_format; and sicog_heldout_vqa / sicog_heldout_caption: this "
         "cycle's held-out split through lmms-eval). They run in the eval environment (.venv-eval locally, cluster.eval_image on a "
         "cluster): lmms-eval needs torchvision, which the main environment's torch cannot load. Empty: held-out only.",
     )
     benchmark_limit: int | None = Field(None, ge=1, description="Documents per benchmark (lmms-eval's limit); null: all of them.")
-    judge_endpoint: str = Field("", description="OpenAI-compatible base URL of the judge model of judged benchmarks (mmbench_en_dev, mmvet, mathvista_testmini_format), e.g. http://judge:8000/v1.")
+    judge_endpoint: str = Field(
+        "",
+        description="OpenAI-compatible base URL of the judge model of judged benchmarks (mmbench_en_dev, mmvet, mathvista_testmini_format), e.g. http://judge:8000/v1.",
+    )
     judge_model: str = Field("", description="The judge's model name (lmms-eval's MODEL_VERSION).")
-    judge_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the judge's API key; on a cluster it comes from the Secret cluster.judge_secret.")
+    judge_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the judge's API key; on a cluster it comes from the Secret cluster.judge_secret."
+    )
 
     @field_validator("benchmarks")
     @classmethod
@@ -302,21 +344,26 @@ class PromoteConfig(_Section):
     stays in the series, with its reason, and is skipped as a starting point."""
 
     tolerance: float = Field(
-        0.02, ge=0, description="Largest allowed drop of a held-out score, absolute on the metric's 0-1 scale (a drop of exactly "
+        0.02,
+        ge=0,
+        description="Largest allowed drop of a held-out score, absolute on the metric's 0-1 scale (a drop of exactly "
         "the tolerance still passes). Every gated metric is higher-is-better. Default 0.02: two points, below the demo's seed-to-seed "
         "spread of held-out scores (README, evidence), so a noisy demo cycle can be refused; size it to the held-out set's noise.",
     )
     metrics: list[str] = Field(
-        default_factory=list, description="Held-out metrics that gate (names in metrics.json `heldout.<model>`, e.g. vqa_accuracy). "
+        default_factory=list,
+        description="Held-out metrics that gate (names in metrics.json `heldout.<model>`, e.g. vqa_accuracy). "
         "Empty: every metric the cycle model reports, so benchmark metrics added later gate without a config change. A gated "
         "metric the cycle model did not measure refuses it; one its reference lacks is skipped for that reference.",
     )
     against: list[Literal["previous", "base"]] = Field(
-        default_factory=lambda: ["previous", "base"], description="References: previous = the series' previous promoted cycle's "
+        default_factory=lambda: ["previous", "base"],
+        description="References: previous = the series' previous promoted cycle's "
         "model (skipped for a series' first cycle), base = this cycle's own base model. Empty: every cycle is promoted.",
     )
     previous: str = Field(
-        "", description="Store URI of the lineage.json the 'previous' reference is read from; a cycle in a series sets it to the "
+        "",
+        description="Store URI of the lineage.json the 'previous' reference is read from; a cycle in a series sets it to the "
         "cycle it starts from (see sicog.lineage). Empty: no previous cycle.",
     )
 
@@ -338,36 +385,73 @@ class ClusterConfig(_Section):
     """
 
     trainer: Literal["auto", "trainjob", "pytorchjob", "torchrun"] = Field(
-        "auto", description="Train tasks: trainjob (one Kubeflow Trainer v2 TrainJob per stage), pytorchjob (one kubeflow.org/v1 "
+        "auto",
+        description="Train tasks: trainjob (one Kubeflow Trainer v2 TrainJob per stage), pytorchjob (one kubeflow.org/v1 "
         "PyTorchJob per stage, for clusters on Training Operator v1), torchrun (inside the task's own pod, train.nproc GPUs); "
-        "auto: trainjob in a pipeline compiled for a cluster (torchrun with train.step1 dpo), torchrun in a local run."
+        "auto: trainjob in a pipeline compiled for a cluster (torchrun with train.step1 dpo), torchrun in a local run.",
     )
-    training_runtime: str = Field("torch-distributed", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
-                                  description="ClusterTrainingRuntime of the TrainJobs (Kubeflow's torch runtime: torch-distributed).")
-    queue: str = Field("", pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$",
-                       description="Kueue LocalQueue of the TrainJobs (their kueue.x-k8s.io/queue-name label); empty: no label.")
+    training_runtime: str = Field(
+        "torch-distributed",
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="ClusterTrainingRuntime of the TrainJobs (Kubeflow's torch runtime: torch-distributed).",
+    )
+    queue: str = Field(
+        "",
+        pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$",
+        description="Kueue LocalQueue of the TrainJobs (their kueue.x-k8s.io/queue-name label); empty: no label.",
+    )
     namespace: str = Field("", description="Namespace of the training jobs; empty: the pipeline pod's own namespace.")
-    trainer_image: str = Field("ghcr.io/sicog-project/sicog-trainer:0.1.0", description="CUDA image (images/trainer/Dockerfile) of the training job pods and of the pipeline's GPU tasks.")
-    eval_image: str = Field("ghcr.io/sicog-project/sicog-eval:0.1.0", description="CUDA image with lmms-eval's environment (images/eval/Dockerfile) of the evaluate task when eval.benchmarks is set.")
-    judge_secret: str = Field("", description="Existing Secret holding the judge's API key under the key eval.judge_key_env, exposed as env to the evaluate task.")
-    nodes: int = Field(1, ge=1, description="Training job pods (TrainJob numNodes; PyTorchJob 1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100).")
+    trainer_image: str = Field(
+        "ghcr.io/sicog-project/sicog-trainer:0.1.0",
+        description="CUDA image (images/trainer/Dockerfile) of the training job pods and of the pipeline's GPU tasks.",
+    )
+    eval_image: str = Field(
+        "ghcr.io/sicog-project/sicog-eval:0.1.0",
+        description="CUDA image with lmms-eval's environment (images/eval/Dockerfile) of the evaluate task when eval.benchmarks is set.",
+    )
+    judge_secret: str = Field(
+        "", description="Existing Secret holding the judge's API key under the key eval.judge_key_env, exposed as env to the evaluate task."
+    )
+    nodes: int = Field(
+        1, ge=1, description="Training job pods (TrainJob numNodes; PyTorchJob 1 master + nodes-1 workers); train.nproc ranks each (paper scale: 4 x 8 A100)."
+    )
     accelerator: str = Field("", description="Extended resource of a GPU (e.g. nvidia.com/gpu); empty: a CPU-only cluster, no GPU requests.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of GPU tasks and training job pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of GPU tasks and training job pods (GPU node pools are usually tainted).")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels of GPU tasks and training job pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations of GPU tasks and training job pods (GPU node pools are usually tainted)."
+    )
     cpu: str = Field("8", description="CPU request of each training job pod.")
     memory: str = Field("64Gi", description="Memory request of each training job pod.")
-    shm_size: str = Field("64Gi", description="Size of the in-memory /dev/shm of training pods (NCCL and data loader workers need more than the 64 MiB default).")
-    s3_secret: str = Field("", description="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, exposed as env to every task and training pod; "
-                                       "empty: pods find S3 credentials through the standard AWS chain (the service account's role: IRSA, EKS Pod Identity), "
-                                       "and training and sampler server pods run as service_account.")
+    shm_size: str = Field(
+        "64Gi", description="Size of the in-memory /dev/shm of training pods (NCCL and data loader workers need more than the 64 MiB default)."
+    )
+    s3_secret: str = Field(
+        "",
+        description="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, exposed as env to every task and training pod; "
+        "empty: pods find S3 credentials through the standard AWS chain (the service account's role: IRSA, EKS Pod Identity), "
+        "and training and sampler server pods run as service_account.",
+    )
     s3_endpoint: str = Field("", description="SICOG_S3_ENDPOINT of every task and training pod (host:port of MinIO or another S3 API); empty: AWS S3.")
-    service_account: str = Field("sicog-pipeline", description="Service account of pipeline runs (the Helm chart grants it TrainJob and PyTorchJob create/watch/delete).")
-    job_timeout_s: float = Field(7 * 86400.0, gt=0, description="Overall limit on one training job, from creation to its end (also its activeDeadlineSeconds); past it the job is deleted and the task fails.")
+    service_account: str = Field(
+        "sicog-pipeline", description="Service account of pipeline runs (the Helm chart grants it TrainJob and PyTorchJob create/watch/delete)."
+    )
+    job_timeout_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Overall limit on one training job, from creation to its end (also its activeDeadlineSeconds); past it the job is deleted and the task fails.",
+    )
     poll_s: float = Field(30.0, gt=0, description="Seconds between status reads of a running training job.")
-    retries: int = Field(2, ge=0, description="Retries of transient steps (sampling, collection, scoring, training; training resumes from its last checkpoint).")
-    pushgateway: str = Field("", description="URL of a Prometheus Pushgateway (e.g. http://prometheus-pushgateway.monitoring.svc:9091) the score "
-                             "task pushes its per-task counts to (sicog_score_instances, sicog_score_kept; the chart's dashboard); "
-                             "empty: none (they are in the run's KFP metadata either way).")
+    retries: int = Field(
+        2, ge=0, description="Retries of transient steps (sampling, collection, scoring, training; training resumes from its last checkpoint)."
+    )
+    pushgateway: str = Field(
+        "",
+        description="URL of a Prometheus Pushgateway (e.g. http://prometheus-pushgateway.monitoring.svc:9091) the score "
+        "task pushes its per-task counts to (sicog_score_instances, sicog_score_kept; the chart's dashboard); "
+        "empty: none (they are in the run's KFP metadata either way).",
+    )
 
 
 class SicogConfig(_Section):

@@ -28,8 +28,9 @@ def progress() -> Progress:
     """A new (not started) rich Progress: description, bar, M/N done, elapsed, remaining. Use it as a
     context manager; a step passes the running one to whatever adds its own tasks to it. Disabled
     (draws nothing) when logs are JSON."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=logs.json_enabled())
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), disable=logs.json_enabled()
+    )
 
 
 def say(who: str, message: str, *, stderr: bool = False) -> None:

@@ -73,7 +73,7 @@ def relative_uri(uri: str, folder: str) -> str:
     """`uri` relative to `folder` when it lies under it (so a cycle's folder can be moved or published
     whole), else as it is."""
     prefix = str(folder).rstrip("/") + "/"
-    return str(uri)[len(prefix):] if str(uri).startswith(prefix) else str(uri)
+    return str(uri)[len(prefix) :] if str(uri).startswith(prefix) else str(uri)
 
 
 def resolve_uri(uri: str | None, lineage_uri: str) -> str | None:
@@ -101,8 +101,11 @@ def start_cycle(config: dict, series_uri: str, run_uri: str, run_id: str) -> tup
         cfg.model.foundation = True  # paper App. G: the previous cycle's model is this cycle's foundation model
         cfg.promote.previous = uri
         if cfg.train.carry_curated:
-            cfg.train.earlier_curated = [resolve_uri(record["inputs"]["curated"], lineage_uri) for lineage_uri, record in read_series(series_uri)
-                                         if is_start(record) and record.get("inputs", {}).get("curated")]
+            cfg.train.earlier_curated = [
+                resolve_uri(record["inputs"]["curated"], lineage_uri)
+                for lineage_uri, record in read_series(series_uri)
+                if is_start(record) and record.get("inputs", {}).get("curated")
+            ]
     return parameter_dict(cfg), run_uri or cycle_folder(series_uri, run_id)
 
 
@@ -130,8 +133,7 @@ def _check(metric: str, value: float | None, against: str, label: str, reference
         passed = value - reference >= -tolerance - SLACK
         verdict = "within" if passed else "regresses beyond"
         reason = f"{metric} {value:.4f} vs {label} {reference:.4f} ({value - reference:+.4f}): {verdict} tolerance {tolerance:.4f}"
-    return {"metric": metric, "against": against, "value": value, "reference": reference, "tolerance": tolerance,
-            "passed": passed, "reason": reason}
+    return {"metric": metric, "against": against, "value": value, "reference": reference, "tolerance": tolerance, "passed": passed, "reason": reason}
 
 
 def promotion(gate: PromoteConfig, heldout: dict, previous: dict | None) -> dict:
@@ -149,10 +151,12 @@ def promotion(gate: PromoteConfig, heldout: dict, previous: dict | None) -> dict
     cycle = heldout.get("cycle") or {}
     metrics = gate.metrics or list(cycle)
     references = {"previous": (previous or {}).get("heldout", {}).get("cycle"), "base": heldout.get("base")}
-    labels = {"previous": f"previous cycle {previous['cycle']}" if previous else "the previous promoted cycle (none yet)",
-              "base": "base"}
-    checks = [_check(metric, _score(cycle, metric), against, labels[against], _score(references[against], metric), gate.tolerance)
-              for against in gate.against for metric in metrics]
+    labels = {"previous": f"previous cycle {previous['cycle']}" if previous else "the previous promoted cycle (none yet)", "base": "base"}
+    checks = [
+        _check(metric, _score(cycle, metric), against, labels[against], _score(references[against], metric), gate.tolerance)
+        for against in gate.against
+        for metric in metrics
+    ]
     promoted = all(c["passed"] is not False for c in checks)
     compared = sorted({c["metric"] for c in checks if c["passed"] is not None})
     reason = "; ".join(c["reason"] for c in checks) or "no gate configured (promote.against is empty)"
@@ -160,9 +164,14 @@ def promotion(gate: PromoteConfig, heldout: dict, previous: dict | None) -> dict
         promoted, reason = False, "the cycle model has no held-out metric to gate on"
     elif gate.against:
         reason = f"compared {', '.join(compared) or 'nothing'}: {reason}"
-    return {"promoted": promoted, "reason": f"{'promoted' if promoted else 'refused'}: {reason}", "tolerance": gate.tolerance,
-            "previous": {"cycle": previous["cycle"], "work_uri": previous.get("work_uri"), "lineage": gate.previous} if previous else None,
-            "compared": compared, "checks": checks}
+    return {
+        "promoted": promoted,
+        "reason": f"{'promoted' if promoted else 'refused'}: {reason}",
+        "tolerance": gate.tolerance,
+        "previous": {"cycle": previous["cycle"], "work_uri": previous.get("work_uri"), "lineage": gate.previous} if previous else None,
+        "compared": compared,
+        "checks": checks,
+    }
 
 
 def read_previous(gate: PromoteConfig) -> dict | None:
@@ -176,8 +185,7 @@ def code_version() -> dict:
     sha = os.environ.get("SICOG_GIT_SHA", "")
     if not sha:
         try:
-            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                 text=True, timeout=10).stdout.strip()
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             sha = ""
     return {"sicog": __version__, "git_sha": sha or "unknown"}
@@ -191,12 +199,10 @@ def data_summary(metrics: dict) -> dict:
         kept, total = stats.get("kept"), stats.get("total")
         curated[task] = {"kept": kept, "total": total, "keep_rate": kept / total if kept is not None and total else None}
     counts = metrics.get("counts") or {}
-    return {"curated": curated, "quarantined": sum((counts.get("quarantined") or {}).values()),
-            "rejected": sum((counts.get("rejected") or {}).values())}
+    return {"curated": curated, "quarantined": sum((counts.get("quarantined") or {}).values()), "rejected": sum((counts.get("rejected") or {}).values())}
 
 
-def write_lineage(config: SicogConfig, run_uri: str, run_id: str, models: dict[str, str], inputs: dict[str, str],
-                  metrics: dict) -> dict:
+def write_lineage(config: SicogConfig, run_uri: str, run_id: str, models: dict[str, str], inputs: dict[str, str], metrics: dict) -> dict:
     """Seal the cycle: lineage.json in the run's folder, the last file a successful cycle writes. `metrics`
     is the report step's metrics.json, whose `promotion` decides whether the cycle may start the next one.
     URIs under the run's folder are recorded relative to it (see resolve_uri)."""

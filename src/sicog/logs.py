@@ -89,8 +89,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object, one line: KEYS (+ "exception", "stack" when the record has them)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": _time(record.created), "level": record.levelname.lower(), **current(), "logger": record.name,
-                "message": record.getMessage()}
+        line = {"time": _time(record.created), "level": record.levelname.lower(), **current(), "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -173,8 +172,9 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "?"
-    logging.getLogger("sicog").critical("uncaught %s in thread %s: %s", args.exc_type.__name__, name, args.exc_value,
-                                        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    logging.getLogger("sicog").critical(
+        "uncaught %s in thread %s: %s", args.exc_type.__name__, name, args.exc_value, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+    )
 
 
 def configure(run_id: str | None = None, cycle: int | None = None, step: str | None = None) -> None:

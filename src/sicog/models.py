@@ -35,8 +35,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
-from transformers.utils import logging as hf_logging
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.utils import logging as hf_logging
 
 from sicog import logs
 from sicog.config import ModelConfig
@@ -78,7 +78,8 @@ CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}" + _ASSISTANT_TEXT + "{{- '<|im_end|>' -}}" "{%- endgeneration -%}"
+    "{%- generation -%}" + _ASSISTANT_TEXT + "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
     "{{- '\\n' -}}"
     "{%- else -%}" + _USER_CONTENT + "{{- '<|im_end|>\\n' -}}"
     "{%- endif -%}"
@@ -96,7 +97,8 @@ LLAMA3_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}" + _ASSISTANT_TEXT + "{{- '<|eot_id|>' -}}" "{%- endgeneration -%}"
+    "{%- generation -%}" + _ASSISTANT_TEXT + "{{- '<|eot_id|>' -}}"
+    "{%- endgeneration -%}"
     "{%- else -%}" + _USER_CONTENT + "{{- '<|eot_id|>' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -203,9 +205,7 @@ def init_model(out_dir: str | Path, texts: Iterable[str], cfg: ModelConfig, imag
 def load_model(path: str | Path, trust_remote_code: bool = False):
     """(model, processor) from a directory, on CPU in float32, in eval mode."""
     hf_logging.disable_progress_bar()  # sicog shows rich progress; tqdm bars would interleave with it
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(path), dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
     processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     model.eval()
     return model, processor
@@ -286,8 +286,7 @@ def training_chat_template(tokenizer, llm_dir: str | Path) -> str:
     raise UserError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is neither ChatML nor Llama 3's; add the markers")
 
 
-def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0,
-                   trust_remote_code: bool = False) -> Path:
+def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0, trust_remote_code: bool = False) -> Path:
     """A LLaVA model from a CLIP checkpoint and a causal LM checkpoint on disk, saved to `out_dir`.
 
     The paper's set-up (Sec. 4): CLIP-ViT-L/14-336 features from layer -2 (patch tokens, CLS dropped)

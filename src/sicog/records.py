@@ -260,8 +260,7 @@ class CuratedRecord:
     image: str | None = None
 
     def to_row(self) -> dict:
-        row = {"id": self.id, **({"image": self.image} if self.image else {}), "conversations": self.conversations,
-               "sicog": asdict(self.sicog)}
+        row = {"id": self.id, **({"image": self.image} if self.image else {}), "conversations": self.conversations, "sicog": asdict(self.sicog)}
         return row
 
     @classmethod

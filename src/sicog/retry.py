@@ -51,8 +51,9 @@ def backoff_s(attempt: int, first_s: float, max_s: float, jitter: bool = True) -
     return random.uniform(high / 2, high) if jitter else high
 
 
-def _wait(first_s: float, max_s: float, jitter: bool, budget_s: float | None,
-          retry_after: Callable[[BaseException], float | None] | None) -> Callable[[tenacity.RetryCallState], float]:
+def _wait(
+    first_s: float, max_s: float, jitter: bool, budget_s: float | None, retry_after: Callable[[BaseException], float | None] | None
+) -> Callable[[tenacity.RetryCallState], float]:
     def wait(state: tenacity.RetryCallState) -> float:
         delay = None
         if retry_after is not None and state.outcome is not None and state.outcome.failed:
@@ -79,10 +80,20 @@ def _log_hook(what: str, level: int, describe: Callable[[BaseException], str] | 
     return hook
 
 
-def _kwargs(retry_on: Callable[[BaseException], bool], *, attempts: int | None, budget_s: float | None, first_s: float,
-            max_s: float, jitter: bool, retry_after: Callable[[BaseException], float | None] | None,
-            retry_result: Callable[[Any], bool] | None, what: str, level: int,
-            describe: Callable[[BaseException], str] | None) -> dict:
+def _kwargs(
+    retry_on: Callable[[BaseException], bool],
+    *,
+    attempts: int | None,
+    budget_s: float | None,
+    first_s: float,
+    max_s: float,
+    jitter: bool,
+    retry_after: Callable[[BaseException], float | None] | None,
+    retry_result: Callable[[Any], bool] | None,
+    what: str,
+    level: int,
+    describe: Callable[[BaseException], str] | None,
+) -> dict:
     if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     stops = []
@@ -119,8 +130,21 @@ def retrying(
     (either, both, or neither: retry until success) bound it; `retry_after(exc)` may name the wait
     for a failure (None: the backoff); `what` and `describe(exc)` word the log line (describe: say
     what failed without secrets; default: the exception's type and first line)."""
-    return tenacity.Retrying(**_kwargs(retry_on, attempts=attempts, budget_s=budget_s, first_s=first_s, max_s=max_s, jitter=jitter,
-                                       retry_after=retry_after, retry_result=None, what=what, level=level, describe=describe))
+    return tenacity.Retrying(
+        **_kwargs(
+            retry_on,
+            attempts=attempts,
+            budget_s=budget_s,
+            first_s=first_s,
+            max_s=max_s,
+            jitter=jitter,
+            retry_after=retry_after,
+            retry_result=None,
+            what=what,
+            level=level,
+            describe=describe,
+        )
+    )
 
 
 def async_retrying(
@@ -137,8 +161,21 @@ def async_retrying(
     describe: Callable[[BaseException], str] | None = None,
 ) -> tenacity.AsyncRetrying:
     """`retrying` for coroutines (waits with asyncio.sleep)."""
-    return tenacity.AsyncRetrying(**_kwargs(retry_on, attempts=attempts, budget_s=budget_s, first_s=first_s, max_s=max_s, jitter=jitter,
-                                            retry_after=retry_after, retry_result=None, what=what, level=level, describe=describe))
+    return tenacity.AsyncRetrying(
+        **_kwargs(
+            retry_on,
+            attempts=attempts,
+            budget_s=budget_s,
+            first_s=first_s,
+            max_s=max_s,
+            jitter=jitter,
+            retry_after=retry_after,
+            retry_result=None,
+            what=what,
+            level=level,
+            describe=describe,
+        )
+    )
 
 
 def call(fn: Callable[[], T], retry_on: Callable[[BaseException], bool], **policy: Any) -> T:
@@ -166,7 +203,18 @@ def poll(
     last time). An exception from check() ends the poll unless `retry_on` accepts it (then it is
     logged and the poll goes on; still failing at the budget, it propagates). Status polls of
     Kubernetes objects use it: sicog.cluster.serving (a server's readiness), and a job's conditions."""
-    kwargs = _kwargs(retry_on, attempts=None, budget_s=budget_s, first_s=every_s, max_s=every_s, jitter=False, retry_after=None,
-                     retry_result=lambda result: result is None, what=what, level=level, describe=None)
+    kwargs = _kwargs(
+        retry_on,
+        attempts=None,
+        budget_s=budget_s,
+        first_s=every_s,
+        max_s=every_s,
+        jitter=False,
+        retry_after=None,
+        retry_result=lambda result: result is None,
+        what=what,
+        level=level,
+        describe=None,
+    )
     kwargs["retry_error_callback"] = lambda state: state.outcome.result()  # out of time: None, or the last error raised
     return tenacity.Retrying(**kwargs)(check)

@@ -151,13 +151,31 @@ def s3_settings() -> S3Settings:
 
 
 # Every variable the credential chain reads: a client (and its cached credentials) per combination.
-CHAIN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
-             "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "HOME",
-             "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL",
-             "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_STS_REGIONAL_ENDPOINTS", "AWS_REGION", "AWS_DEFAULT_REGION",
-             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-             "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-             "AWS_EC2_METADATA_DISABLED", "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+CHAIN_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_ACCESS_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SECRET_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "HOME",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_ENDPOINT_URL",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+)
 IMDS = "http://169.254.169.254"
 
 
@@ -243,12 +261,18 @@ def _chain_links(env, region: str | None, ca_file: str | None) -> list[_Link]:
     import urllib3
     from minio.credentials.providers import AWSConfigProvider, EnvAWSProvider, IamAwsProvider
 
-    links = [_Link("environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)", EnvAWSProvider(),
-                   "" if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY") else "not set")]
+    links = [
+        _Link(
+            "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+            EnvAWSProvider(),
+            "" if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY") else "not set",
+        )
+    ]
     profile = env.get("AWS_PROFILE") or "default"
     filename = env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(env.get("HOME") or str(Path.home()), ".aws", "credentials")
-    links.append(_Link(f"profile {profile} of {filename}", AWSConfigProvider(filename=filename, profile=profile),
-                       "" if os.path.isfile(filename) else "no such file"))
+    links.append(
+        _Link(f"profile {profile} of {filename}", AWSConfigProvider(filename=filename, profile=profile), "" if os.path.isfile(filename) else "no such file")
+    )
 
     # The role's source is the first of these the environment configures, as IamAwsProvider picks it.
     web_identity = env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
@@ -305,8 +329,7 @@ def _credential_chain(env, region: str | None, ca_file: str | None, endpoint: st
 def _client():
     env = os.environ
     s = s3_settings()
-    return _make_client(s.endpoint, s.secure, s.region, env.get("SSL_CERT_FILE") or env.get("AWS_CA_BUNDLE"), s.parallel,
-                        tuple(env.get(k) for k in CHAIN_ENV))
+    return _make_client(s.endpoint, s.secure, s.region, env.get("SSL_CERT_FILE") or env.get("AWS_CA_BUNDLE"), s.parallel, tuple(env.get(k) for k in CHAIN_ENV))
 
 
 @lru_cache(maxsize=4)
@@ -319,8 +342,13 @@ def _make_client(endpoint, secure, region, ca_file, parallel, chain_env):
 
     # Quick retries of blips inside one request; long outages are retried per transfer by _retrying.
     retry = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=300), maxsize=max(10, 2 * parallel), retries=retry,
-                               cert_reqs="CERT_REQUIRED", ca_certs=ca_file or certifi.where())
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=10, read=300),
+        maxsize=max(10, 2 * parallel),
+        retries=retry,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=ca_file or certifi.where(),
+    )
     return Minio(endpoint, credentials=_credentials(endpoint, region, ca_file, chain_env), secure=secure, region=region, http_client=http)
 
 
@@ -385,8 +413,7 @@ def _retrying(uri: str, fn: Callable[[], T]) -> T:
     spent budget) becomes one clear error."""
     budget = s3_settings().retry_seconds
     try:
-        return retry.call(fn, _retryable, budget_s=budget, first_s=0.25, max_s=8.0, what=f"store: {uri}",
-                          describe=lambda exc: str(_explain(exc, uri)))
+        return retry.call(fn, _retryable, budget_s=budget, first_s=0.25, max_s=8.0, what=f"store: {uri}", describe=lambda exc: str(_explain(exc, uri)))
     except _CredentialsUnreachable as exc:
         raise StoreError(f"{exc} (gave up after retrying for {budget:g}s)") from None
     except (StoreError, FileNotFoundError):
@@ -432,7 +459,7 @@ def list_folders(prefix_uri: str | Path) -> list[str]:
     bucket, key = _s3(prefix_uri)
     prefix = f"{key}/" if key else ""
     names = _retrying(str(prefix_uri), lambda: [o.object_name for o in _client().list_objects(bucket, prefix=prefix, recursive=False) if o.is_dir])
-    return sorted(name[len(prefix):].rstrip("/") for name in names)
+    return sorted(name[len(prefix) :].rstrip("/") for name in names)
 
 
 def exists(uri: str | Path) -> bool:
@@ -495,7 +522,7 @@ def list_files(prefix_uri: str | Path) -> list[str]:
     bucket, key = _s3(prefix_uri)
     prefix = f"{key}/" if key else ""
     names = _retrying(str(prefix_uri), lambda: [o.object_name for o in _client().list_objects(bucket, prefix=prefix, recursive=True)])
-    return sorted(name[len(prefix):] for name in names)
+    return sorted(name[len(prefix) :] for name in names)
 
 
 def delete(uri: str | Path) -> None:

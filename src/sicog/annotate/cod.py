@@ -73,19 +73,32 @@ def cod_records(rec: dict, steps: list[str], teacher: str) -> list[dict]:
     """The CoD record and its DD twin (the step-5 text) for one source record."""
     meta = {"task": "caption", "source_id": rec["id"], "teacher": teacher}
     return [
-        {"id": f"{rec['id']}-cod", "image": rec["image"],
-         "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_COD}"}, {"from": "gpt", "value": format_cod(steps)}],
-         "meta": {**meta, "format": "cod"}},
-        {"id": f"{rec['id']}-dd", "image": rec["image"],
-         "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_DD}"}, {"from": "gpt", "value": steps[4]}],
-         "meta": {**meta, "format": "dd"}},
+        {
+            "id": f"{rec['id']}-cod",
+            "image": rec["image"],
+            "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_COD}"}, {"from": "gpt", "value": format_cod(steps)}],
+            "meta": {**meta, "format": "cod"},
+        },
+        {
+            "id": f"{rec['id']}-dd",
+            "image": rec["image"],
+            "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_DD}"}, {"from": "gpt", "value": steps[4]}],
+            "meta": {**meta, "format": "dd"},
+        },
     ]
 
 
 def _request(rec: dict, attempt: int, seed: int) -> dict:
     # The retry gets its own seed: at temperature 0.2 the same seed would ask for the same text again.
-    return {"id": rec["id"], "task": "annotate", "format": "cod", "index": attempt, "seed": candidate_seed(seed, rec["id"], attempt),
-            "prompt": teacher_prompt(original_caption(rec)), "image": rec["image"]}
+    return {
+        "id": rec["id"],
+        "task": "annotate",
+        "format": "cod",
+        "index": attempt,
+        "seed": candidate_seed(seed, rec["id"], attempt),
+        "prompt": teacher_prompt(original_caption(rec)),
+        "image": rec["image"],
+    }
 
 
 def accept(row: dict) -> tuple[list[str] | None, str]:
@@ -98,8 +111,9 @@ def accept(row: dict) -> tuple[list[str] | None, str]:
         return None, f"not 5 well-formed CoD steps: {exc}"
 
 
-def annotate_cod(records: list[dict], teacher, seed: int = 0, max_new_tokens: int = 1200,
-                 temperature: float = TEACHER_TEMPERATURE, advance=None) -> tuple[list[dict], list[dict]]:
+def annotate_cod(
+    records: list[dict], teacher, seed: int = 0, max_new_tokens: int = 1200, temperature: float = TEACHER_TEMPERATURE, advance=None
+) -> tuple[list[dict], list[dict]]:
     """(CoD + DD records, quarantine rows) for caption records, through `teacher` (a RemoteSampler).
 
     Malformed answers are asked again once; server failures are not (the client already retried them).
@@ -124,6 +138,8 @@ def annotate_cod(records: list[dict], teacher, seed: int = 0, max_new_tokens: in
         if steps is not None:
             accepted[row["id"]] = steps
         else:
-            quarantine.append({"id": row["id"], "reason": f"after one retry: {why}", "raw": raw[row["id"]] + ([row["text"]] if row.get("text") is not None else [])})
+            quarantine.append(
+                {"id": row["id"], "reason": f"after one retry: {why}", "raw": raw[row["id"]] + ([row["text"]] if row.get("text") is not None else [])}
+            )
     out = [r for rec in records if rec["id"] in accepted for r in cod_records(rec, accepted[rec["id"]], teacher.model_name)]
     return out, sorted(quarantine, key=lambda q: q["id"])

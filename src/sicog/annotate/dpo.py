@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from sicog.generate.seeds import candidate_seed
 from sicog.data.images import open_image
+from sicog.generate.seeds import candidate_seed
 from sicog.records import IMAGE_TOKEN, write_jsonl
 
 METHODS = ("blur", "jitter", "rotate", "mask")
@@ -98,8 +98,9 @@ def _pair_source(rec: dict) -> tuple[str, str] | None:
     return (prompt, conv[1]["value"]) if prompt and conv[1]["value"].strip() else None
 
 
-def make_pairs(records: list[dict], model_dir: str | Path, image_root: str | Path, out_dir: str | Path, seed: int,
-               max_new_tokens: int, batch_size: int, progress=None) -> dict:
+def make_pairs(
+    records: list[dict], model_dir: str | Path, image_root: str | Path, out_dir: str | Path, seed: int, max_new_tokens: int, batch_size: int, progress=None
+) -> dict:
     """Write out_dir/pairs.jsonl; returns counts (pairs, per method, skipped by reason, rejected == chosen)."""
     from sicog.generate.local import LocalSampler
 
@@ -130,9 +131,14 @@ def make_pairs(records: list[dict], model_dir: str | Path, image_root: str | Pat
             skipped["generation failed"] += 1
             continue
         m = meta[row["id"]]
-        rows.append({"id": row["id"], "image": m["image"], "prompt": row["prompt"], "chosen": m["chosen"],
-                     "rejected": row["text"], "corruption": m["corruption"]})
+        rows.append(
+            {"id": row["id"], "image": m["image"], "prompt": row["prompt"], "chosen": m["chosen"], "rejected": row["text"], "corruption": m["corruption"]}
+        )
     rows.sort(key=lambda r: r["id"])
     write_jsonl(out_dir / "pairs.jsonl", rows)
-    return {"pairs": len(rows), "methods": dict(methods), "skipped": dict(skipped),
-            "rejected_equals_chosen": sum(r["rejected"].strip() == r["chosen"].strip() for r in rows)}
+    return {
+        "pairs": len(rows),
+        "methods": dict(methods),
+        "skipped": dict(skipped),
+        "rejected_equals_chosen": sum(r["rejected"].strip() == r["chosen"].strip() for r in rows),
+    }

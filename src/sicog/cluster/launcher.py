@@ -84,7 +84,7 @@ def _true_conditions(job) -> list:
 
 
 def _master(job) -> str:
-    """"master active 1", "master succeeded 1", ... or "master pending" before the operator counts it."""
+    """ "master active 1", "master succeeded 1", ... or "master pending" before the operator counts it."""
     statuses = (job.status.replica_statuses or {}) if job.status else {}
     master = statuses.get("Master")
     counts = [f"{key} {getattr(master, key)}" for key in ("active", "succeeded", "failed") if master is not None and getattr(master, key)]
@@ -104,8 +104,9 @@ def _log_tail(client, name: str, namespace: str) -> None:
     """Print the last lines of the master pod's log (best effort: the pod may be gone, or not readable)."""
     try:
         for pod in client.get_job_pods(name, namespace, is_master=True, timeout=REQUEST_TIMEOUT_S):
-            text = client.core_api.read_namespaced_pod_log(pod.metadata.name, namespace, container="pytorch",
-                                                           tail_lines=LOG_TAIL_LINES, _request_timeout=REQUEST_TIMEOUT_S)
+            text = client.core_api.read_namespaced_pod_log(
+                pod.metadata.name, namespace, container="pytorch", tail_lines=LOG_TAIL_LINES, _request_timeout=REQUEST_TIMEOUT_S
+            )
             say(f"pytorchjob {name}", f"last lines of {pod.metadata.name}'s log:\n{text.rstrip()}", stderr=True)
     except Exception as exc:  # noqa: BLE001 - the job's own error follows; a missing log must not hide it
         say(f"pytorchjob {name}", f"could not read the master's log ({api_message(exc)})", stderr=True)

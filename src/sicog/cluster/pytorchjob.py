@@ -58,8 +58,10 @@ def _env(cfg: SicogConfig) -> list[k8s.V1EnvVar]:
     if cfg.cluster.s3_endpoint:
         env.append(k8s.V1EnvVar(name="SICOG_S3_ENDPOINT", value=cfg.cluster.s3_endpoint))
     if cfg.cluster.s3_secret:
-        env += [k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=cfg.cluster.s3_secret, key=key)))
-                for key in SECRET_ENV]
+        env += [
+            k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=cfg.cluster.s3_secret, key=key)))
+            for key in SECRET_ENV
+        ]
     if os.environ.get(RUN_ID_ENV):  # the launching task's KFP run id: the job's log lines carry it too (sicog.logs)
         env.append(k8s.V1EnvVar(name=RUN_ID_ENV, value=os.environ[RUN_ID_ENV]))
     return env
@@ -83,20 +85,20 @@ def _resources(cfg: SicogConfig) -> k8s.V1ResourceRequirements:
 def _volumes(cfg: SicogConfig) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
     """/dev/shm in memory (NCCL and data loader workers outgrow the runtime's 64 MiB), and a writable
     /tmp: the staging folder of inputs and output (and the checkpoints a restarted container resumes from)."""
-    volumes = [k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=cfg.cluster.shm_size)),
-               k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    volumes = [
+        k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=cfg.cluster.shm_size)),
+        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
+    ]
     mounts = [k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"), k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
     return volumes, mounts
 
 
 def _tolerations(cfg: SicogConfig) -> list[k8s.V1Toleration] | None:
-    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value or None, effect=t.effect or None)
-            for t in cfg.cluster.tolerations] or None
+    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value or None, effect=t.effect or None) for t in cfg.cluster.tolerations] or None
 
 
 def _labels(stage: str, name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "sicog", "app.kubernetes.io/component": "trainer",
-            "sicog.io/stage": stage, "sicog.io/name": _slug(name, 63)}
+    return {"app.kubernetes.io/name": "sicog", "app.kubernetes.io/component": "trainer", "sicog.io/stage": stage, "sicog.io/name": _slug(name, 63)}
 
 
 def build_pytorchjob(cfg: SicogConfig, *, stage: str, name: str, out: str, request_uri: str) -> models.KubeflowOrgV1PyTorchJob:
@@ -125,8 +127,9 @@ def build_pytorchjob(cfg: SicogConfig, *, stage: str, name: str, out: str, reque
             tolerations=_tolerations(cfg),
             automount_service_account_token=False,  # training needs the store, not the Kubernetes API
             service_account_name=_service_account(cfg),
-            security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=USER, run_as_group=USER, fs_group=USER,
-                                                      seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True, run_as_user=USER, run_as_group=USER, fs_group=USER, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")
+            ),
         ),
     )
     replicas = {"Master": models.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure", template=template)}
@@ -157,4 +160,3 @@ def manifest(job) -> dict:
 def world_size(job: models.KubeflowOrgV1PyTorchJob) -> int:
     """Ranks of the job: pods x nprocPerNode."""
     return int(job.spec.nproc_per_node) * sum(spec.replicas for spec in job.spec.pytorch_replica_specs.values())
-

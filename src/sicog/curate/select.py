@@ -117,8 +117,7 @@ def score_instances(
         use = similarity
         if similarity == "hybrid":
             use = "exact" if all(len(k.split()) <= short_answer_words for k in keys) else "embedding"
-        row = ScoredRow(id=iid, task=task, candidates=[dict(c) for c in cands], compared=compared, scores=none, best=None,
-                        score=None, similarity=use, **extra)
+        row = ScoredRow(id=iid, task=task, candidates=[dict(c) for c in cands], compared=compared, scores=none, best=None, score=None, similarity=use, **extra)
         rows, positions, texts = pending[use]
         rows.append(row)
         positions.append(ok)
@@ -207,7 +206,16 @@ def to_curated(kept_rows: Sequence[Mapping], cycle: int, conversation_threshold:
             conversations = cod_conversation(parse_cod(winner["text"]))
         else:
             conversations = [{"from": "human", "value": _human(winner["prompt"], bool(image))}, {"from": "gpt", "value": winner["text"]}]
-        provenance = Provenance(cycle=cycle, task=row["task"], format=winner["format"], index=winner["index"], seed=winner.get("seed"),
-                                score=row["score"], scores=row["scores"], model=winner.get("model"), conversation=convert)
+        provenance = Provenance(
+            cycle=cycle,
+            task=row["task"],
+            format=winner["format"],
+            index=winner["index"],
+            seed=winner.get("seed"),
+            score=row["score"],
+            scores=row["scores"],
+            model=winner.get("model"),
+            conversation=convert,
+        )
         records.append(CuratedRecord(id=row["id"], conversations=conversations, sicog=provenance, image=image).to_row())
     return records

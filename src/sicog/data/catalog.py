@@ -59,8 +59,11 @@ class Source(BaseModel):
     limit: int | None = Field(None, ge=1, description="Read a deterministic subset of this many rows (chosen with `seed`, kept in file order).")
     seed: int = Field(0, description="Seed of the `limit` subset and of this source's share when `weight` is fractional.")
     weight: float = Field(1.0, ge=0, description="Times each record is drawn per mixed epoch: 2 repeats the source, 0.5 draws a seeded half.")
-    prefix_ids: bool = Field(True, description="Prefix ids with the source name (`<name>/<id>`) so equal ids of two sources stay two "
-                             "records; false keeps ids as they are (they must then be unique across the catalog's sources).")
+    prefix_ids: bool = Field(
+        True,
+        description="Prefix ids with the source name (`<name>/<id>`) so equal ids of two sources stay two "
+        "records; false keeps ids as they are (they must then be unique across the catalog's sources).",
+    )
 
     @field_validator("name")
     @classmethod

@@ -260,8 +260,17 @@ class RoleData:
                 for rec, im in zip(batch.records, loaded):
                     if isinstance(im, Quarantined):
                         meta = rec["meta"]
-                        batch.quarantined.append({"role": self.role, "source": meta["source"], "row": meta["row"], "id": rec["id"],
-                                                  "reason": im.reason, "detail": im.detail, "raw": json.dumps(rec, ensure_ascii=False)[:500]})
+                        batch.quarantined.append(
+                            {
+                                "role": self.role,
+                                "source": meta["source"],
+                                "row": meta["row"],
+                                "id": rec["id"],
+                                "reason": im.reason,
+                                "detail": im.detail,
+                                "raw": json.dumps(rec, ensure_ascii=False)[:500],
+                            }
+                        )
                     else:
                         keep.append((rec, im))
                 batch.records = [r for r, _ in keep]
@@ -292,8 +301,17 @@ def read_role(catalog: Catalog, role: str) -> tuple[list[dict], list[dict]]:
                     uri = image_uri(source.image_root, rec["image"])
                     rec["image"] = uri if store.is_remote(uri) else f"file://{uri}"
             except Quarantined as exc:
-                quarantine.append({"role": role, "source": source.name, "row": meta["row"], "id": rec["id"],
-                                   "reason": exc.reason, "detail": exc.detail, "raw": json.dumps(rec, ensure_ascii=False)[:500]})
+                quarantine.append(
+                    {
+                        "role": role,
+                        "source": source.name,
+                        "row": meta["row"],
+                        "id": rec["id"],
+                        "reason": exc.reason,
+                        "detail": exc.detail,
+                        "raw": json.dumps(rec, ensure_ascii=False)[:500],
+                    }
+                )
                 continue
         records.append(rec)
     return records, quarantine

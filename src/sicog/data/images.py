@@ -96,7 +96,7 @@ def image_data(image: str, root: str | Path | None = None) -> bytes:
     sampler, the trainer and the evaluator read a user's bucket, a laptop folder and the demo world
     the same way, one image at a time."""
     if image.startswith(EMBEDDED):
-        path, _, row = image[len(EMBEDDED):].rpartition("#")
+        path, _, row = image[len(EMBEDDED) :].rpartition("#")
         cell = _hf_rows(path).row(int(row)).get("image")
         if not isinstance(cell, dict) or cell.get("bytes") is None:
             raise Quarantined("image not found", image)

@@ -31,8 +31,13 @@ TRAIN_DATA = {
     "labeled": "instruct + perception + reasoning roles (the compute-matched control's stage 1.5)",
     "uncurated": "one random candidate per instance + the roles of train.pretrain_mix (ablation's stage 1.5)",
 }
-ROLES_OF = {"align": ("align",), "base": ("instruct",), "perception": ("perception",), "reasoning": ("reasoning",),
-            "labeled": ("instruct", "perception", "reasoning")}
+ROLES_OF = {
+    "align": ("align",),
+    "base": ("instruct",),
+    "perception": ("perception",),
+    "reasoning": ("reasoning",),
+    "labeled": ("instruct", "perception", "reasoning"),
+}
 WARMUP_DATA = ("perception", "reasoning")  # the step-1 tasks (their data has the task's name)
 
 

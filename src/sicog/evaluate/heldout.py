@@ -24,8 +24,13 @@ def heldout_row(row: dict) -> dict:
     turns = row["conversations"]
     question = next((t["value"] for t in turns if t.get("from") == "human"), "")
     answer = next((t["value"] for t in turns if t.get("from") == "gpt"), "")
-    return {"id": row["id"], "task": "vqa", "question": question.replace(IMAGE_TOKEN, "").strip(), "answer": answer,
-            **({"image": row["image"]} if row.get("image") else {})}
+    return {
+        "id": row["id"],
+        "task": "vqa",
+        "question": question.replace(IMAGE_TOKEN, "").strip(),
+        "answer": answer,
+        **({"image": row["image"]} if row.get("image") else {}),
+    }
 
 
 def heldout_requests(rows: list[dict]) -> list[dict]:
@@ -33,15 +38,21 @@ def heldout_requests(rows: list[dict]) -> list[dict]:
     requests = []
     for row in rows:
         vqa = row["task"] == "vqa"
-        requests.append({
-            "id": row["id"], "task": row["task"], "format": "da" if vqa else "dd", "index": 0, "seed": 0,
-            "prompt": da_question(row["question"]) if vqa else CAPTION_DD, **({"image": row["image"]} if row.get("image") else {}),
-        })
+        requests.append(
+            {
+                "id": row["id"],
+                "task": row["task"],
+                "format": "da" if vqa else "dd",
+                "index": 0,
+                "seed": 0,
+                "prompt": da_question(row["question"]) if vqa else CAPTION_DD,
+                **({"image": row["image"]} if row.get("image") else {}),
+            }
+        )
     return requests
 
 
-def evaluate_heldout(model_dir: Path, rows: list[dict], image_root: Path | None, predictions_path: Path, cfg: EvalConfig,
-                     progress=None) -> dict:
+def evaluate_heldout(model_dir: Path, rows: list[dict], image_root: Path | None, predictions_path: Path, cfg: EvalConfig, progress=None) -> dict:
     """{"vqa_accuracy", "caption_attribute_recall", "vqa_n", "caption_n", "errors"}; predictions written.
 
     `rows`: the catalog's heldout role (see heldout_row); images are absolute URIs, or paths under

@@ -257,19 +257,27 @@ def run_benchmarks(
     scores: dict = {}
     seconds: dict[str, float] = {}
     for style, group in groups.items():
-        spec = {"model": backend, "model_args": args, "chat_template": template, "tasks": group, "limit": limit,
-                "include_path": str(include_path) if include_path else None,
-                "defaults": any(t in BENCHMARKS and t not in HELDOUT_EQUIVALENT for t in group),
-                "results": str(out_dir / f"results_{style}.json")}
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": _sicog_path(out_dir),
-               **(judge.env(style) if judge and style != "local" else {}),
-               **({_MODEL_KEY_ENV: str(model_key)} if model_key is not None else {})}
+        spec = {
+            "model": backend,
+            "model_args": args,
+            "chat_template": template,
+            "tasks": group,
+            "limit": limit,
+            "include_path": str(include_path) if include_path else None,
+            "defaults": any(t in BENCHMARKS and t not in HELDOUT_EQUIVALENT for t in group),
+            "results": str(out_dir / f"results_{style}.json"),
+        }
+        env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": _sicog_path(out_dir),
+            **(judge.env(style) if judge and style != "local" else {}),
+            **({_MODEL_KEY_ENV: str(model_key)} if model_key is not None else {}),
+        }
         spec_path = out_dir / f"spec_{style}.json"
         spec_path.write_text(json.dumps(spec, indent=1))
         start = time.monotonic()
-        proc = subprocess.run([str(python), "-m", "sicog.evaluate.lmms", str(spec_path)], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run([str(python), "-m", "sicog.evaluate.lmms", str(spec_path)], env=env, capture_output=True, text=True, timeout=timeout)
         (out_dir / f"log_{style}.txt").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise LmmsEvalError(f"lmms-eval exited {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}")
@@ -319,8 +327,7 @@ def _write_predictions(raw: dict, out_dir: Path) -> None:
             doc = s.get("doc") or {}
             text = s["filtered_resps"][0] if s.get("filtered_resps") else None
             metric = BENCHMARKS.get(task, (None,))[0]
-            rows.append({"id": doc.get("id", s.get("doc_id")), "task": task, "text": text,
-                         **({metric: s[metric]} if metric in s else {})})
+            rows.append({"id": doc.get("id", s.get("doc_id")), "task": task, "text": text, **({metric: s[metric]} if metric in s else {})})
         (out_dir / f"predictions_{task}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
@@ -346,12 +353,12 @@ def _main(spec_path: str) -> None:
         lm.tokenizer.chat_template = spec["chat_template"]
         lm._image_processor.chat_template = spec["chat_template"]
     manager = TaskManager(include_path=spec["include_path"], include_defaults=spec["defaults"], model_name=spec["model"])
-    results = simple_evaluate(model=lm, tasks=spec["tasks"], limit=spec["limit"], task_manager=manager, log_samples=True,
-                              bootstrap_iters=0, process_docs_parallel=1)
+    results = simple_evaluate(
+        model=lm, tasks=spec["tasks"], limit=spec["limit"], task_manager=manager, log_samples=True, bootstrap_iters=0, process_docs_parallel=1
+    )
     if results is None:
         raise SystemExit("lmms-eval returned no results")
-    Path(spec["results"]).write_text(json.dumps({k: results.get(k) for k in ("results", "n-samples", "samples", "config")},
-                                                default=str))
+    Path(spec["results"]).write_text(json.dumps({k: results.get(k) for k in ("results", "n-samples", "samples", "config")}, default=str))
 
 
 if __name__ == "__main__":

@@ -103,11 +103,13 @@ def curation_quality(rows: Sequence[Mapping], truth: Mapping[str, Mapping], task
     points = []
     for threshold in sweep:
         passing = [q for score, _, q in best_q if score >= threshold]
-        points.append({
-            "threshold": threshold,
-            "keep_rate": round(len(passing) / len(best_q), 4) if best_q else None,
-            "precision": _mean(passing),
-        })
+        points.append(
+            {
+                "threshold": threshold,
+                "keep_rate": round(len(passing) / len(best_q), 4) if best_q else None,
+                "precision": _mean(passing),
+            }
+        )
     return {
         f"kept_{name}": _mean([q for _, k, q in best_q if k]),
         f"selected_{name}": _mean([q for _, _, q in best_q]),

@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from sicog.generate.backbone import is_multimodal, model_name as model_name_of
+from sicog.data.images import open_image
+from sicog.generate.backbone import is_multimodal
+from sicog.generate.backbone import model_name as model_name_of
 from sicog.generate.noise import GumbelNoise
 from sicog.models import load_model, num_image_tokens, to_messages
-from sicog.data.images import open_image
 from sicog.records import IMAGE_TOKEN
 
 

@@ -157,8 +157,7 @@ def _endpoint_client(endpoint: str, timeout_s: float):
     its own (sicog.retry is the one policy), the sampler's timeout per request."""
     import openai
 
-    return openai.AsyncOpenAI(base_url=endpoint, api_key="EMPTY", timeout=timeout_s, max_retries=0,
-                              http_client=_http_client(timeout_s))
+    return openai.AsyncOpenAI(base_url=endpoint, api_key="EMPTY", timeout=timeout_s, max_retries=0, http_client=_http_client(timeout_s))
 
 
 class RemoteSampler:
@@ -228,9 +227,17 @@ class RemoteSampler:
             )
 
         try:
-            out = await retry.acall(attempt, _retryable, attempts=self.max_attempts, first_s=BACKOFF_BASE_S, max_s=BACKOFF_CAP_S,
-                                    retry_after=_retry_after, what=f"sample {self.endpoint}", level=logging.INFO,
-                                    describe=lambda exc: _retry_decision(exc)[1])
+            out = await retry.acall(
+                attempt,
+                _retryable,
+                attempts=self.max_attempts,
+                first_s=BACKOFF_BASE_S,
+                max_s=BACKOFF_CAP_S,
+                retry_after=_retry_after,
+                what=f"sample {self.endpoint}",
+                level=logging.INFO,
+                describe=lambda exc: _retry_decision(exc)[1],
+            )
         except Exception as exc:  # noqa: BLE001 - classified here; anything that is no server condition is re-raised
             _, reason, _ = _retry_decision(exc)
             return None, f"after {tried} attempt(s): {reason}"
@@ -250,7 +257,7 @@ class RemoteSampler:
             return [self._row(req, None, error=str(exc)) for req in reqs]
         rows: list[dict] = []
         while len(rows) < len(reqs):
-            todo = reqs[len(rows):] if len(rows) == 0 else reqs[len(rows):len(rows) + 1]
+            todo = reqs[len(rows) :] if len(rows) == 0 else reqs[len(rows) : len(rows) + 1]
             out, error = await self._request(client, messages, todo[0]["seed"], len(todo), max_tokens, temperature)
             if out is None:
                 rows += [self._row(req, None, error=error) for req in todo]

@@ -67,16 +67,29 @@ def make_sampler(cfg: SampleConfig, model_dir: str | Path | None, image_root: st
         from sicog.generate.remote import RemoteSampler
 
         if not cfg.endpoint:
-            raise UserError(f"sample.engine={cfg.engine} needs sample.endpoint here (e.g. http://vllm:8000/v1); only a pipeline compiled for a cluster deploys its own servers")
+            raise UserError(
+                f"sample.engine={cfg.engine} needs sample.endpoint here (e.g. http://vllm:8000/v1); only a pipeline compiled for a cluster deploys its own servers"
+            )
         edge = model_image_edge(model_dir) if cfg.image_edge == -1 else cfg.image_edge
-        return RemoteSampler(cfg.endpoint, image_root, served_model=cfg.served_model, concurrency=cfg.concurrency,
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts, engine=cfg.engine,
-                             share_prefill=cfg.share_prefill, image_edge=edge)
+        return RemoteSampler(
+            cfg.endpoint,
+            image_root,
+            served_model=cfg.served_model,
+            concurrency=cfg.concurrency,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            timeout_s=cfg.timeout_s,
+            max_attempts=cfg.max_attempts,
+            engine=cfg.engine,
+            share_prefill=cfg.share_prefill,
+            image_edge=edge,
+        )
     from sicog.generate.local import LocalSampler
 
-    return LocalSampler(model_dir, image_root, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p, model_name=model_name)
+    return LocalSampler(
+        model_dir, image_root, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, model_name=model_name
+    )
 
 
 def model_fingerprint(cfg: SampleConfig, model_dir: str | Path) -> str:
@@ -96,11 +109,19 @@ def model_fingerprint(cfg: SampleConfig, model_dir: str | Path) -> str:
 
 def _fingerprint(task: str, shard: int, cfg: SampleConfig, cycle_seed: int, records: list[dict], model_id: str) -> dict:
     """What a shard's chunks were planned from; a resumed shard must match it exactly."""
-    return {"model": model_id,
-        "task": task, "shard": shard, "shards": cfg.shards, "chunk_size": cfg.chunk_size, "cycle_seed": cycle_seed,
-        "plan": _plan_of(task, cfg), "records": len(records),
+    return {
+        "model": model_id,
+        "task": task,
+        "shard": shard,
+        "shards": cfg.shards,
+        "chunk_size": cfg.chunk_size,
+        "cycle_seed": cycle_seed,
+        "plan": _plan_of(task, cfg),
+        "records": len(records),
         "ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode("utf-8")).hexdigest(),
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_new_tokens": cfg.max_new_tokens,
         # served engines: how candidates are requested changes what is sampled (seeds of n-requests, pixels)
         **({"share_prefill": cfg.share_prefill, "image_edge": cfg.image_edge} if cfg.engine != "local" else {}),
     }
@@ -126,8 +147,13 @@ def sample_shard(
     plan = _plan_of(task, cfg)
     chunks = [plan_requests(mine[i : i + cfg.chunk_size], task, plan, cycle_seed) for i in range(0, len(mine), cfg.chunk_size)]
     start = time.perf_counter()
-    stats = run_shard(shard_uri, chunks, lambda: make_sampler(cfg, model_dir, image_root, model_name),
-                      _fingerprint(task, shard, cfg, cycle_seed, mine, model_id or model_fingerprint(cfg, model_dir)), advance=advance)
+    stats = run_shard(
+        shard_uri,
+        chunks,
+        lambda: make_sampler(cfg, model_dir, image_root, model_name),
+        _fingerprint(task, shard, cfg, cycle_seed, mine, model_id or model_fingerprint(cfg, model_dir)),
+        advance=advance,
+    )
     return {"shard": shard, "records": len(mine), **stats, "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -176,5 +202,9 @@ def sample_candidates(
     shard_stats = [sample_shard(records, task, model_dir, uri, i, cfg, cycle_seed, image_root, advance, model_id, model_name) for i, uri in enumerate(uris)]
     seconds = time.perf_counter() - start
     counts = collect_candidates(uris, out_path)
-    return {**counts, "seconds": round(seconds, 3), "output_tokens": sum(s["output_tokens"] for s in shard_stats),
-            "chunks_sampled": sum(s["chunks_sampled"] for s in shard_stats)}
+    return {
+        **counts,
+        "seconds": round(seconds, 3),
+        "output_tokens": sum(s["output_tokens"] for s in shard_stats),
+        "chunks_sampled": sum(s["chunks_sampled"] for s in shard_stats),
+    }

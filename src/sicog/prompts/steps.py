@@ -18,6 +18,7 @@ class FormatError(ValueError):
     callers turn it into a quarantine or rejection row (the package re-exports it as
     sicog.prompts.FormatError)."""
 
+
 # A step header line: "Step 3: <header>" on a line of its own (surrounding spaces tolerated).
 _STEP_LINE = re.compile(r"^[ \t]*Step (\d+): (.*?)[ \t]*$", re.MULTILINE)
 

@@ -98,8 +98,7 @@ def evidence_table(per_seed: Sequence[Mapping]) -> dict:
             _row("curation", f"{prefix}.kept_{measure}", f"{name}: kept", kept),
             _row("curation", f"{prefix}.selected_{measure}", f"{name}: best before threshold", selected),
             _row("curation", f"{prefix}.mean_candidate_{measure}", f"{name}: mean candidate", mean),
-            _row("curation", f"{prefix}.kept_minus_mean_{measure}", f"{name}: kept − mean candidate",
-                 [_diff(k, c) for k, c in zip(kept, mean)]),
+            _row("curation", f"{prefix}.kept_minus_mean_{measure}", f"{name}: kept − mean candidate", [_diff(k, c) for k, c in zip(kept, mean)]),
             _row("curation", f"{prefix}.keep_rate", f"{task} keep rate", keep_rate),
         ]
     steps: dict[str, str] = {}
@@ -123,7 +122,7 @@ def _md_cell(text: str) -> str:
 
 
 def _run_labels(seeds: Sequence) -> list[str]:
-    """"seed N" when every run has a distinct seed, else "run i" (two runs must never share a column name)."""
+    """ "seed N" when every run has a distinct seed, else "run i" (two runs must never share a column name)."""
     if all(s is not None for s in seeds) and len(set(map(str, seeds))) == len(seeds):
         return [f"seed {s}" for s in seeds]
     return [f"run {i + 1}" for i in range(len(seeds))]
@@ -148,8 +147,7 @@ def evidence_markdown(table: Mapping, command: str) -> str:
         rows = [r for r in table["rows"] if r["group"] == group]
         if not rows:
             continue
-        lines += ["", f"**{title}**", "", "| Quantity | mean ± std | " + " | ".join(labels) + " |",
-                  "|---|---|" + "---|" * len(labels)]
+        lines += ["", f"**{title}**", "", "| Quantity | mean ± std | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
         for row in rows:
             summary = "n/a" if row["mean"] is None else f"{_fmt(row['mean'])} ± {_fmt(row['std'])}"
             if 0 < row["n"] < n_runs:

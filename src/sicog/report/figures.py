@@ -33,12 +33,18 @@ def _quality(stats: Mapping) -> str | None:
 def figure_tables(metrics: Mapping) -> str:
     """Markdown: held-out scores with step budgets, then curation quality against ground truth."""
     heldout, budgets, losses = metrics.get("heldout") or {}, metrics.get("steps") or {}, metrics.get("final_loss") or {}
-    lines = [f"World seed {metrics['world']['seed']}, cycle {metrics.get('cycle', 1)}.", "",
-             "| model | VQA accuracy | caption attribute recall | final training loss | step budget |", "|---|---|---|---|---|"]
+    lines = [
+        f"World seed {metrics['world']['seed']}, cycle {metrics.get('cycle', 1)}.",
+        "",
+        "| model | VQA accuracy | caption attribute recall | final training loss | step budget |",
+        "|---|---|---|---|---|",
+    ]
     for model in [m for m in MODEL_ORDER if m in heldout] + sorted(set(heldout) - set(MODEL_ORDER)):
         scores = heldout[model]
-        lines.append(f"| {model} | {_fmt(scores.get('vqa_accuracy'))} | {_fmt(scores.get('caption_attribute_recall'))} "
-                     f"| {_fmt(losses.get(model))} | {budgets.get(model, 'n/a')} |")
+        lines.append(
+            f"| {model} | {_fmt(scores.get('vqa_accuracy'))} | {_fmt(scores.get('caption_attribute_recall'))} "
+            f"| {_fmt(losses.get(model))} | {budgets.get(model, 'n/a')} |"
+        )
     curation, thresholds = metrics.get("curation") or {}, metrics.get("thresholds") or {}
     rows = []
     for task, stats in curation.items():
@@ -46,11 +52,12 @@ def figure_tables(metrics: Mapping) -> str:
         if name is None:
             continue
         label = f"{TASK_LABELS.get(task, task)} (threshold {_fmt(thresholds.get(task))[:4]})"
-        rows.append(f"| {label} | {_fmt(stats.get(f'kept_{name}'))} | {_fmt(stats.get(f'selected_{name}'))} "
-                    f"| {_fmt(stats.get(f'mean_candidate_{name}'))} | {stats.get('kept')} / {stats.get('instances')} |")
+        rows.append(
+            f"| {label} | {_fmt(stats.get(f'kept_{name}'))} | {_fmt(stats.get(f'selected_{name}'))} "
+            f"| {_fmt(stats.get(f'mean_candidate_{name}'))} | {stats.get('kept')} / {stats.get('instances')} |"
+        )
     if rows:
-        lines += ["", "| curation (vs ground truth) | kept | best before threshold | mean candidate | kept / instances |",
-                  "|---|---|---|---|---|", *rows]
+        lines += ["", "| curation (vs ground truth) | kept | best before threshold | mean candidate | kept / instances |", "|---|---|---|---|---|", *rows]
     return "\n".join(lines) + "\n"
 
 

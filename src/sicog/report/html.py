@@ -99,10 +99,7 @@ def _ordered(keys, order: Sequence[str]) -> list[str]:
 
 def _figure(png: bytes, alt: str, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
-        f"<figcaption>{_esc(caption)}</figcaption></figure>"
-    )
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}"><figcaption>{_esc(caption)}</figcaption></figure>'
 
 
 def _heldout_section(metrics: Mapping) -> str:
@@ -140,8 +137,10 @@ def _benchmark_table(heldout: Mapping) -> str:
     if not names:
         return ""
     rows = [[model, *(_num((heldout.get(model) or {}).get(n)) for n in names)] for model in _ordered(heldout, MODEL_ORDER)]
-    note = ('<p class="note">Through lmms-eval, each benchmark\'s primary metric on a 0-1 scale (sicog.evaluate.lmms.BENCHMARKS); '
-            "sicog_heldout_* is this cycle's held-out split as an lmms-eval task, scored like the table above.</p>")
+    note = (
+        '<p class="note">Through lmms-eval, each benchmark\'s primary metric on a 0-1 scale (sicog.evaluate.lmms.BENCHMARKS); '
+        "sicog_heldout_* is this cycle's held-out split as an lmms-eval task, scored like the table above.</p>"
+    )
     return "<h3>Benchmarks</h3>" + _table(["Model", *names], rows) + note
 
 
@@ -162,8 +161,17 @@ def _promotion_section(metrics: Mapping) -> str:
     for check in decision.get("checks") or []:
         value, reference = _number(check.get("value")), _number(check.get("reference"))
         diff = value - reference if value is not None and reference is not None else None
-        rows.append([check.get("metric", ""), check.get("against", ""), _num(value, 4), _num(reference, 4), _num(diff, 4),
-                     _num(check.get("tolerance"), 4), _check_result(check)])
+        rows.append(
+            [
+                check.get("metric", ""),
+                check.get("against", ""),
+                _num(value, 4),
+                _num(reference, 4),
+                _num(diff, 4),
+                _num(check.get("tolerance"), 4),
+                _check_result(check),
+            ]
+        )
     verdict = "promoted" if decision.get("promoted") else "refused"
     previous = decision.get("previous")
     against = f"previous promoted cycle {previous.get('cycle')}" if previous else "no previous promoted cycle"
@@ -181,7 +189,7 @@ def _promotion_section(metrics: Mapping) -> str:
 def _quality_name(stats: Mapping) -> str | None:
     """The ground-truth measure a task's stats carry: `<name>` of `kept_<name>` + `mean_candidate_<name>`."""
     for key in stats:
-        name = key[len("mean_candidate_"):] if key.startswith("mean_candidate_") else ""
+        name = key[len("mean_candidate_") :] if key.startswith("mean_candidate_") else ""
         if name and f"kept_{name}" in stats:
             return name
     return None
@@ -210,13 +218,11 @@ def _curation_section(metrics: Mapping) -> str:
             ]
         conversations = stats.get("conversations")
         rows.append(
-            [task, *quality, Cell(f"{fmt(kept)} / {fmt(total)}", numeric=True), _num(keep_rate),
-             _num(conversations) if conversations is not None else ""]
+            [task, *quality, Cell(f"{fmt(kept)} / {fmt(total)}", numeric=True), _num(keep_rate), _num(conversations) if conversations is not None else ""]
         )
     if not rows:
         return "<h2>Curation quality</h2><p>No curation statistics in this run.</p>"
-    headers = ["Task", "Measure", "Kept", "Best before threshold", "Mean candidate", "Kept − mean",
-               "Kept / total", "Keep rate", "Conversations"]
+    headers = ["Task", "Measure", "Kept", "Best before threshold", "Mean candidate", "Kept − mean", "Kept / total", "Keep rate", "Conversations"]
     note = (
         '<p class="note">Quality of the pseudo-labels against the world\'s ground truth: of the kept '
         "winners, of the best candidate of every instance before the threshold, and of the average "
@@ -234,8 +240,7 @@ def _settings_section(metrics: Mapping) -> str:
         shown = _num(threshold, 2) if threshold is not None else Cell("none (top-K by score)")
         rows.append([task, similarity.get(task, "n/a"), shown])
     if "conversation" in thresholds:
-        rows.append(["caption → 5-turn conversation", similarity.get("caption", "n/a"),
-                     _num(thresholds.get("conversation"), 2)])
+        rows.append(["caption → 5-turn conversation", similarity.get("caption", "n/a"), _num(thresholds.get("conversation"), 2)])
     if not rows:
         return ""
     return "<h2>Selection settings</h2>" + _table(["Task", "Similarity", "Keep threshold"], rows)
@@ -300,8 +305,7 @@ def render_report(metrics: Mapping, scores: Mapping, losses: Mapping) -> str:
         _figure(
             plots.precision_keep_curve(metrics.get("curation") or {}, thresholds),
             "keep rate and precision over thresholds",
-            "Keep rate and ground-truth precision of the kept pseudo-labels at each threshold of the "
-            "sweep; the red line is the configured threshold.",
+            "Keep rate and ground-truth precision of the kept pseudo-labels at each threshold of the sweep; the red line is the configured threshold.",
         ),
         _figure(
             plots.loss_curves(losses),
@@ -323,9 +327,7 @@ def render_report(metrics: Mapping, scores: Mapping, losses: Mapping) -> str:
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-        + "\n".join(part for part in body if part)
-        + "\n</body>\n</html>\n"
+        f"<title>{_esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(part for part in body if part) + "\n</body>\n</html>\n"
     )
 
 

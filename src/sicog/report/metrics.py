@@ -10,8 +10,11 @@ from __future__ import annotations
 def heldout_scores(evaluation: dict) -> dict:
     """The scores of one model's eval.json entry (held-out metrics and benchmarks, 0-1 or None), without
     counts and lineage: what metrics.json's `heldout`, KFP's metrics and the promotion gate read."""
-    return {key: value for key, value in evaluation.items()
-            if key not in ("lineage", "errors") and not key.endswith("_n") and (value is None or isinstance(value, float))}
+    return {
+        key: value
+        for key, value in evaluation.items()
+        if key not in ("lineage", "errors") and not key.endswith("_n") and (value is None or isinstance(value, float))
+    }
 
 
 def _budget(lineage: list[dict]) -> str:
@@ -30,17 +33,24 @@ def cycle_metrics(cfg, counts: dict, evals: dict, curation: dict, timings: dict)
         "cycle": cfg.cycle,
         "seed": cfg.seed,
         "similarity": {t: getattr(cfg.curate, t).similarity for t in ("caption", "vqa", "text")},
-        "thresholds": {"caption": cfg.curate.caption.threshold, "vqa": cfg.curate.vqa.threshold, "text": None,
-                       "text_top_k": cfg.curate.text_top_k, "conversation": cfg.curate.conversation_threshold},
+        "thresholds": {
+            "caption": cfg.curate.caption.threshold,
+            "vqa": cfg.curate.vqa.threshold,
+            "text": None,
+            "text_top_k": cfg.curate.text_top_k,
+            "conversation": cfg.curate.conversation_threshold,
+        },
         "heldout": {name: heldout_scores(ev) for name, ev in evals.items()},
         "steps": {name: _budget(ev["lineage"]) for name, ev in evals.items()},
         "optimizer_steps": {name: sum(entry["steps"] for entry in ev["lineage"]) for name, ev in evals.items()},
         "final_loss": {name: _final_loss(ev["lineage"]) for name, ev in evals.items()},
         "curation": curation["quality"],
-        "counts": {"quarantined": {step: t["quarantined"] for step, t in timings.items() if t.get("quarantined")},
-                   "rejected": curation["rejected"],
-                   "sample_failures": sum(t.get("failures", 0) for t in timings.values()),
-                   "malformed": {task: q.get("malformed", 0) for task, q in curation["quality"].items()}},
+        "counts": {
+            "quarantined": {step: t["quarantined"] for step, t in timings.items() if t.get("quarantined")},
+            "rejected": curation["rejected"],
+            "sample_failures": sum(t.get("failures", 0) for t in timings.values()),
+            "malformed": {task: q.get("malformed", 0) for task, q in curation["quality"].items()},
+        },
         "timings_s": {step: t["seconds"] for step, t in timings.items()},
         "peak_rss_mb": max((t["peak_rss_mb"] for t in timings.values()), default=None),
         "peak_rss_mb_by_step": {step: t["peak_rss_mb"] for step, t in timings.items()},

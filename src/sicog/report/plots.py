@@ -106,8 +106,7 @@ def score_histograms(scores: Mapping[str, Mapping[str, Sequence]], thresholds: M
         if every.size:
             ax.hist(every, bins=bins, color="0.75", label=f"all candidates (n={every.size})")
         if best.size:
-            ax.hist(best, bins=bins, histtype="step", linewidth=1.5, color="tab:blue",
-                    label=f"best per instance (n={best.size})")
+            ax.hist(best, bins=bins, histtype="step", linewidth=1.5, color="tab:blue", label=f"best per instance (n={best.size})")
         for x, name, color, style in lines:
             ax.axvline(x, color=color, linestyle=style, linewidth=1.2, label=f"{name} {x:.2f}")
         ax.set_title(task + ("" if keep is not None else " (top-K, no threshold)"))
@@ -117,9 +116,7 @@ def score_histograms(scores: Mapping[str, Mapping[str, Sequence]], thresholds: M
     return _png(fig)
 
 
-def precision_keep_curve(
-    curation: Mapping[str, Mapping], thresholds: Mapping[str, float | None] | None = None
-) -> bytes:
+def precision_keep_curve(curation: Mapping[str, Mapping], thresholds: Mapping[str, float | None] | None = None) -> bytes:
     """Per task with a sweep: keep rate and precision of the kept pseudo-labels against the threshold.
 
     Input: `curation[task]["sweep"] = [{"threshold", "keep_rate", "precision"}, ...]`; precision is
@@ -167,9 +164,7 @@ def loss_curves(losses: Mapping[str, Sequence[Sequence[float]]]) -> bytes:
     panels: dict[str, list[tuple[str, np.ndarray]]] = {}
     for name in sorted(losses):
         model, _, stage = name.rpartition("/")
-        pts = np.array(
-            [(float(s), float(v)) for s, v in losses[name] if v is not None and math.isfinite(float(v))], dtype=float
-        ).reshape(-1, 2)
+        pts = np.array([(float(s), float(v)) for s, v in losses[name] if v is not None and math.isfinite(float(v))], dtype=float).reshape(-1, 2)
         panels.setdefault(stage, []).append((model or stage, pts))
     stages = [s for s in STAGE_ORDER if s in panels] + sorted(s for s in panels if s not in STAGE_ORDER)
     # One colour per model across all panels, so "cycle" is the same line everywhere.

@@ -62,8 +62,15 @@ def _started_from(record: Mapping, folders_by_model: Mapping[str, str]) -> str:
 
 
 def _row(run: int, uri: str, record: Mapping, folders_by_model: Mapping[str, str]) -> dict:
-    row = {"run": run, "folder": _folder(uri), "cycle": record.get("cycle"), "finished": record.get("finished_at_utc"),
-           "status": record.get("status"), "gate": _decision(record), "started from": _started_from(record, folders_by_model)}
+    row = {
+        "run": run,
+        "folder": _folder(uri),
+        "cycle": record.get("cycle"),
+        "finished": record.get("finished_at_utc"),
+        "status": record.get("status"),
+        "gate": _decision(record),
+        "started from": _started_from(record, folders_by_model),
+    }
     heldout = record.get("heldout") or {}
     for model in _ordered(heldout, MODEL_ORDER):
         for metric, value in (heldout[model] or {}).items():

@@ -74,8 +74,12 @@ class ScorerClient:
         # round_robin spreads calls over them (gRPC's default, pick_first, would use one pod only).
         target = address if "://" in address else f"dns:///{address}"
         self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
-                             ("grpc.lb_policy_name", "round_robin")]
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.lb_policy_name", "round_robin"),
+            ],
         )
         self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
         self._info: scorer_pb2.InfoResponse | None = None
@@ -83,9 +87,15 @@ class ScorerClient:
     def _call(self, method: str, request, timeout_s: float | None = None):
         """One RPC under the project's retry policy (sicog.retry): RETRYABLE codes are retried."""
         try:
-            return retry.call(lambda: getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s), _retryable,
-                              attempts=self.retries + 1, first_s=self.backoff_s, max_s=self.max_backoff_s,
-                              what=f"scorer {self.address} {method}", level=logging.INFO)
+            return retry.call(
+                lambda: getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s),
+                _retryable,
+                attempts=self.retries + 1,
+                first_s=self.backoff_s,
+                max_s=self.max_backoff_s,
+                what=f"scorer {self.address} {method}",
+                level=logging.INFO,
+            )
         except grpc.RpcError as exc:
             raise ScorerError(self.address, exc) from None
 

@@ -77,8 +77,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             vectors, done, distinct = core.embed(request.texts, deadline, on_future)
             return scorer_pb2.EmbedResponse(
                 embeddings=[scorer_pb2.Embedding(values=row) for row in vectors.tolist()],
-                model_id=core.embedder.model_id, dimension=core.embedder.dimension, distinct_texts=distinct,
-                queue_time_ns=done.queue_time_ns, inference_time_ns=done.inference_time_ns,
+                model_id=core.embedder.model_id,
+                dimension=core.embedder.dimension,
+                distinct_texts=distinct,
+                queue_time_ns=done.queue_time_ns,
+                inference_time_ns=done.inference_time_ns,
             )
 
     def _score(self, core: ScorerCore, request, deadline, on_future) -> scorer_pb2.ScoreGroupsResponse:
@@ -87,11 +90,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             [(g.id, g.texts) for g in request.groups],
             request.threshold if request.HasField("threshold") else None,
             request.partial_failure == scorer_pb2.PARTIAL_FAILURE_FAIL_CALL,
-            deadline, on_future,
+            deadline,
+            on_future,
         )
         response = scorer_pb2.ScoreGroupsResponse(
-            model_id=core.embedder.model_id, distinct_texts=distinct,
-            queue_time_ns=done.queue_time_ns if done else 0, inference_time_ns=done.inference_time_ns if done else 0,
+            model_id=core.embedder.model_id,
+            distinct_texts=distinct,
+            queue_time_ns=done.queue_time_ns if done else 0,
+            inference_time_ns=done.inference_time_ns if done else 0,
         )
         for r in results:
             out = response.results.add(id=r.id, status=scorer_pb2.GroupStatus(code=scorer_pb2.Code.Value(f"CODE_{r.code}"), message=r.message))
@@ -121,9 +127,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         with self._rpc("Info", context) as (core, _, _):
             limits, embedder = core.limits, core.embedder
             return scorer_pb2.InfoResponse(
-                model_id=embedder.model_id, dimension=embedder.dimension,
-                max_request_texts=limits.max_request_texts, max_group_texts=limits.max_group_texts,
-                max_text_chars=limits.max_text_chars, max_seq_length_tokens=embedder.max_seq_length,
-                max_batch_tokens=limits.max_batch_tokens, max_message_bytes=self.max_message_bytes,
+                model_id=embedder.model_id,
+                dimension=embedder.dimension,
+                max_request_texts=limits.max_request_texts,
+                max_group_texts=limits.max_group_texts,
+                max_text_chars=limits.max_text_chars,
+                max_seq_length_tokens=embedder.max_seq_length,
+                max_batch_tokens=limits.max_batch_tokens,
+                max_message_bytes=self.max_message_bytes,
                 version=sicog.__version__,
             )

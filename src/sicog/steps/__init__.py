@@ -23,4 +23,3 @@ References: arXiv 2503.12303, Sec. 3 (steps 1-4) and Table 13 (training stages).
 from sicog.steps._io import StepIO
 
 __all__ = ["StepIO"]
-

@@ -90,8 +90,9 @@ def read_json(path: Path, default):
 
 
 @contextmanager
-def open_step(io: StepIO, *, cycle: int | None = None, output: Callable[[str], AbstractContextManager[Path]] = store.local_output,
-              record: bool = True) -> Iterator[Step]:
+def open_step(
+    io: StepIO, *, cycle: int | None = None, output: Callable[[str], AbstractContextManager[Path]] = store.local_output, record: bool = True
+) -> Iterator[Step]:
     """Run a step's body on local folders (see the module docstring). `cycle`: the config's cycle
     number, for the log lines. `output`: how the output folder is opened (training ranks share one;
     see sicog.train). `record`: write the step's files (False on every training rank but the main one)."""

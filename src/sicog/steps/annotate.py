@@ -35,21 +35,32 @@ def annotate_cod(config, io: StepIO, images: str | None = None) -> dict:
         records, bad = validate_records(path, root)
         quarantine = list(bad) + [{"id": r["id"], "reason": "no image", "raw": json.dumps(r)[:500]} for r in records if not r.get("image")]
         records = [r for r in records if r.get("image")]
-        teacher = RemoteSampler(a.endpoint, root, served_model=a.served_model, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
-                                temperature=a.temperature, timeout_s=a.timeout_s, max_attempts=a.max_attempts)
+        teacher = RemoteSampler(
+            a.endpoint,
+            root,
+            served_model=a.served_model,
+            concurrency=a.concurrency,
+            max_new_tokens=a.max_new_tokens,
+            temperature=a.temperature,
+            timeout_s=a.timeout_s,
+            max_attempts=a.max_attempts,
+        )
         todo = bar.add_task("annotating (CoD)", total=None)
-        annotated, failed = annotate(records, teacher, seed=as_config(config).seed, max_new_tokens=a.max_new_tokens,
-                                     temperature=a.temperature, advance=lambda n: bar.advance(todo, n))
+        annotated, failed = annotate(
+            records, teacher, seed=as_config(config).seed, max_new_tokens=a.max_new_tokens, temperature=a.temperature, advance=lambda n: bar.advance(todo, n)
+        )
         write_jsonl(step.out / "annotated.jsonl", annotated)
         write_jsonl(step.out / "quarantine.jsonl", quarantine + failed)
-        step.figures.update(records=len(records) + len(quarantine), annotated=len(annotated) // 2,
-                            quarantined=len(quarantine) + len(failed), requests=teacher.attempts)
+        step.figures.update(
+            records=len(records) + len(quarantine), annotated=len(annotated) // 2, quarantined=len(quarantine) + len(failed), requests=teacher.attempts
+        )
     return step.figures
 
 
 def annotate_cot(config, io: StepIO) -> dict:
     """io.inputs: {"llava_cot": a LLaVA-CoT file}."""
-    from sicog.annotate.cot import annotate_cot as convert, read_llava_cot
+    from sicog.annotate.cot import annotate_cot as convert
+    from sicog.annotate.cot import read_llava_cot
 
     cfg = as_config(config)
     with open_step(io, cycle=cfg.cycle) as step:

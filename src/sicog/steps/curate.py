@@ -63,10 +63,14 @@ def curate(config, io: StepIO) -> dict:
             task_cfg = getattr(cfg.curate, task)
             scored_ids = {r["id"] for r in rows}  # + instances rejected unscored (too few well-formed candidates)
             unscored = [r for r in rejected if r.get("task") == task and r["id"] not in scored_ids]
-            quality[task] = {**curation_quality(rows, truth, task, cfg.curate.sweep), "similarity": task_cfg.similarity,
-                             "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in rows + unscored),
-                             # instances that got candidates at all; `total` counts only those with >= 2 well-formed ones
-                             "instances": len({r["id"] for r in rows} | {r["id"] for r in rejected if r.get("task") == task})}
+            quality[task] = {
+                **curation_quality(rows, truth, task, cfg.curate.sweep),
+                "similarity": task_cfg.similarity,
+                "threshold": task_cfg.threshold,
+                "malformed": sum(len(r.get("malformed", [])) for r in rows + unscored),
+                # instances that got candidates at all; `total` counts only those with >= 2 well-formed ones
+                "instances": len({r["id"] for r in rows} | {r["id"] for r in rejected if r.get("task") == task}),
+            }
             if task == "caption":
                 quality[task]["conversations"] = sum(1 for r in task_curated if r["sicog"]["conversation"])
             scores[task] = {"best": [r["score"] for r in rows], "all": [s for r in rows for s in r["scores"] if s is not None]}

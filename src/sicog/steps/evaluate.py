@@ -29,9 +29,17 @@ def _benchmarks(cfg, model_dir: Path, rows: list[dict], world_dir: Path, out_dir
     public = [b for b in cfg.eval.benchmarks if b not in HELDOUT_EQUIVALENT]
     heldout = [b for b in cfg.eval.benchmarks if b in HELDOUT_EQUIVALENT]
     judge = Judge(cfg.eval.judge_endpoint, cfg.eval.judge_model, cfg.eval.judge_key_env) if cfg.eval.judge_endpoint else None
-    scores = run_benchmarks(model_dir, public, out_dir, heldout_rows=rows if heldout else None, image_root=world_dir,
-                            limit=cfg.eval.benchmark_limit, max_new_tokens=cfg.eval.max_new_tokens, judge=judge,
-                            device="cuda" if torch.cuda.is_available() else "cpu")
+    scores = run_benchmarks(
+        model_dir,
+        public,
+        out_dir,
+        heldout_rows=rows if heldout else None,
+        image_root=world_dir,
+        limit=cfg.eval.benchmark_limit,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        judge=judge,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
     wanted = set(public) | set(heldout)
     return {key: value for key, value in scores.items() if key.removesuffix("_n") in wanted}
 

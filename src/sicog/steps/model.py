@@ -48,7 +48,8 @@ def init_model(config, io: StepIO) -> str | None:
 
 def extract_backbone(config, io: StepIO) -> dict:
     """See the module docstring; io.inputs: {"model": the base LLaVA}."""
-    from sicog.generate.backbone import BACKBONE_FILE, extract_backbone as extract
+    from sicog.generate.backbone import BACKBONE_FILE
+    from sicog.generate.backbone import extract_backbone as extract
 
     cfg = as_config(config)
     served = cfg.sample.engine != "local" and cfg.sample.endpoint

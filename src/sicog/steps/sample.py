@@ -58,8 +58,10 @@ def cycle_pool(records: list[dict], cycle: int, per_cycle: int, role: str) -> li
         return records
     start = (cycle - 1) * per_cycle
     if start + per_cycle > len(records):
-        raise UserError(f"the {role} pool has {len(records)} records; cycle {cycle} with data.pool_per_cycle={per_cycle} needs rows "
-                        f"{start}..{start + per_cycle - 1}: add records to the pool or lower data.pool_per_cycle")
+        raise UserError(
+            f"the {role} pool has {len(records)} records; cycle {cycle} with data.pool_per_cycle={per_cycle} needs rows "
+            f"{start}..{start + per_cycle - 1}: add records to the pool or lower data.pool_per_cycle"
+        )
     return records[start : start + per_cycle]
 
 
@@ -90,8 +92,18 @@ def sample_shard(config, io: StepIO, task: str, shard: int, work: str, server: d
         if task == "text" and cfg.sample.engine == "local":
             sampler_dir, model_name = stack.enter_context(_text_sampler_model(cfg, model_dir))
         todo = bar.add_task(f"sampling {task} shard {shard}", total=None)
-        stats = run(records, task, sampler_dir, uri, shard, cfg.sample, cycle_seed(cfg.seed, cfg.cycle), world_dir,
-                    advance=lambda n: bar.advance(todo, n), model_name=model_name)
+        stats = run(
+            records,
+            task,
+            sampler_dir,
+            uri,
+            shard,
+            cfg.sample,
+            cycle_seed(cfg.seed, cfg.cycle),
+            world_dir,
+            advance=lambda n: bar.advance(todo, n),
+            model_name=model_name,
+        )
         write_json(step.out / "shard.json", {"task": task, "shard": shard, "uri": uri, **stats})
         if shard == 0:  # the pool's quarantine is reported once, by shard 0, beside its chunks
             step.quarantine = quarantine

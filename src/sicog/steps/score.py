@@ -74,8 +74,13 @@ def score(config, io: StepIO, scorer: str | None = None) -> dict:
             kept, rejected = select_instances(scored, task, task_cfg.threshold, cfg.curate.text_top_k if task == "text" else None)
             scored_all += scored
             rejected_all += unscorable + rejected
-            step.figures[task] = {"instances": len(scored) + len(unscorable), "kept": len(kept), "similarity": task_cfg.similarity,
-                                  "threshold": task_cfg.threshold, "malformed": sum(len(r.get("malformed", [])) for r in scored + unscorable)}
+            step.figures[task] = {
+                "instances": len(scored) + len(unscorable),
+                "kept": len(kept),
+                "similarity": task_cfg.similarity,
+                "threshold": task_cfg.threshold,
+                "malformed": sum(len(r.get("malformed", [])) for r in scored + unscorable),
+            }
         write_jsonl(step.out / SCORED_FILE, scored_all)
         write_jsonl(step.out / REJECTED_FILE, rejected_all)
     figures = {task: step.figures[task] for task in by_task}
@@ -97,7 +102,6 @@ def push_counts(gateway: str, figures: dict, *, run_id: str, cycle: int, timeout
         instances.labels(task).set(f["instances"])
         kept.labels(task).set(f["kept"])
     try:
-        push_to_gateway(gateway, job=PUSH_JOB, registry=registry, grouping_key={"run_id": run_id or "local", "cycle": str(cycle)},
-                        timeout=timeout_s)
+        push_to_gateway(gateway, job=PUSH_JOB, registry=registry, grouping_key={"run_id": run_id or "local", "cycle": str(cycle)}, timeout=timeout_s)
     except OSError as exc:  # urllib's URLError / HTTPError, refused connections, timeouts
         log.warning("pushgateway %s: could not push the score counts (%s)", gateway, exc)

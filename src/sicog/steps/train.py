@@ -35,8 +35,17 @@ def run_name(io: StepIO) -> str:
 
 def request(config, io: StepIO, stage: str, data: str, pairs: str | None = None) -> TrainRequest:
     """The TrainRequest of one stage: io.inputs {"model", "world", "curated"?} as URIs, io.out the output."""
-    return TrainRequest.of(config, stage=stage, data=data, name=run_name(io), model=str(io.inputs["model"]),
-                           world=str(io.inputs["world"]), out=str(io.out), curated=io.inputs.get("curated") or None, pairs=pairs)
+    return TrainRequest.of(
+        config,
+        stage=stage,
+        data=data,
+        name=run_name(io),
+        model=str(io.inputs["model"]),
+        world=str(io.inputs["world"]),
+        out=str(io.out),
+        curated=io.inputs.get("curated") or None,
+        pairs=pairs,
+    )
 
 
 def figures(log: dict) -> dict:
@@ -60,8 +69,7 @@ def train(config, io: StepIO, stage: str, data: str, backend=None) -> dict:
 
 def _pass_through(io: StepIO, req: TrainRequest) -> dict:
     """The foundation model as this stage's output: copied into io.out, with a 0-step train log."""
-    log = {"stage": req.stage, "name": req.name, "steps": 0, "loss_history": [],
-           "skipped": "the foundation model is already aligned and instruction-tuned"}
+    log = {"stage": req.stage, "name": req.name, "steps": 0, "loss_history": [], "skipped": "the foundation model is already aligned and instruction-tuned"}
     with open_step(StepIO(io.name, io.out, {"model": req.model}), cycle=req.cfg.cycle) as step:
         shutil.copytree(step.input("model"), step.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(store.MANIFEST))
         write_json(step.out / "train_log.json", log)

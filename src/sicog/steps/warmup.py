@@ -43,8 +43,7 @@ def dpo_pairs(config, io: StepIO, task: str) -> dict:
     with open_step(io, cycle=cfg.cycle) as step, progress() as bar:
         world_dir = step.input("world")
         records, step.quarantine = training_records(cfg, task, world_dir, None)
-        stats = make_pairs(records, step.input("model"), world_dir, step.out, cfg.seed, cfg.sample.max_new_tokens,
-                           cfg.sample.batch_size, progress=bar)
+        stats = make_pairs(records, step.input("model"), world_dir, step.out, cfg.seed, cfg.sample.max_new_tokens, cfg.sample.batch_size, progress=bar)
         step.figures.update(stats)
     return stats
 

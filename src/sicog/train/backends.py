@@ -56,8 +56,7 @@ def torchrun(request: TrainRequest) -> dict:
     Inputs in object storage are fetched once, here, for all ranks; rank 0 writes `out`."""
     request = request.model_copy(update={"resume": True})
     with tempfile.TemporaryDirectory(prefix="sicog-train-") as tmp, ExitStack() as fetched:
-        local = {field: str(fetched.enter_context(store.local_input(uri)))
-                 for field, uri in request.uris().items() if field != "out" and store.is_remote(uri)}
+        local = {field: str(fetched.enter_context(store.local_input(uri))) for field, uri in request.uris().items() if field != "out" and store.is_remote(uri)}
         uri = request.model_copy(update=local).save(str(Path(tmp) / "train_request.json"))
         proc = subprocess.run(torchrun_command(uri, request.cfg.train.nproc), env=dict(os.environ, PYTHONUNBUFFERED="1"), check=False)
     if proc.returncode != 0:
@@ -74,8 +73,10 @@ def check_cluster_uris(request: TrainRequest) -> None:
     """A cluster job's pods read and write the store only: every URI of the request must be s3://."""
     for field, uri in request.uris().items():
         if not store.is_remote(uri):
-            raise UserError(f"a cluster training job reads and writes the store only: its {field} {uri} is not an s3:// URI "
-                            "(run the pipeline with its root in object storage, or use cluster.trainer torchrun)")
+            raise UserError(
+                f"a cluster training job reads and writes the store only: its {field} {uri} is not an s3:// URI "
+                "(run the pipeline with its root in object storage, or use cluster.trainer torchrun)"
+            )
 
 
 def pytorchjob(request: TrainRequest) -> dict:

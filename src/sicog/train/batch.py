@@ -37,8 +37,5 @@ def batch_plan(global_batch: int, per_device: int | None, ranks: int) -> tuple[i
         return global_batch // ranks, 1
     accumulation, rest = divmod(global_batch, per_device * ranks)
     if rest or accumulation < 1:
-        raise BatchError(
-            f"global batch {global_batch} is not per-device batch {per_device} x world size {ranks} x an integer "
-            f"accumulation >= 1"
-        )
+        raise BatchError(f"global batch {global_batch} is not per-device batch {per_device} x world size {ranks} x an integer accumulation >= 1")
     return per_device, accumulation

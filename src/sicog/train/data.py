@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sicog.models import num_image_tokens, to_messages
 from sicog import store
 from sicog.data.images import EMBEDDED, open_image
+from sicog.models import num_image_tokens, to_messages
 from sicog.records import check_image, resolve_image
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and LLaVA's loss) ignores
@@ -104,9 +104,7 @@ def encode_record(rec: dict, processor, image_root: str | Path | None, max_lengt
     return feature
 
 
-def encode_records(
-    records: Iterable[dict], processor, image_root: str | Path, max_length: int
-) -> tuple[list[dict], Counter]:
+def encode_records(records: Iterable[dict], processor, image_root: str | Path, max_length: int) -> tuple[list[dict], Counter]:
     """Encode every record once (the stage's data are small); returns (features, skipped counts)."""
     features: list[dict] = []
     skipped: Counter = Counter()

@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.progress import Progress
 
 from sicog.config import StageConfig, TrainConfig
-from sicog.models import load_model, num_image_tokens, to_messages
 from sicog.data.images import image_data
+from sicog.models import load_model, num_image_tokens, to_messages
 from sicog.records import write_json
 from sicog.train.data import BAD_IMAGE, MALFORMED, TOO_LONG
 from sicog.train.trainer import _torch_threads, last_checkpoint, load_stage_model, run_trainer, save_stage, set_trainable, stage_log, training_arguments
@@ -51,12 +51,14 @@ def _dataset(pairs: list[dict], processor, image_root, max_length: int):
         if len(tok(prompt_text, add_special_tokens=False)["input_ids"]) + image_tokens - 1 + longest > max_length:
             skipped[TOO_LONG] += 1
             continue
-        rows.append({
-            "images": [image],
-            "prompt": [{"role": "user", "content": pair["prompt"]}],
-            "chosen": [{"role": "assistant", "content": pair["chosen"]}],
-            "rejected": [{"role": "assistant", "content": pair["rejected"]}],
-        })
+        rows.append(
+            {
+                "images": [image],
+                "prompt": [{"role": "user", "content": pair["prompt"]}],
+                "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+                "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+            }
+        )
     dataset = Dataset.from_list(rows) if rows else None
     if dataset is not None:
         dataset = dataset.cast_column("images", Sequence(Image()))  # encoded bytes, decoded when a batch needs them
@@ -83,7 +85,11 @@ def train_dpo(
     out_dir = Path(out_dir)
     with _torch_threads(threads):
         args = training_arguments(
-            DPOConfig, out_dir, stage, train, seed,
+            DPOConfig,
+            out_dir,
+            stage,
+            train,
+            seed,
             beta=train.dpo_beta,
             loss_type=["sigmoid", "sft"],
             loss_weights=[1.0, train.dpo_sft_weight],

@@ -71,19 +71,19 @@ def run_request(request: TrainRequest) -> dict:
         if request.curated:
             inputs["curated"] = request.curated
     io = StepIO(f"train:{request.name}", request.out, inputs)
-    with open_step(io, cycle=cfg.cycle, output=rank_output, record=main) as step, (progress() if main else nullcontext()) as bar:
+    with open_step(io, cycle=cfg.cycle, output=rank_output, record=main) as step, progress() if main else nullcontext() as bar:
         model_dir, world_dir = step.input("model"), step.input("world")
         if request.stage == "dpo":
             records, quarantine = list(read_jsonl(step.input("pairs") / "pairs.jsonl")), []
         else:
             records, quarantine = training_records(cfg, request.data, world_dir, step.inputs.get("curated"))
-        log = run_stage(model_dir, records, world_dir, step.out, getattr(cfg.train, request.stage), cfg.train, cfg.seed,
-                        request.name, progress=bar, resume=request.resume)
+        log = run_stage(
+            model_dir, records, world_dir, step.out, getattr(cfg.train, request.stage), cfg.train, cfg.seed, request.name, progress=bar, resume=request.resume
+        )
         if main:
             lineage = read_json(model_dir / "lineage.json", [])
             lineage.append({"name": request.name, "stage": request.stage, "data": request.data, **{k: log[k] for k in LINEAGE_KEYS if k in log}})
             write_json(step.out / "lineage.json", lineage)
             step.quarantine = quarantine
-            step.figures.update(records=len(records), quarantined=len(quarantine), steps=log.get("steps"),
-                                tokens_per_second=log.get("tokens_per_second"))
+            step.figures.update(records=len(records), quarantined=len(quarantine), steps=log.get("steps"), tokens_per_second=log.get("tokens_per_second"))
     return log

@@ -114,7 +114,7 @@ def _shape_summary(objects: list[dict]) -> str:
 
 
 def _references(objects: list[dict]) -> list[str]:
-    """"the circle" when the shape is unique, else "the first circle", "the second circle", ..."""
+    """ "the circle" when the shape is unique, else "the first circle", "the second circle", ..."""
     counts = Counter(o["shape"] for o in objects)
     seen: Counter = Counter()
     refs = []
@@ -318,9 +318,7 @@ def _count_question(objs: list[dict], rng: random.Random) -> tuple[str, str, lis
     cot = [
         f"The question asks for the number of {thing}.",
         f"The image shows {_listing(objs)}.",
-        f"Counting the matching shapes gives {_join(names)}: {answer} in total."
-        if matching
-        else f"No shape in the image matches, so the count is {answer}.",
+        f"Counting the matching shapes gives {_join(names)}: {answer} in total." if matching else f"No shape in the image matches, so the count is {answer}.",
     ]
     return question, answer, cot
 

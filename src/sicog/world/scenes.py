@@ -48,10 +48,7 @@ def sample_scene(rng: random.Random, max_objects: int) -> dict:
     n = rng.randint(1, min(max_objects, len(POSITIONS)))
     cells = sorted(rng.sample(range(len(POSITIONS)), n))
     kinds = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)  # distinct (colour, shape)
-    objects = [
-        {"shape": shape, "color": color, "size": rng.choice(SIZES), "position": POSITIONS[cell]}
-        for cell, (color, shape) in zip(cells, kinds)
-    ]
+    objects = [{"shape": shape, "color": color, "size": rng.choice(SIZES), "position": POSITIONS[cell]} for cell, (color, shape) in zip(cells, kinds)]
     background = rng.choice(list(BACKGROUNDS))
     border = rng.choice(list(COLORS)) if rng.random() < P_BORDER else None
     free = [c for c in CORNERS if POSITIONS.index(c) not in cells]
