@@ -7,6 +7,7 @@ runs is exactly the installed `sicog`.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import json
@@ -87,7 +88,7 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
     sicog_cycle = cycle_pipeline()
     # kfp.local swaps the root logger's handlers per task, and its ParallelFor threads can restore one
     # bound to this run's log; the next run of the process (--cycles N, evidence) would write there.
-    root_handlers = logging.getLogger().handlers[:]
+    root_handlers, root_print = logging.getLogger().handlers[:], builtins.print  # kfp.local swaps both per task
     try:
         if verbose:
             sicog_cycle(**params)
@@ -102,6 +103,7 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
                     raise
     finally:
         logging.getLogger().handlers[:] = root_handlers
+        builtins.print = root_print
     if remote:
         _publish(work, run_uri, last=LINEAGE)
         shutil.rmtree(work, ignore_errors=True)

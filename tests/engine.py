@@ -15,7 +15,9 @@ the model the way the engine would for our client, in front of `transformers ser
 `transformers serve` samples only if the model's generation config says so: the model is served from
 a sampling_copy. In a pod, `--host 0.0.0.0` means the pod's address: FAKE_POD_IP (the Service's
 loopback IP, 127.0.0.k) is bound instead. Each request is logged to stdout (the pod's log) as one
-JSON line: {"n", "seeds", "model"}.
+JSON line: {"n", "seeds", "model"}. SIGTERM stops it (and its `transformers serve`) at any point, even
+while the model loads; it also stops once the process that started it is gone (a test run killed
+from outside), and removes its sampling copy.
 
     python tests/engine.py --engine vllm -- /path/model --served-model-name perception --port 8000 ...
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -156,6 +159,19 @@ def serve(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
+def exit_with_parent(every_s: float = 1.0) -> None:
+    """SIGTERM to this stand-in once the process that started it (the test run's kubelet) is gone, however
+    that ended (a run killed from outside runs no teardown): a stand-in never outlives its test run."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     top = argparse.ArgumentParser()
     top.add_argument("--engine", required=True)
@@ -165,22 +181,33 @@ def main(argv: list[str]) -> int:
     args = engine_parser(ns.engine).parse_args(rest)
     host = os.environ.get("FAKE_POD_IP") or args.host
 
-    from sicog.generate.serving import TransformersServer, sampling_copy
-
-    served_dir = sampling_copy(args.model, Path(tempfile.mkdtemp(prefix="engine-")) / "served")
-    upstream = TransformersServer(served_dir).start()
-    server = serve(Engine(ns.engine, args, upstream.url, upstream.model), host, args.port)
+    # SIGTERM (the kubelet deleting the pod, or exit_with_parent) from the start: while the model loads it
+    # unwinds main, whose `finally` stops what has started; once serving, the server shuts down.
+    server = upstream = None
 
     def stop(signum, frame):
+        if server is None:
+            raise SystemExit(128 + signum)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"{ns.engine} stand-in: serving {args.model} as {args.served or args.model} on http://{host}:{args.port}", flush=True)
+    exit_with_parent()
+
+    from sicog.generate.serving import TransformersServer, sampling_copy
+
+    work = Path(tempfile.mkdtemp(prefix="engine-"))
     try:
+        upstream = TransformersServer(sampling_copy(args.model, work / "served"))
+        upstream.start()
+        server = serve(Engine(ns.engine, args, upstream.url, upstream.model), host, args.port)
+        print(f"{ns.engine} stand-in: serving {args.model} as {args.served or args.model} on http://{host}:{args.port}", flush=True)
         server.serve_forever()
     finally:
-        server.server_close()
-        upstream.stop()
+        if server is not None:
+            server.server_close()
+        if upstream is not None:
+            upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
