@@ -55,7 +55,7 @@ def error(text: str) -> None:
     if logs.json_enabled():
         logging.getLogger("sicog.cli").error(text)
     else:
-        err.print(f"[red]error:[/red] {text}", highlight=False)
+        err.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
 
 
 def user_errors(fn):

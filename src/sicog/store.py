@@ -560,7 +560,9 @@ def _sha256(path: Path) -> str:
 
 
 def _folder_files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """Every file under `root` but its own manifest. The manifests of sealed sub-folders (a run folder's
+    step outputs) are ordinary files here, so they travel with the folder and keep those folders readable."""
+    return sorted(name for p in root.rglob("*") if p.is_file() and (name := p.relative_to(root).as_posix()) != MANIFEST)
 
 
 def _manifest_bytes(files: dict[str, dict]) -> bytes:
@@ -593,7 +595,9 @@ def upload_dir(local_dir: str | Path, uri: str | Path) -> dict[str, dict]:
         _retrying(join(uri, name), lambda: _client().fput_object(bucket, _under(key, name), str(path), part_size=PART_SIZE, num_parallel_uploads=1))
         return entry
 
-    files = dict(zip(names, _parallel(put, names)))
+    seals = [n for n in names if n.rsplit("/", 1)[-1] == MANIFEST]  # a sub-folder is sealed after its files
+    content = sorted(set(names) - set(seals))
+    files = dict(zip(content, _parallel(put, content))) | dict(zip(seals, _parallel(put, seals)))
     write_bytes(join(uri, MANIFEST), _manifest_bytes(files))
     return files
 
@@ -693,18 +697,3 @@ def local_output(uri: str | Path) -> Iterator[Path]:
         upload_dir(tmp, uri)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def published_artifact(path: str | Path, work_uri: str, name: str) -> Iterator[str | None]:
-    """Keep a pipeline step's output (a KFP artifact folder) at work_uri/steps/<name>, sealed with its
-    manifest, when the cycle's work_uri is in object storage: the durable copy of the run that
-    `sicog` commands and later cycles read. Access is checked on entry, before the step works. A
-    local work_uri already holds kfp.local's artifacts (under pipeline/), so nothing is copied."""
-    if not is_remote(work_uri):
-        yield None
-        return
-    uri = join(work_uri, "steps", name)
-    check_access(uri)
-    yield uri
-    upload_dir(path, uri)
