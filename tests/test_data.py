@@ -68,7 +68,7 @@ def llava558k(tmp_path) -> Path:
 
 @pytest.fixture
 def llava665k(tmp_path) -> Path:
-    """JSONL: system turns, text-only rows, a malformed line, an id repeated inside the file."""
+    """JSONL: system turns, text-only rows, a malformed line, a row repeated exactly (id and content) inside the file."""
     root = tmp_path / "665k"
     _write(root / "coco/a.jpg", _image_bytes("jpg"))
     rows = [
@@ -85,7 +85,7 @@ def llava665k(tmp_path) -> Path:
         },
         _caption("Name a prime.", "Seven.", id="2"),
         _caption("Name a colour.", "Blue.", id="3"),
-        _caption("Again?", "Same id.", id="2"),
+        _caption("Name a prime.", "Seven.", id="2"),
         _caption(f"{IMAGE_TOKEN}\nWhat is shown?", "Nothing.", id="4"),  # a marker but no image
     ]
     lines = [json.dumps(r) for r in rows]
@@ -187,9 +187,84 @@ def test_llava_jsonl_system_text_only_and_namespaced_duplicates(tmp_path, llava6
     assert records[3]["meta"] == {"source": "more", "source_id": "2", "row": 0}
     assert _reasons(quarantined) == {"malformed JSON": 1, "duplicate id": 1, "image marker without an image": 1}
     dup = next(q for q in quarantined if q["reason"] == "duplicate id")
-    assert dup["row"] == 4 and dup["source"] == "llava665k" and dup["id"] == "2"
+    assert dup["row"] == 4 and dup["source"] == "llava665k" and dup["id"] == "llava665k/2"
+    assert {q["reason"]: q["id"] for q in quarantined} == {
+        "malformed JSON": None,
+        "duplicate id": "llava665k/2",
+        "image marker without an image": "llava665k/4",
+    }
     with pytest.raises(Quarantined, match="malformed JSON"):
         data[2]
+
+
+def _repeated_ids(root: Path) -> list[dict]:
+    """LLaVA-665k's habit: ids reused by rows of other content, image and text-only, and exact repeats."""
+    for name in ("x", "y"):
+        _write(root / f"coco/{name}.jpg", _image_bytes("jpg"))
+    return [
+        _caption(f"{IMAGE_TOKEN}\nWhat is it?", "A box.", id="a", image="coco/x.jpg"),  # 0 keeps "a"
+        _caption("Name a prime.", "Seven.", id="t"),  # 1 keeps "t"
+        _caption(f"{IMAGE_TOKEN}\nWhat colour?", "Red.", id="a", image="coco/y.jpg"),  # 2 other content: a~<hex>
+        _caption("Name a prime.", "Seven.", id="t"),  # 3 exact repeat of 1: duplicate
+        _caption("Name a colour.", "Blue.", id="t"),  # 4 other content: t~<hex>
+        _caption(f"{IMAGE_TOKEN}\nWhat colour?", "Red.", id="a", image="coco/y.jpg"),  # 5 exact repeat of 2: duplicate
+        _caption("Name a colour.", "Blue.", id="t"),  # 6 exact repeat of 4: duplicate
+        _caption("Unique.", "Yes.", id="u"),  # 7
+        _caption("Name a prime.", "Seven."),  # 8, 9: no id, twice: one content id, a duplicate
+        _caption("Name a prime.", "Seven."),
+    ]
+
+
+def test_repeated_ids_with_other_content_are_kept_under_stable_ids(tmp_path):
+    rows = _repeated_ids(tmp_path)
+    array = _write(tmp_path / "mix.json", json.dumps(rows, indent=1))
+    lines = _write(tmp_path / "jsonl/mix.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    hexes = {i: content_id(rows[i]).removeprefix("sha256-") for i in (2, 4)}
+    expected = ["mix/a", "mix/t", f"mix/a~{hexes[2]}", f"mix/t~{hexes[4]}", "mix/u", f"mix/{content_id(rows[8])}"]
+
+    def read(source: dict):
+        return _all(open_role(catalog_from_dict({"instruct": {"images": str(tmp_path), **source}}), "instruct"))
+
+    records, images, quarantined = read({"uri": str(array)})
+    assert [r["id"] for r in records] == expected and len(set(expected)) == len(expected)
+    assert [r["meta"]["row"] for r in records] == [0, 1, 2, 4, 7, 8] and records[2]["meta"]["source_id"] == f"a~{hexes[2]}"
+    assert [im is not None for im in images] == [True, False, True, False, False, False]
+    assert records[2]["conversations"][0]["value"] == f"{IMAGE_TOKEN}\nWhat colour?"
+    assert [(q["row"], q["reason"], q["id"]) for q in quarantined] == [
+        (3, "duplicate id", "mix/t"),
+        (5, "duplicate id", f"mix/a~{hexes[2]}"),
+        (6, "duplicate id", f"mix/t~{hexes[4]}"),
+        (9, "duplicate id", f"mix/{content_id(rows[8])}"),
+    ]
+    # Stable across runs and readers: the same ids again, and from the same rows as JSONL.
+    assert [r["id"] for r in read({"uri": str(array)})[0]] == expected
+    assert [r["id"] for r in read({"uri": str(lines), "name": "mix"})[0]] == expected
+    # ... and across subsets: a row's id does not depend on which rows a `limit` draws.
+    for seed in range(4):
+        subset, _, dups = read({"uri": str(array), "limit": 6, "seed": seed})
+        assert {r["meta"]["row"]: r["id"] for r in subset}.items() <= dict(zip([0, 1, 2, 4, 7, 8], expected)).items() | {
+            (5, f"mix/a~{hexes[2]}"), (3, "mix/t"), (6, f"mix/t~{hexes[4]}"), (9, f"mix/{content_id(rows[8])}")}  # fmt: skip
+        assert len({r["id"] for r in subset}) == len(subset) and all(q["reason"] == "duplicate id" for q in dups)
+    # prefix_ids: false keeps the source's ids (and the quarantine rows say the same ids)
+    records, _, quarantined = read({"uri": str(array), "prefix_ids": False})
+    assert [r["id"] for r in records] == [e.removeprefix("mix/") for e in expected] and quarantined[0]["id"] == "t"
+
+
+def test_quarantine_rows_carry_the_namespaced_id(tmp_path, llava558k):
+    from sicog.data import read_role
+
+    rows = [_caption("Q?", "A.", id="ok"), _caption("Q?", "  ", id="noanswer"), _caption(f"{IMAGE_TOKEN}\nQ?", "A.", id="gone", image="nope.png")]
+    path = _write(tmp_path / "src.json", json.dumps(rows))
+    catalog = catalog_from_dict({"instruct": {"uri": str(path), "name": "s"}, "align": {"uri": str(llava558k)}})
+    _, _, quarantined = _all(open_role(catalog, "instruct"))  # the batched pass (training, `data check`)
+    assert {q["reason"]: q["id"] for q in quarantined} == {"no answer": "s/noanswer", "image not found": "s/gone"}
+    records, quarantine = read_role(catalog, "instruct")  # what the steps read (sampling, training records)
+    assert [r["id"] for r in records] == ["s/ok", "s/gone"] and [(q["reason"], q["id"]) for q in quarantine] == [("no answer", "s/noanswer")]
+    raw = json.loads(llava558k.read_text())
+    _, _, bad = _all(open_role(catalog, "align"))
+    ids = {q["reason"]: q["id"] for q in bad}
+    assert ids["no answer"] == f"blip_558k/{content_id(raw[10])}" and ids["corrupt image"] == f"blip_558k/{content_id(raw[7])}"
+    assert ids["not a JSON object"] is None
 
 
 def test_reading_records_loads_no_image(llava558k, monkeypatch):

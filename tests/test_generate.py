@@ -206,3 +206,32 @@ def test_oversized_prompt_gives_an_error_row(world):
     rows = {r["id"]: r for r in LocalSampler(model_dir, root, max_new_tokens=4).generate(plan_requests(recs, "text", 1, 0))}
     assert rows["long"]["text"] is None and "prompt too long" in rows["long"]["error"]
     assert rows["short"]["text"] is not None
+
+
+def test_system_prompt_of_a_record_reaches_the_samplers_and_the_curated_record(world):
+    """A pool record's `system` field (normalized from a system turn) travels in its requests, is
+    rendered as a system message by the in-process sampler and sent as one to served engines, and
+    stays with the candidate and the curated record made of it."""
+    from sicog.curate.select import to_curated
+    from sicog.generate.remote import chat_messages
+    from sicog.records import Candidate
+
+    model_dir, root = world
+    system = "You answer in one word."
+    recs = [{**_records()[0], "system": system}, {"id": "t", "system": system, "conversations": [{"from": "human", "value": "Name a colour."}]}]
+    vqa = plan_requests(recs[:1], "vqa", {"da": 1}, cycle_seed=0)
+    text = plan_requests(recs[1:], "text", 1, cycle_seed=0)
+    assert [r["system"] for r in vqa + text] == [system, system]
+    assert "system" not in plan_requests(_records()[:1], "vqa", {"da": 1}, cycle_seed=0)[0]
+    sampler = LocalSampler(model_dir, root, max_new_tokens=3)
+    assert sampler._chat_text(vqa[0]).startswith(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<image>\n")
+    assert sampler._chat_text(text[0]) == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+    rows = list(sampler.generate(vqa + text))
+    assert all(r["system"] == system and isinstance(r["text"], str) for r in rows)
+    assert [m["role"] for m in chat_messages(vqa[0], root)] == ["system", "user"] and chat_messages(text[0], root)[0] == {"role": "system", "content": system}
+    assert chat_messages({**text[0], "system": None}, root) == [{"role": "user", "content": "Name a colour."}]
+    candidate = Candidate.from_row(rows[0]).to_row()
+    assert candidate["system"] == system and "system" not in Candidate.from_row({**rows[0], "system": None}).to_row()
+    scored = {"id": candidate["id"], "task": "vqa", "candidates": [candidate], "scores": [1.0], "best": candidate["index"], "score": 1.0, "kept": True}
+    (curated,) = to_curated([scored], cycle=1, conversation_threshold=0.95)
+    assert curated["system"] == system and curated["conversations"][0]["from"] == "human"

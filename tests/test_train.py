@@ -77,6 +77,73 @@ def test_text_only_record_has_no_pixels(world):
     assert processor.tokenizer.decode([t for t in feature["labels"] if t != IGNORE_INDEX]) == "Hello there.<|im_end|>"
 
 
+def _masked_text(tok, ids, labels) -> tuple[str, str]:
+    """(the text of the -100 positions, the text of the labelled positions)."""
+    return tok.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX]), tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+
+
+def test_system_turn_of_a_catalog_record_is_rendered_and_masked(world, tmp_path):
+    """A `{"from": "system"}` turn, normalized into the record's `system` field by the catalog reader,
+    reaches the chat template as a first system message, and none of its tokens carries a label."""
+    from sicog.data import catalog_from_dict, read_role
+    from sicog.train.data import LazyRecords
+
+    root, _, model_dir = world
+    _, processor = load_model(model_dir)
+    tok = processor.tokenizer
+    system = "You are a careful colour expert."
+    rows = [
+        {
+            "id": "s1",
+            "image": "img/0.png",
+            "conversations": [{"from": "system", "value": system}, {"from": "human", "value": "What colour?\n<image>"}, {"from": "gpt", "value": "red"}],
+        },
+        {
+            "id": "s2",
+            "conversations": [{"from": "system", "value": system}, {"from": "human", "value": "Say hello."}, {"from": "gpt", "value": "Hello there."}],
+        },
+    ]
+    (tmp_path / "sys.json").write_text(json.dumps(rows))
+    records, quarantine = read_role(catalog_from_dict({"instruct": {"uri": str(tmp_path / "sys.json"), "images": str(root)}}), "instruct")
+    assert quarantine == [] and [r["system"] for r in records] == [system, system]
+    for rec in records:
+        feature = encode_record(rec, processor, root, max_length=512)
+        ids, labels = feature["input_ids"], feature["labels"]
+        text = tok.decode(ids)
+        assert text.startswith(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")
+        masked, labelled = _masked_text(tok, ids, labels)
+        assert system in masked and "system" not in labelled
+        assert labelled == ("red" if "image" in rec else "Hello there.") + "<|im_end|>"
+    assert "pixel_values" in encode_record(records[0], processor, root, 512)
+    lazy = LazyRecords(records, processor, root, max_length=512)  # lengths count the system turn too
+    assert list(lazy.lengths) == [len(encode_record(r, processor, root, 512)["input_ids"]) for r in records]
+    with_system, without = (encode_record({**records[1], **extra}, processor, root, 512) for extra in ({}, {"system": None}))
+    assert len(with_system["input_ids"]) > len(without["input_ids"]) and with_system["labels"][-4:] == without["labels"][-4:]
+
+
+def test_llama3_template_renders_a_system_message_outside_the_loss(world):
+    from sicog.models import LLAMA3_CHAT_TEMPLATE, to_messages
+
+    _, _, model_dir = world
+    _, processor = load_model(model_dir)
+    messages = to_messages([{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}], has_image=True, system="Be brief.")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    text = processor.apply_chat_template(messages, chat_template=LLAMA3_CHAT_TEMPLATE, tokenize=False)
+    assert (
+        "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat colour?<|eot_id|>" in text
+    )
+    out = processor.tokenizer.apply_chat_template(
+        [{**m, "content": [c for c in m["content"] if c["type"] == "text"]} for m in messages],
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    assert processor.tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "red<|eot_id|>"
+    assert "Be brief." in processor.tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+
+
 def test_collator_pads_right_and_stacks_only_present_images(world):
     root, records, model_dir = world
     model, processor = load_model(model_dir)

@@ -242,14 +242,16 @@ def num_image_tokens(processor) -> int:
     return sum(1 for token in ids if token == processor.image_token_id)
 
 
-def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
+def to_messages(conversations: list[dict], has_image: bool, system: str | None = None) -> list[dict]:
     """LLaVA turns ({"from": "human"|"gpt", "value"}) -> transformers chat messages.
 
     The "<image>" marker of the first human turn becomes a {"type": "image"} item (the template puts
     the image first, as LLaVA data does); markers elsewhere are removed, since one image per record
-    is what the records contract allows.
+    is what the records contract allows. `system` (a record's `system` field, see
+    sicog.data.normalize) becomes a first {"role": "system"} message; both templates above render
+    it as a turn of its own, outside the `{% generation %}` spans, so it never carries the loss.
     """
-    messages: list[dict] = []
+    messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     image_placed = False
     for turn in conversations:
         role = {"human": "user", "gpt": "assistant"}[turn["from"]]

@@ -182,6 +182,7 @@ class Candidate:
     model: str | None = None
     image: str | None = None
     error: str | None = None
+    system: str | None = None  # the source record's system prompt, sent before `prompt`
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("id", "task", "format", "index", "text")
 
@@ -194,9 +195,9 @@ class Candidate:
         return cls(**{"seed": None, "prompt": "", **values, "id": str(row["id"])})
 
     def to_row(self) -> dict:
-        """The JSONL row: `image` and `error` only when set."""
+        """The JSONL row: `image`, `error` and `system` only when set."""
         row = asdict(self)
-        for key in ("image", "error"):
+        for key in ("image", "error", "system"):
             if row[key] is None:
                 del row[key]
         return row
@@ -258,12 +259,15 @@ class CuratedRecord:
     conversations: list[dict]
     sicog: Provenance
     image: str | None = None
+    system: str | None = None  # the system prompt its winner was sampled under; training renders it
 
     def to_row(self) -> dict:
-        row = {"id": self.id, **({"image": self.image} if self.image else {}), "conversations": self.conversations, "sicog": asdict(self.sicog)}
-        return row
+        row = {"id": self.id, **({"image": self.image} if self.image else {}), **({"system": self.system} if self.system else {})}
+        return {**row, "conversations": self.conversations, "sicog": asdict(self.sicog)}
 
     @classmethod
     def from_row(cls, row: Mapping) -> "CuratedRecord":
         _missing("curated", row, ("id", "conversations", "sicog"))
-        return cls(id=str(row["id"]), conversations=list(row["conversations"]), sicog=Provenance(**row["sicog"]), image=row.get("image"))
+        return cls(
+            id=str(row["id"]), conversations=list(row["conversations"]), sicog=Provenance(**row["sicog"]), image=row.get("image"), system=row.get("system")
+        )

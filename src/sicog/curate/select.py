@@ -187,8 +187,9 @@ def _human(prompt: str, image: bool) -> str:
 def to_curated(kept_rows: Sequence[Mapping], cycle: int, conversation_threshold: float) -> list[dict]:
     """LLaVA training records of the winners, one per instance, with `sicog` provenance.
 
-    A record is {"id", "image"?, "conversations", "sicog": {"cycle", "task", "format", "index",
-    "seed", "score", "scores", "model", "conversation"}} (`sicog.records.CuratedRecord`). Its
+    A record is {"id", "image"?, "system"?, "conversations", "sicog": {"cycle", "task", "format", "index",
+    "seed", "score", "scores", "model", "conversation"}} (`sicog.records.CuratedRecord`); `system` is
+    the system prompt the winner was sampled under, if any. Its
     conversation is the human prompt (with `<image>\\n` for image tasks) and the full winning text,
     except for a CoD winner whose score reaches `conversation_threshold`: that one is converted to
     its five steps as five human/gpt turns (paper Sec. 3.3: high-consistency CoD captions become
@@ -217,5 +218,5 @@ def to_curated(kept_rows: Sequence[Mapping], cycle: int, conversation_threshold:
             model=winner.get("model"),
             conversation=convert,
         )
-        records.append(CuratedRecord(id=row["id"], conversations=conversations, sicog=provenance, image=image).to_row())
+        records.append(CuratedRecord(id=row["id"], conversations=conversations, sicog=provenance, image=image, system=winner.get("system")).to_row())
     return records

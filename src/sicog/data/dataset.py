@@ -7,17 +7,27 @@
 
 `SourceData` is one source: its reader (see formats.py), the `limit` subset and per-row
 normalization. Indexing makes one streaming pass per source that keeps, per row, only its position
-and an 8-byte hash of its id; duplicate ids inside a source (first occurrence wins, as in
-`records.validate_records`) are found from those hashes. Memory is O(rows x 16 bytes), independent
-of record and image sizes; no record is cached. For Hugging Face sources only the `id` column is
-read at indexing time, so rows without an id column (content ids) are not checked for duplicates.
+and an 8-byte hash of its id. Memory is O(rows x 16 bytes), independent of record and image sizes;
+no record is cached. For Hugging Face sources only the `id` column is read at indexing time, so
+rows without an id column (content ids) are not checked for repeats.
+
+Repeated ids inside a source (the public LLaVA-665k file reuses ids, text-only rows among them):
+only the rows whose id hash occurs more than once are read again at indexing time, and compared by
+the content hash of `normalize.content_id` (the row's canonical JSON, its `id` left out).
+- Same id, same content as an earlier selected row: an exact repeat, quarantined as "duplicate id".
+- Same id, different content: both are kept. The content of the id's first row in the file keeps
+  the id; any other content gets `<id>~<16 hex digits>`, the digits of its own content id (so
+  `<source>/<id>~<hex>` once namespaced). The new id depends only on the file's content, never on
+  the `limit` subset, the seed, the reader or the run; `meta.source_id` says `<id>~<hex>` too.
 
 Records and annotation files in s3:// are fetched once to a temporary local copy for the life of
 the reader (JSON needs seeking; arrow needs memory-mapping); images are never copied in bulk.
 
 A bad row never raises out of `batches()`: it comes back in `batch.quarantined` as
-`{"role", "source", "row", "id"?, "reason", "detail", "raw"}`. `data[i]` raises `Quarantined` (with
-`.row`, the same dict) for a bad row.
+`{"role", "source", "row", "id", "reason", "detail", "raw"}`. `data[i]` raises `Quarantined` (with
+`.row`, the same dict) for a bad row. `id` is the id the record would have had (namespaced
+`<source>/<id>` unless the source says `prefix_ids: false`), or None for a row without one that can
+be read (malformed JSON, not an object).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from sicog import store
 from sicog.data.catalog import Catalog, Source
 from sicog.data.formats import HFRows, Malformed, detect_format, open_rows
 from sicog.data.images import decode_image, embedded_image_uri, image_uri, read_image_bytes
-from sicog.data.normalize import Quarantined, normalize, record_id
+from sicog.data.normalize import Quarantined, content_id, normalize, record_id
 from sicog.errors import UserError
 from sicog.prompts.cot import convert_llava_cot_items
 
@@ -54,6 +64,14 @@ def _key(obj: Any) -> int:
     return int.from_bytes(hashlib.blake2b(rid.encode("utf-8"), digest_size=8).digest(), "big") or 1
 
 
+REPEAT = "~"  # <id>~<hex>: a later row of a repeated id with content of its own (see the module docstring)
+
+
+def _in(sorted_rows: np.ndarray, row: int) -> bool:
+    k = int(np.searchsorted(sorted_rows, row))
+    return k < len(sorted_rows) and int(sorted_rows[k]) == row
+
+
 class SourceData:
     """One catalog source of one role: a sequence of normalized records (llava-cot rows count twice)."""
 
@@ -61,7 +79,8 @@ class SourceData:
         self.source, self.role, self.name = source, role, source.name
         self._reader = None
         self._rows: np.ndarray | None = None  # selected row numbers, in file order
-        self._duplicates: set[int] = set()  # positions (in _rows) of repeated ids
+        self._duplicates = np.zeros(0, np.int64)  # file rows that repeat an earlier selected row exactly (sorted)
+        self._renamed = np.zeros(0, np.int64)  # file rows whose id gets ~<content hex> (sorted)
         self._local = contextlib.ExitStack()
         weakref.finalize(self, self._local.close)
         self.per_row = 2 if source.format == "llava-cot" else 1
@@ -99,13 +118,39 @@ class SourceData:
         if self.source.limit is not None and self.source.limit < len(rows):
             rng = np.random.default_rng(self.source.seed)
             rows = np.sort(rng.choice(len(rows), self.source.limit, replace=False))
-        selected = np.frombuffer(keys, dtype=np.uint64)[rows] if len(keys) else np.zeros(0, np.uint64)
-        order = np.argsort(selected, kind="stable")  # stable: the first occurrence of an id sorts first
-        ranked = selected[order]
-        repeated = (ranked[1:] == ranked[:-1]) & (ranked[1:] != 0)
-        self._duplicates = set(order[1:][repeated].tolist())
-        self._reader, self._rows = reader, rows
+        self._reader = reader
+        self._find_repeats(np.frombuffer(keys, dtype=np.uint64) if len(keys) else np.zeros(0, np.uint64), rows)
+        self._rows = rows
         return self
+
+    def _find_repeats(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Renamed rows (over the whole file) and exact repeats (among the selected `rows`) of the ids
+        whose hash occurs more than once; only those rows are read again."""
+        order = np.argsort(keys, kind="stable")
+        ranked = keys[order]
+        same = (ranked[1:] == ranked[:-1]) & (ranked[1:] != 0)
+        members = np.zeros(len(keys), dtype=bool)
+        members[order[1:][same]] = True
+        members[order[:-1][same]] = True
+        selected = np.zeros(len(keys), dtype=bool)
+        selected[rows] = True
+        first_content: dict[str, str] = {}  # per repeated id: the content hash of its first row in the file
+        seen: set[tuple[str, str]] = set()  # (id, content hash) of the selected rows so far
+        duplicates, renamed = [], []
+        for row in np.flatnonzero(members).tolist():  # file order
+            raw = self._reader.row(row)
+            if not isinstance(raw, dict):
+                continue
+            rid, _ = record_id(raw)
+            digest = content_id(raw)
+            if first_content.setdefault(rid, digest) != digest:
+                renamed.append(row)
+            if selected[row]:
+                if (rid, digest) in seen:
+                    duplicates.append(row)
+                seen.add((rid, digest))
+        self._duplicates = np.asarray(duplicates, dtype=np.int64)
+        self._renamed = np.asarray(renamed, dtype=np.int64)
 
     def __len__(self) -> int:
         self.open()
@@ -113,7 +158,10 @@ class SourceData:
 
     # --- records ---
 
-    def _quarantined(self, row: int, reason: str, detail: str, raw: Any, rid: Any = None) -> Quarantined:
+    def _quarantined(self, row: int, reason: str, detail: str, raw: Any, rid: str | None = None) -> Quarantined:
+        """The Quarantined of a bad row; its `.row` carries the id the record would have had (namespaced)."""
+        if rid is not None and self.source.prefix_ids:
+            rid = f"{self.name}/{rid}"
         exc = Quarantined(reason, detail)
         text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=lambda b: f"<{len(b)} bytes>" if isinstance(b, bytes) else str(b))
         exc.row = {"role": self.role, "source": self.name, "row": row, "id": rid, "reason": reason, "detail": detail, "raw": text[:500]}
@@ -130,8 +178,11 @@ class SourceData:
         if isinstance(raw, Malformed):
             raise self._quarantined(row, "malformed JSON", str(raw).partition(": ")[2], raw.raw)
         rid = record_id(raw)[0] if isinstance(raw, dict) else None
-        if pos in self._duplicates:
-            raise self._quarantined(row, "duplicate id", f"{self.name}/{rid} appears earlier in this source", raw, rid)
+        if rid is not None and _in(self._renamed, row):
+            rid = f"{rid}{REPEAT}{content_id(raw).removeprefix('sha256-')}"
+            raw = {**raw, "id": rid}
+        if _in(self._duplicates, row):
+            raise self._quarantined(row, "duplicate id", f"{self.name}/{rid} appears earlier in this source with the same content", raw, rid)
         try:
             rec = self._convert(raw, row, twin)
             return normalize(rec, self.role, self.name, row, prefix_ids=self.source.prefix_ids)

@@ -103,9 +103,11 @@ class LocalSampler:
         has_image = "image" in req
         if not self.multimodal:
             # Plain string content: any LM's own chat template renders it (ours renders it as a text item).
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": req["prompt"]}], add_generation_prompt=True, tokenize=False)
+            system = [{"role": "system", "content": req["system"]}] if req.get("system") else []
+            messages = [*system, {"role": "user", "content": req["prompt"]}]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         human = f"{IMAGE_TOKEN}\n{req['prompt']}" if has_image else req["prompt"]
-        messages = to_messages([{"from": "human", "value": human}], has_image=has_image)
+        messages = to_messages([{"from": "human", "value": human}], has_image=has_image, system=req.get("system"))
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _row(self, req: dict, text: str | None, error: str | None = None) -> dict:

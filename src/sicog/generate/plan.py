@@ -6,8 +6,9 @@ candidate; each request carries its record id, candidate index and seed so that 
 joins on ids, never on positions.
 
 Input: validated source records (`sicog.records`). Output: requests
-`{"id", "task", "format", "index", "seed", "prompt", "image"?}`; `prompt` is the user text without
-the `<image>` marker (the sampler adds it for image requests).
+`{"id", "task", "format", "index", "seed", "prompt", "image"?, "system"?}`; `prompt` is the user text
+without the `<image>` marker (the sampler adds it for image requests); `system` is the record's
+system prompt, which the samplers send as a system message before the prompt.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def plan_requests(records: list[dict], task: Task, plan: dict[str, int] | int, c
                 }
                 if task != "text":
                     req["image"] = rec["image"]
+                if rec.get("system"):
+                    req["system"] = rec["system"]
                 requests.append(req)
                 index += 1
     return requests

@@ -96,11 +96,13 @@ def image_data_uri(image: str, root: str | Path | None, edge: int = 0) -> str:
 
 
 def chat_messages(req: dict, image_root: str | Path, edge: int = 0) -> list[dict]:
-    """The request's user turn in OpenAI/TGI chat format: image part first (as in LLaVA data), then text."""
+    """The request's user turn in OpenAI/TGI chat format: image part first (as in LLaVA data), then text;
+    after a system message when the request has a `system` prompt."""
+    system = [{"role": "system", "content": req["system"]}] if req.get("system") else []
     if "image" not in req:
-        return [{"role": "user", "content": req["prompt"]}]
+        return [*system, {"role": "user", "content": req["prompt"]}]
     url = image_data_uri(req["image"], image_root, edge)
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": req["prompt"]}]}]
+    return [*system, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": req["prompt"]}]}]
 
 
 def prompt_groups(requests: list[dict], share: bool) -> list[list[dict]]:
@@ -108,8 +110,8 @@ def prompt_groups(requests: list[dict], share: bool) -> list[list[dict]]:
     else one group per request. plan_requests lists a record's candidates together, format by format."""
     groups: list[list[dict]] = []
     for req in requests:
-        key = (req["id"], req["prompt"], req.get("image"))
-        if share and groups and (groups[-1][0]["id"], groups[-1][0]["prompt"], groups[-1][0].get("image")) == key:
+        key = (req["id"], req["prompt"], req.get("image"), req.get("system"))
+        if share and groups and (groups[-1][0]["id"], groups[-1][0]["prompt"], groups[-1][0].get("image"), groups[-1][0].get("system")) == key:
             groups[-1].append(req)
         else:
             groups.append([req])

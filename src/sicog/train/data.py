@@ -6,7 +6,8 @@ template's `{% generation %}` spans to tokens. Re-deriving any of that by hand w
 copy of the template that could drift from the one generation uses.
 
 Loss mask (paper: standard LLaVA SFT): every token of every gpt turn, including its closing
-<|im_end|>, is a label; the system/user turns, role headers and image tokens are -100.
+<|im_end|>, is a label; the system/user turns, role headers and image tokens are -100. A record's
+`system` field (normalized from `{"from": "system"}` turns) is rendered as a first system message.
 
 Bad input never crashes a stage: a record that is too long, has an unreadable image or is malformed
 is skipped and counted under its reason (the counts go into the stage's train_log.json).
@@ -52,6 +53,14 @@ def _check_turns(rec: dict) -> None:
             raise SkipRecord(MALFORMED, "malformed conversation turn")
     if not any(t["from"] == "gpt" for t in conv):
         raise SkipRecord(NO_ANSWER)
+    system = rec.get("system")
+    if system is not None and not (isinstance(system, str) and system.strip()):
+        raise SkipRecord(MALFORMED, "the system prompt is not a non-empty text")
+
+
+def record_messages(rec: dict) -> list[dict]:
+    """A checked record's chat messages: its `system` prompt first (when it has one), then its turns."""
+    return to_messages(rec["conversations"], has_image=rec.get("image") is not None, system=rec.get("system"))
 
 
 def load_image(image: str, image_root: str | Path | None) -> Image.Image:
@@ -80,9 +89,10 @@ def encode_record(rec: dict, processor, image_root: str | Path | None, max_lengt
     """One record -> {"id", "input_ids", "labels", "pixel_values"?}, or raises SkipRecord."""
     _check_turns(rec)
     image = rec.get("image")
-    messages = to_messages(rec["conversations"], has_image=image is not None)
+    messages = record_messages(rec)
     if image is not None:
-        messages[0]["content"][0]["image"] = load_image(image, image_root)
+        user = next(m for m in messages if m["role"] == "user")  # the image item leads the first user turn
+        user["content"][0]["image"] = load_image(image, image_root)
     try:
         # Python lists, not tensors: the assistant-mask pass walks offsets token by token.
         out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
@@ -143,7 +153,7 @@ class LazyRecords(torch.utils.data.Dataset):
                 local = _local_image(rec["image"], image_root) if rec.get("image") is not None else None
                 if local is not None:
                     check_image(local)
-                messages = to_messages(rec["conversations"], has_image=rec.get("image") is not None)
+                messages = record_messages(rec)
                 texts.append(processor.apply_chat_template(messages, tokenize=False))
             except SkipRecord as exc:
                 self.skipped[exc.reason] += 1
