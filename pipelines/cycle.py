@@ -112,10 +112,13 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
         return _train(config, "instruct", "base", f"{label}/instruct", pretrain.outputs["Output"], world)
 
     def _evaluate(task):
-        """The evaluate task: a GPU task; with eval.benchmarks in the lmms-eval image, with the judge's key."""
+        """The evaluate task: a GPU task; with eval.benchmarks in the lmms-eval image, with the judge's key
+        and the benchmarks' dataset cache (a PVC mounted at eval.datasets_cache, else fetched from the store)."""
         place(task.set_display_name("evaluate"), cluster, cache=True, gpus=1)
         if cluster is not None and compiled_for.eval.benchmarks:
             task.set_container_image(cluster.eval_image)
+            if cluster.datasets_pvc:
+                kubernetes.mount_pvc(task, pvc_name=cluster.datasets_pvc, mount_path=compiled_for.eval.datasets_cache)
             if cluster.judge_secret:
                 key = compiled_for.eval.judge_key_env
                 kubernetes.use_secret_as_env(task, secret_name=cluster.judge_secret, secret_key_to_env={key: key})

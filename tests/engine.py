@@ -51,6 +51,7 @@ def engine_parser(engine: str) -> argparse.ArgumentParser:
         p.add_argument("--max-num-seqs", dest="batch", type=int, default=256)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--tensor-parallel-size", dest="tp", type=int, default=1)
+        p.add_argument("--dtype", default="auto", choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
     elif engine == "sglang":  # `python -m sglang.launch_server ...`
         p.add_argument("--model-path", dest="model", required=True)
         p.add_argument("--served-model-name", dest="served")
@@ -59,6 +60,7 @@ def engine_parser(engine: str) -> argparse.ArgumentParser:
         p.add_argument("--max-running-requests", dest="batch", type=int, default=256)
         p.add_argument("--random-seed", dest="seed", type=int)
         p.add_argument("--tp-size", dest="tp", type=int, default=1)
+        p.add_argument("--dtype", default="auto", choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
         p.add_argument("--enable-metrics", action="store_true")
         p.add_argument("--enable-deterministic-inference", dest="deterministic", action="store_true")
     elif engine == "tgi":  # `text-generation-launcher ...`
@@ -67,6 +69,7 @@ def engine_parser(engine: str) -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=3000)
         p.add_argument("--max-concurrent-requests", dest="batch", type=int, default=128)
         p.add_argument("--num-shard", dest="tp", type=int, default=1)
+        p.add_argument("--dtype", choices=["float16", "bfloat16"])  # TGI's choices: no float32
     else:
         raise SystemExit(f"engine.py: unknown engine {engine}")
     return p

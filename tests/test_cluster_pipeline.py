@@ -13,7 +13,7 @@ import yaml
 
 from kfpapi import KfpApi
 from sicog import lineage, store
-from sicog.config import load_config, parameter_dict
+from sicog.config import ConfigError, load_config, parameter_dict
 from sicog.pipelines.run import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,25 @@ def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
             assert not cached, name  # they read the store's current state or publish the run
         if name.startswith(("make-world", "init-model", "train", "score", "curate", "evaluate")):
             assert cached, name
+
+
+def test_evaluate_tasks_carry_the_paper_benchmarks_and_their_dataset_cache(tmp_path):
+    """The paper config compiled: evaluate tasks run the lmms-eval image with the paper's benchmarks through
+    vLLM in bf16, reading the dataset cache from the store; with cluster.datasets_pvc the PVC is mounted there."""
+    cfg, ir, k8s, tasks = _compiled(tmp_path)
+    config = ir["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
+    assert config["eval"]["benchmarks"] == ["mmstar", "ai2d", "scienceqa_img", "pope", "seedbench", "chartqa", "docvqa_val", "ocrbench"]
+    assert (config["eval"]["backend"], config["train"]["bf16"]) == ("vllm", True)
+    assert config["eval"]["datasets_cache"].startswith("s3://")
+    evaluators = [e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-evaluate")]
+    assert evaluators and all(ir["deploymentSpec"]["executors"][e]["container"]["image"] == cfg.cluster.eval_image for e in evaluators)
+    assert not any("pvcMount" in k8s[e] for e in evaluators)
+    cfg, ir, k8s, tasks = _compiled(tmp_path, ["cluster.datasets_pvc=benchmark-datasets", "eval.datasets_cache=/datasets"])
+    for executor in evaluators:
+        assert k8s[executor]["pvcMount"] == [{"constant": "benchmark-datasets", "mountPath": "/datasets", "pvcNameParameter": {"runtimeValue": {"constant": "benchmark-datasets"}}}]
+    assert not any("pvcMount" in spec for name, spec in k8s.items() if name not in evaluators)
+    with pytest.raises(ConfigError, match="absolute path"):
+        load_config(PAPER, ["cluster.datasets_pvc=benchmark-datasets"])
 
 
 def test_torchrun_trainer_puts_the_gpus_on_the_train_tasks(tmp_path):

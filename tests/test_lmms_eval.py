@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from sicog.cli import app
 from sicog.config import EvalConfig, WorldConfig
 from sicog.data import read_role, run_catalog
 from sicog.errors import UserError
@@ -324,3 +326,128 @@ def test_evaluate_step_merges_benchmarks_into_the_heldout_schema(world_model, tm
     step = json.loads((tmp_path / "eval" / "step.json").read_text())
     assert step["base"]["benchmark_seconds"] > 0 and step["base"]["heldout_seconds"] > 0
     assert step["base"]["sicog_heldout_vqa"] == base["sicog_heldout_vqa"]
+
+
+# --- the benchmarks' data: a dataset cache filled once, evaluate offline on it; the vLLM backend ------
+
+
+def _lmms_eval_dir(python: Path) -> Path:
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('lmms_eval').submodule_search_locations[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip())
+
+
+def test_benchmark_datasets_are_the_installed_task_datasets():
+    """What prefetch fills and evaluate checks is each lmms-eval task YAML's own dataset_path."""
+    configs = _task_configs(_lmms_eval_dir(_eval_python()) / "tasks")
+    assert set(lmms.DATASETS) == set(lmms.BENCHMARKS) - set(lmms.HELDOUT_EQUIVALENT)
+    for name, repo in lmms.DATASETS.items():
+        assert configs[name]["dataset_path"] == repo, name
+
+
+# MMStar's real columns (Lin-Chen/MMStar, split val), two rows of its kind, written by `datasets` itself
+# into its own cache layout, as a `load_dataset("Lin-Chen/MMStar")` with the network on leaves it
+# (the folder and file names are datasets' CachedDatasetModuleFactory's): what prefetch publishes.
+_MMSTAR_CACHE = r"""
+import io, os, sys
+from pathlib import Path
+import datasets
+from datasets.naming import camelcase_to_snakecase
+from PIL import Image
+from typer.testing import CliRunner
+
+home, work = Path(sys.argv[1]), Path(sys.argv[2])
+def png(color):
+    buf = io.BytesIO(); Image.new("RGB", (64, 64), color).save(buf, format="PNG"); return {"bytes": buf.getvalue(), "path": None}
+rows = [
+    {"index": 0, "question": "What is the color of the shape in the image?\nOptions: A: red, B: blue, C: green, D: yellow",
+     "image": png((220, 30, 30)), "answer": "A", "category": "coarse perception", "l2_category": "image scene and topic",
+     "meta_info": {"source": "MMBench", "split": "val", "image_path": "images/0.jpg"}},
+    {"index": 1, "question": "Which option describes the image?\nOptions: A: a cat, B: a blue square, C: a tree, D: a car",
+     "image": png((30, 30, 220)), "answer": "B", "category": "fine-grained perception", "l2_category": "attribute recognition",
+     "meta_info": {"source": "SEEDBench", "split": "val", "image_path": "images/1.jpg"}},
+]
+features = datasets.Features({
+    "index": datasets.Value("int64"), "question": datasets.Value("string"), "image": datasets.Image(),
+    "answer": datasets.Value("string"), "category": datasets.Value("string"), "l2_category": datasets.Value("string"),
+    "meta_info": {"source": datasets.Value("string"), "split": datasets.Value("string"), "image_path": datasets.Value("string")},
+})
+datasets.Dataset.from_list(rows, features=features).to_parquet(str(work / "mmstar.parquet"))
+builder = datasets.load_dataset_builder("parquet", data_files={"val": str(work / "mmstar.parquet")}, cache_dir=str(home / "datasets"))
+builder.download_and_prepare()
+[config] = [p for p in (home / "datasets" / "parquet").iterdir() if p.is_dir()]
+config.rename(config.parent / "default")
+name = camelcase_to_snakecase("MMStar")
+for arrow in (home / "datasets" / "parquet").rglob("parquet-val*.arrow"):
+    arrow.rename(arrow.with_name(arrow.name.replace("parquet-", name + "-")))
+(home / "datasets" / "parquet").rename(home / "datasets" / ("Lin-Chen___" + name))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # lmms-eval end to end in the eval environment
+def test_public_benchmark_runs_offline_on_the_dataset_cache(world_model, tmp_path):
+    """eval.datasets_cache: lmms-eval's own mmstar task (its YAML, utils and metric) loads MMStar from the
+    cache with the network off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE), as an evaluate task on a cluster
+    does; a benchmark the cache lacks stops the step with one line before lmms-eval starts."""
+    from sicog.config import SicogConfig
+    from sicog.steps import StepIO
+    from sicog.steps.evaluate import evaluate
+
+    python = _eval_python()
+    root, rows, model = world_model
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    work.mkdir()
+    subprocess.run([str(python), "-c", _MMSTAR_CACHE, str(cache), str(work)], check=True, capture_output=True, env={**os.environ, "HF_HOME": str(cache)})
+    (cache / lmms.CACHE_INDEX).write_text(json.dumps({"benchmarks": {"mmstar": "Lin-Chen/MMStar"}}))
+    cfg = SicogConfig(eval=EvalConfig(max_new_tokens=4, batch_size=1, benchmarks=["mmstar"], benchmark_limit=2, datasets_cache=str(cache)))
+    io_ = StepIO("evaluate", str(tmp_path / "eval"), {"world": str(root / "world"), "models": {"base": str(model)}})
+    base = evaluate(cfg, io_)["base"]
+    assert base["mmstar_n"] == 2 and 0.0 <= base["mmstar"] <= 1.0
+    spec = json.loads((tmp_path / "eval" / "base" / "lmms" / "spec_local.json").read_text())
+    assert spec["model"] == "llava_hf" and spec["model_args"]["dtype"] == "float32"  # the config's dtype (train.bf16 off)
+    cfg.eval.benchmarks = ["mmstar", "ai2d"]
+    with pytest.raises(UserError, match=r"lacks ai2d \(lmms-lab-encoder/ai2d\): fill it with `sicog benchmarks prefetch`"):
+        evaluate(cfg, StepIO("evaluate", str(tmp_path / "eval2"), io_.inputs))
+    assert not (tmp_path / "eval2" / "base" / "lmms" / "spec_local.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_prefetch_says_which_benchmark_it_could_not_load(tmp_path, monkeypatch):
+    """Prefetch loads through lmms-eval's own task code; with the hub unreachable (HF_HUB_OFFLINE here)
+    it fails in one line per benchmark, and the CLI publishes nothing."""
+    _eval_python()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["benchmarks", "prefetch", "--set", "eval.benchmarks=[ai2d]", "--out", str(tmp_path / "cache")])
+    assert result.exit_code == 2, result.output
+    assert "benchmarks prefetch: ai2d (lmms-lab-encoder/ai2d): " in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "cache" / lmms.CACHE_INDEX).exists()
+
+
+def test_vllm_backend_spec_is_what_lmms_eval_vllm_takes(world_model, tmp_path):
+    """eval.backend vllm: lmms-eval's VLLM gets the model folder, the config's dtype, a batch of requests
+    and the folder's chat template as a file (its constructor reads a string holding "/" as a path).
+    vLLM needs a GPU, so the spec is checked against the installed VLLM constructor and not run here."""
+    import ast
+
+    python = _eval_python()
+    root, rows, model = world_model
+    with pytest.raises(lmms.LmmsEvalError):  # `false` as the interpreter: the spec is written, nothing runs
+        lmms.run_benchmarks(model, ["ai2d"], tmp_path, backend="vllm", batch_size=32, dtype="bfloat16", max_new_tokens=8, python="/bin/false")
+    spec = json.loads((tmp_path / "spec_local.json").read_text())
+    args = spec["model_args"]
+    assert spec["model"] == "vllm" and spec["chat_template"] is None
+    assert args["model"] == str(Path(model).resolve()) and args["dtype"] == "bfloat16" and args["batch_size"] == 32 and args["max_new_tokens"] == 8
+    assert Path(args["chat_template"]).read_text() == lmms._chat_template(Path(model))
+    tree = ast.parse((_lmms_eval_dir(python) / "models" / "simple" / "vllm.py").read_text())
+    [init] = [
+        f for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "VLLM" for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"
+    ]
+    named = {a.arg for a in init.args.args}
+    assert init.args.kwarg is not None  # the rest (dtype) goes on to vllm.LLM(**kwargs)
+    assert {"model", "batch_size", "max_new_tokens", "chat_template"} <= named

@@ -152,3 +152,24 @@ def test_assemble_puts_every_weight_in_place_and_reloads_identically(tmp_path):
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+    # bf16 (the paper's): the same assembly in bf16 keeps every weight (rounded to bf16), is saved and
+    # reloaded in bf16 at about half the bytes, and loads in the dtype each consumer asks for.
+    half = assemble_model(tmp_path / "clip", tmp_path / "lm", tmp_path / "llava-bf16", seed=0, dtype="bfloat16")
+    size = lambda folder: sum(p.stat().st_size for p in folder.glob("*.safetensors"))  # noqa: E731
+    assert 0.45 < size(half) / size(out) < 0.55, (size(half), size(out))
+    saved, _ = load_model(half, dtype="auto")  # as saved: what sampling loads
+    assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}
+    for k, v in model.state_dict().items():  # the added "<image>" rows are drawn afresh: the checkpoints' rows must match
+        rows = slice(0, n) if k.endswith(("embed_tokens.weight", "lm_head.weight")) else slice(None)
+        assert torch.equal(saved.state_dict()[k][rows], v[rows].to(torch.bfloat16)), k
+    assert {p.dtype for p in load_model(half)[0].parameters()} == {torch.float32}  # fp32 master weights for the plain Trainer
+
+
+def test_weights_dtype_follows_train_bf16():
+    """One switch: train.bf16 decides the dtype of assembling, saving, sampling, serving and evaluation;
+    a training stage loads bf16 only under DeepSpeed (which keeps fp32 master weights itself)."""
+    from sicog.config import TrainConfig
+
+    assert (TrainConfig().weights_dtype, TrainConfig().load_dtype) == ("float32", "float32")
+    assert (TrainConfig(bf16=True).weights_dtype, TrainConfig(bf16=True).load_dtype) == ("bfloat16", "float32")
+    assert TrainConfig(bf16=True, deepspeed="zero2").load_dtype == "bfloat16"

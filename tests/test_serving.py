@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from PIL import Image
 from typer.testing import CliRunner
 
+from engine import engine_parser
 from kubeapi import FakeKube
 from sicog.cli import app
 from sicog.cluster import launcher, serving
@@ -185,6 +186,8 @@ ENGINE_ARGS = {
             "3",
             "--tensor-parallel-size",
             "2",
+            "--dtype",
+            "float32",
         ],
     ),
     "sglang": (
@@ -204,6 +207,8 @@ ENGINE_ARGS = {
             "3",
             "--tp-size",
             "2",
+            "--dtype",
+            "float32",
             "--enable-metrics",
             "--enable-deterministic-inference",
         ],
@@ -228,6 +233,11 @@ def test_engine_command_per_engine_with_extra_args_and_image_override(engine):
         server_manifests(cfg, run_id=RUN, role="backbone", model_uri="/m", namespace=NS)[0]["spec"]["template"]["spec"]["containers"][0]["image"]
         == "registry.example/engine:1"
     )
+    # A bf16 run (the paper's) serves in bf16 on every engine, TGI included; each engine's parser takes it.
+    cfg.train.bf16 = True
+    [c] = server_manifests(cfg, run_id=RUN, role="backbone", model_uri="/m", namespace=NS)[0]["spec"]["template"]["spec"]["containers"]
+    parsed = engine_parser(engine).parse_args(c["args"][:-2])
+    assert parsed.dtype == "bfloat16" and c["args"].count("--dtype") == 1
 
 
 def test_fake_api_refuses_what_the_api_server_refuses(kube):

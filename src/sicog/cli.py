@@ -119,11 +119,11 @@ def model_assemble(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """A LLaVA model from a CLIP tower and an LM on disk, with a fresh projector (paper Sec. 4 set-up)."""
+    """A LLaVA model from a CLIP tower and an LM on disk, with a fresh projector (paper Sec. 4 set-up), in bf16 when the config trains in bf16."""
     from sicog.models import assemble_model
 
     cfg = _config(config, set_)
-    typer.echo(assemble_model(vision, llm, out, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code))
+    typer.echo(assemble_model(vision, llm, out, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.train.weights_dtype))
 
 
 TrainDataOpt = Annotated[str, typer.Option("--data", help=f"Training data, one of: {', '.join(TRAIN_DATA)} (stage dpo: names the task).")]
@@ -381,6 +381,32 @@ def eval_(
     models = dict(m.split("=", 1) if "=" in m else (m.rstrip("/").rsplit("/", 1)[-1], m) for m in model)
     results = evaluate(_config(config, set_), StepIO("evaluate", str(out), {"world": str(world), "models": models}))
     _print({name: {k: v for k, v in r.items() if k != "lineage"} for name, r in results.items()})
+
+
+benchmarks_app = typer.Typer(no_args_is_help=True, help="The public benchmarks' data (eval.benchmarks through lmms-eval).")
+app.add_typer(benchmarks_app, name="benchmarks")
+
+
+@benchmarks_app.command("prefetch")
+@user_errors
+def benchmarks_prefetch(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Where to publish the cache (default: eval.datasets_cache).")] = None,
+):
+    """Fill the benchmarks' dataset cache where the Hugging Face Hub is reachable (lmms-eval's own loading of
+    each eval.benchmarks dataset into an HF_HOME folder) and publish it: evaluate tasks then run offline on it."""
+    from sicog.evaluate.lmms import prefetch
+
+    cfg = _config(config, set_)
+    out = out or cfg.eval.datasets_cache
+    if not out:
+        raise UserError("give --out or set eval.datasets_cache: where the benchmarks' dataset cache is published")
+    if not cfg.eval.benchmarks:
+        raise UserError("eval.benchmarks is empty: no benchmark data to fetch")
+    with store.local_output(out) as folder:
+        index = prefetch(cfg.eval.benchmarks, folder)
+    typer.echo(f"{out}: {', '.join(f'{b} ({repo})' for b, repo in index['benchmarks'].items()) or 'no hub datasets (held-out tasks only)'}")
 
 
 def _summary(metrics: dict) -> None:

@@ -123,7 +123,11 @@ class TrainConfig(_Section):
         False,
         description="Batch records of similar length (LLaVA option): ~15% less padding, but on the demo world it made batches single-task and stalled learning.",
     )
-    bf16: bool = Field(False, description="bf16 autocast (paper: bf16); on CPU only where the processor has bf16 units.")
+    bf16: bool = Field(
+        False,
+        description="bf16 (paper: bf16): stages train under bf16, trained models are saved in bf16, and assembling, sampling and "
+        "evaluation load weights in bf16 (a 7B LLaVA is ~15 GB, not ~30 GB). false: float32 throughout (the CPU demo).",
+    )
     deepspeed: Literal["none", "zero2", "zero3"] = Field(
         "none",
         description="Paper: ZeRO-2. zero3 partitions weights too and saves a consolidated model.safetensors. none: plain Trainer/DDP (the CPU demo: measured faster on a tiny model).",
@@ -151,6 +155,18 @@ class TrainConfig(_Section):
         description="Store URIs of earlier cycles' curated datasets (folders with curated.jsonl) added to "
         "stage 1.5's curated data; set by a series' start from its lineage when carry_curated is on.",
     )
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype models are assembled, stored, sampled and evaluated in: "bfloat16" with bf16, else "float32"."""
+        return "bfloat16" if self.bf16 else "float32"
+
+    @property
+    def load_dtype(self) -> str:
+        """The dtype a training stage loads its model in. DeepSpeed keeps fp32 master weights in its optimizer
+        and runs the module in bf16, so its ranks load bf16 (half the host memory per rank); the plain Trainer's
+        bf16 is autocast, whose optimizer steps the module's own weights, which must therefore be fp32."""
+        return "bfloat16" if self.bf16 and self.deepspeed != "none" else "float32"
 
 
 ENGINE_IMAGES = {
@@ -313,6 +329,17 @@ class EvalConfig(_Section):
         "cluster): lmms-eval needs torchvision, which the main environment's torch cannot load. Empty: held-out only.",
     )
     benchmark_limit: int | None = Field(None, ge=1, description="Documents per benchmark (lmms-eval's limit); null: all of them.")
+    backend: Literal["llava_hf", "vllm"] = Field(
+        "llava_hf",
+        description="lmms-eval's model backend for eval.benchmarks: llava_hf (transformers, one request at a time, CPU or GPU) or "
+        "vllm (vLLM on the task's GPU, batches of eval.batch_size, in the config's dtype: bf16 in the paper's set-up; the eval image needs vllm).",
+    )
+    datasets_cache: str = Field(
+        "",
+        description="The benchmarks' dataset cache (an HF_HOME folder that `sicog eval prefetch` filled): a store URI, fetched by each "
+        "evaluate task, or an absolute path where cluster.datasets_pvc is mounted. lmms-eval then runs offline on it, and a benchmark "
+        "that is not in it stops the task with one line. Empty: lmms-eval downloads from the Hugging Face Hub itself (where the network allows).",
+    )
     judge_endpoint: str = Field(
         "",
         description="OpenAI-compatible base URL of the judge model of judged benchmarks (mmbench_en_dev, mmvet, mathvista_testmini_format), e.g. http://judge:8000/v1.",
@@ -409,6 +436,11 @@ class ClusterConfig(_Section):
         "ghcr.io/sicog-project/sicog-eval:0.1.0",
         description="CUDA image with lmms-eval's environment (images/eval/Dockerfile) of the evaluate task when eval.benchmarks is set.",
     )
+    datasets_pvc: str = Field(
+        "",
+        description="A PersistentVolumeClaim holding the benchmarks' dataset cache, mounted read-only in evaluate tasks at eval.datasets_cache "
+        "(an absolute path); empty: evaluate tasks fetch eval.datasets_cache from the store.",
+    )
     judge_secret: str = Field(
         "", description="Existing Secret holding the judge's API key under the key eval.judge_key_env, exposed as env to the evaluate task."
     )
@@ -477,6 +509,8 @@ class SicogConfig(_Section):
         if self.train.step1 == "dpo" and self.cluster.trainer in ("trainjob", "pytorchjob"):
             # The pairs need the warm-up model's answers before any rank trains: not split across a job yet.
             raise ValueError("train.step1: dpo runs with cluster.trainer torchrun only (its pairs are made before training)")
+        if self.cluster.datasets_pvc and not self.eval.datasets_cache.startswith("/"):
+            raise ValueError("cluster.datasets_pvc: set eval.datasets_cache to the absolute path to mount it at (e.g. /datasets)")
         return self
 
 

@@ -202,10 +202,13 @@ def init_model(out_dir: str | Path, texts: Iterable[str], cfg: ModelConfig, imag
     return out_dir
 
 
-def load_model(path: str | Path, trust_remote_code: bool = False):
-    """(model, processor) from a directory, on CPU in float32, in eval mode."""
+def load_model(path: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
+    """(model, processor) from a directory, on CPU in `dtype` ("float32"; "bfloat16" where the config
+    trains in bf16: TrainConfig.weights_dtype / load_dtype; "auto": as saved), in eval mode."""
     hf_logging.disable_progress_bar()  # sicog shows rich progress; tqdm bars would interleave with it
-    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
     processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     model.eval()
     return model, processor
@@ -288,14 +291,17 @@ def training_chat_template(tokenizer, llm_dir: str | Path) -> str:
     raise UserError(f"{llm_dir}: the chat template has no {{% generation %}} markers and is neither ChatML nor Llama 3's; add the markers")
 
 
-def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0, trust_remote_code: bool = False) -> Path:
+def assemble_model(
+    vision_dir: str | Path, llm_dir: str | Path, out_dir: str | Path, seed: int = 0, trust_remote_code: bool = False, dtype: str = "float32"
+) -> Path:
     """A LLaVA model from a CLIP checkpoint and a causal LM checkpoint on disk, saved to `out_dir`.
 
     The paper's set-up (Sec. 4): CLIP-ViT-L/14-336 features from layer -2 (patch tokens, CLS dropped)
     -> a fresh 2-layer GELU projector -> Qwen2-7B-Instruct or Llama-3.1-8B-Instruct. The vision
     tower and the LM keep their weights exactly; the projector is the only new module (seeded). The
     LM's tokenizer gets an "<image>" token (embeddings resized when its vocabulary has no spare row)
-    and the processor gets `training_chat_template`, checked before any weight is loaded.
+    and the processor gets `training_chat_template`, checked before any weight is loaded. Weights are
+    loaded, built and saved in `dtype` (bf16: a 7B LLaVA is ~15 GB on disk and in memory, not ~30 GB).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
@@ -303,8 +309,9 @@ def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | P
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), trust_remote_code=trust_remote_code)
     template = training_chat_template(tokenizer, llm_dir)
-    vision = CLIPVisionModel.from_pretrained(str(vision_dir), dtype=torch.float32)
-    lm = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    torch_dtype = getattr(torch, dtype)
+    vision = CLIPVisionModel.from_pretrained(str(vision_dir), dtype=torch_dtype)
+    lm = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.chat_template = template
     if tokenizer.pad_token is None:
@@ -335,7 +342,7 @@ def assemble_model(vision_dir: str | Path, llm_dir: str | Path, out_dir: str | P
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    model = LlavaForConditionalGeneration._from_config(config, dtype=torch_dtype)  # built in dtype: no fp32 copy of a 7B model
     model.model.vision_tower.load_state_dict(vision.state_dict())
     lm_state = lm.state_dict()
     model.model.language_model.load_state_dict({k.removeprefix("model."): v for k, v in lm_state.items() if k.startswith("model.")})

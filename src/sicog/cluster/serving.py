@@ -116,6 +116,7 @@ def engine_command(cfg, role: str) -> tuple[list[str], list[str]]:
     chart's PodMonitor scrapes it (helm/sicog, monitoring.enabled)."""
     s, srv = cfg.sample, cfg.sample.server
     port, batch, tp = str(srv.port), str(s.concurrency), str(srv.gpus)
+    dtype = cfg.train.weights_dtype  # the dtype the cycle's models are saved in (bf16 in the paper's set-up)
     if s.engine == "vllm":
         return ["vllm", "serve"], [
             MODEL_DIR,
@@ -131,6 +132,8 @@ def engine_command(cfg, role: str) -> tuple[list[str], list[str]]:
             str(cfg.seed),
             "--tensor-parallel-size",
             tp,
+            "--dtype",
+            dtype,
         ]
     if s.engine == "sglang":
         return ["python3", "-m", "sglang.launch_server"], [
@@ -148,11 +151,14 @@ def engine_command(cfg, role: str) -> tuple[list[str], list[str]]:
             str(cfg.seed),
             "--tp-size",
             tp,
+            "--dtype",
+            dtype,
             "--enable-metrics",  # /metrics: off by default
             "--enable-deterministic-inference",
         ]  # else SGLang ignores each request's seed (sampling_seed)
     if s.engine == "tgi":
-        return [], ["--model-id", MODEL_DIR, "--hostname", "0.0.0.0", "--port", port, "--max-concurrent-requests", batch, "--num-shard", tp]
+        tgi_dtype = ["--dtype", dtype] if dtype == "bfloat16" else []  # TGI's --dtype knows float16 and bfloat16 only
+        return [], ["--model-id", MODEL_DIR, "--hostname", "0.0.0.0", "--port", port, "--max-concurrent-requests", batch, "--num-shard", tp, *tgi_dtype]
     raise UserError(f"sample.engine {s.engine}: nothing to deploy (served engines: {', '.join(SERVED_ENGINES)})")
 
 

@@ -26,6 +26,21 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     HELDOUT_VQA: ("exact_match", 1.0),
     HELDOUT_CAPTION: ("attribute_recall", 1.0),
 }
+# benchmark -> the Hugging Face dataset repository its lmms-eval 0.7.3 task YAML loads (dataset_path):
+# what `sicog eval prefetch` downloads into the benchmarks' dataset cache, and what evaluate checks is there.
+DATASETS: dict[str, str] = {
+    "mmstar": "Lin-Chen/MMStar",
+    "ai2d": "lmms-lab-encoder/ai2d",
+    "scienceqa_img": "lmms-lab-encoder/ScienceQA",
+    "pope": "lmms-lab-encoder/POPE",
+    "mmbench_en_dev": "lmms-lab-encoder/MMBench",
+    "chartqa": "lmms-lab-encoder/ChartQA",
+    "docvqa_val": "lmms-lab-encoder/DocVQA",
+    "ocrbench": "echo840/OCRBench",
+    "seedbench": "lmms-lab-encoder/SEED-Bench",
+    "mmvet": "lmms-lab-encoder/MMVet",
+    "mathvista_testmini_format": "AI4Math/MathVista",
+}
 # Scored by an OpenAI-compatible judge. MMBench's evaluator posts to OPENAI_API_URL as the full
 # chat-completions URL; lmms_eval.llm_judge (MMVet, MathVista) takes it as the API base URL.
 JUDGED = {"mmbench_en_dev": "full_url", "mmvet": "base_url", "mathvista_testmini_format": "base_url"}

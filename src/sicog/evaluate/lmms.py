@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 
 # The benchmark table lives in an import-free module that sicog.config reads too; re-exported here.
 from sicog.errors import UserError
-from sicog.evaluate.benchmarks import BENCHMARKS, HELDOUT_CAPTION, HELDOUT_EQUIVALENT, HELDOUT_VQA, JUDGED
+from sicog.evaluate.benchmarks import BENCHMARKS, DATASETS, HELDOUT_CAPTION, HELDOUT_EQUIVALENT, HELDOUT_VQA, JUDGED
 
 EVAL_PYTHON_ENV = "SICOG_EVAL_PYTHON"
 _MODEL_KEY_ENV = "SICOG_LMMS_MODEL_API_KEY"
@@ -190,6 +191,56 @@ def write_heldout_tasks(rows: list[dict], image_root: str | Path | None, task_di
     return names
 
 
+# --- the benchmarks' dataset cache ----------------------------------------------------------------
+
+# Written by `prefetch` beside the HF_HOME content it filled: which benchmarks' data the cache holds.
+CACHE_INDEX = "sicog-benchmarks.json"
+
+
+def offline_env(cache: Path) -> dict[str, str]:
+    """lmms-eval on a filled dataset cache, never the network: `datasets` loads a hub dataset offline
+    from HF_HOME/datasets (the arrow tables `load_dataset` prepared when the cache was filled)."""
+    return {"HF_HOME": str(Path(cache).resolve()), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def check_cache(benchmarks: list[str], cache: Path, where: str) -> None:
+    """One line naming what is missing, instead of a crash inside lmms-eval with the network off."""
+    index = Path(cache) / CACHE_INDEX
+    held = json.loads(index.read_text()).get("benchmarks", {}) if index.is_file() else {}
+    missing = [b for b in benchmarks if b in DATASETS and b not in held]
+    if missing:
+        names = ", ".join(f"{b} ({DATASETS[b]})" for b in missing)
+        raise UserError(f"eval.datasets_cache {where} lacks {names}: fill it with `sicog benchmarks prefetch` where the Hugging Face Hub is reachable")
+
+
+def prefetch(benchmarks: list[str], hf_home: str | Path, *, python: str | Path | None = None, timeout: float | None = None) -> dict:
+    """Fill `hf_home` with the datasets of `benchmarks`, loaded by lmms-eval's own task code (each
+    task's dataset_path, dataset_name and dataset_kwargs) in the eval environment, and index them in
+    CACHE_INDEX. Returns the index; UserError naming each benchmark that could not be loaded."""
+    public = [b for b in benchmarks if b in DATASETS]
+    python = Path(python) if python else eval_python()
+    if python is None or not python.exists():
+        raise LmmsEvalError(f"no lmms-eval environment: create .venv-eval from requirements-eval.lock or set {EVAL_PYTHON_ENV}")
+    hf_home = Path(hf_home)
+    hf_home.mkdir(parents=True, exist_ok=True)
+    spec = {"prefetch": public, "results": str(hf_home / "prefetch-results.json")}
+    spec_path = hf_home / "prefetch-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HOME": str(hf_home.resolve()), "PYTHONPATH": _sicog_path(hf_home / ".sicog"), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([str(python), "-m", "sicog.evaluate.lmms", str(spec_path)], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise LmmsEvalError(f"lmms-eval exited {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}")
+    failed = json.loads(Path(spec["results"]).read_text())["failed"]
+    for name in ("prefetch-spec.json", "prefetch-results.json"):
+        (hf_home / name).unlink()
+    shutil.rmtree(hf_home / ".sicog", ignore_errors=True)
+    if failed:
+        raise UserError("benchmarks prefetch: " + "; ".join(f"{b} ({DATASETS[b]}): {reason}" for b, reason in failed.items()))
+    index = {"benchmarks": {b: DATASETS[b] for b in public}}
+    (hf_home / CACHE_INDEX).write_text(json.dumps(index, indent=1))
+    return index
+
+
 # --- running lmms-eval ----------------------------------------------------------------------------
 
 
@@ -207,7 +258,9 @@ def run_benchmarks(
     backend: str = "llava_hf",
     model_args: dict | None = None,
     device: str = "cpu",
+    dtype: str = "float32",
     chat_template: str | None = None,
+    datasets_cache: str | Path | None = None,
     python: str | Path | None = None,
     timeout: float | None = None,
 ) -> dict:
@@ -217,8 +270,11 @@ def run_benchmarks(
     backend "llava_hf": `model` is a saved LLaVA folder, loaded with its processor; the chat template
     (`chat_template`, else the folder's own) is set explicitly on lmms-eval's model, so lmms-eval's
     Vicuna fallback never applies;
-    lmms-eval's llava_hf decodes one request at a time (batch_size must be 1). backend "openai":
-    `model` is the served model's name and `model_args` carries base_url (and api_key). Raw lmms-eval
+    lmms-eval's llava_hf decodes one request at a time (batch_size must be 1). backend "vllm": `model`
+    is a saved LLaVA folder that lmms-eval's vLLM backend loads on the GPU in `dtype`, batch_size
+    requests at a time, with the folder's chat template. backend "openai": `model` is the served
+    model's name and `model_args` carries base_url (and api_key). `datasets_cache`: a filled dataset
+    cache (`prefetch`), on which lmms-eval runs offline (`check_cache` first). Raw lmms-eval
     results, per-sample predictions and wall times land in `out_dir` (results_<group>.json,
     predictions_<task>.jsonl, scores.json).
     """
@@ -241,10 +297,18 @@ def run_benchmarks(
         include_path = out_dir / "tasks"
         tasks += write_heldout_tasks(heldout_rows, image_root, include_path, max_new_tokens=max_new_tokens)
     args = {"batch_size": batch_size, **(model_args or {})}
+    if datasets_cache is not None:
+        check_cache(benchmarks, Path(datasets_cache), str(datasets_cache))
     if backend == "llava_hf":
         # device_map: llava_hf's default "" is refused by transformers 5 (from_pretrained wants a device name).
-        args = {"pretrained": str(Path(model).resolve()), "device": device, "device_map": device, "dtype": "float32", **args}
+        args = {"pretrained": str(Path(model).resolve()), "device": device, "device_map": device, "dtype": dtype, **args}
         template = chat_template or _chat_template(Path(model))
+    elif backend == "vllm":
+        # lmms-eval's VLLM takes the template as a file path (a template string holding "/" would be read as one).
+        template_file = out_dir / "chat_template.jinja"
+        template_file.write_text(chat_template or _chat_template(Path(model)) or "")
+        args = {"model": str(Path(model).resolve()), "dtype": dtype, "max_new_tokens": max_new_tokens, "chat_template": str(template_file), **args}
+        template = None
     else:
         args = {"model_version": str(model), **args}
         template = None
@@ -271,6 +335,7 @@ def run_benchmarks(
             **os.environ,
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONPATH": _sicog_path(out_dir),
+            **(offline_env(Path(datasets_cache)) if datasets_cache is not None else {}),
             **(judge.env(style) if judge and style != "local" else {}),
             **({_MODEL_KEY_ENV: str(model_key)} if model_key is not None else {}),
         }
@@ -334,8 +399,25 @@ def _write_predictions(raw: dict, out_dir: Path) -> None:
 # --- the eval side (runs in the lmms-eval environment) --------------------------------------------
 
 
+def _prefetch_main(spec: dict) -> None:
+    """Load each benchmark's dataset the way lmms-eval's task does (its own download()), into HF_HOME."""
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager()
+    failed = {}
+    for name in spec["prefetch"]:
+        try:
+            get_task_dict([name], manager)
+        except Exception as exc:  # noqa: BLE001 - each benchmark's failure is reported, the others still load
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    Path(spec["results"]).write_text(json.dumps({"failed": failed}))
+
+
 def _main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    if "prefetch" in spec:
+        _prefetch_main(spec)
+        return
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.models import get_model
     from lmms_eval.tasks import TaskManager

@@ -39,13 +39,13 @@ from sicog.models import load_model, num_image_tokens, to_messages
 from sicog.records import IMAGE_TOKEN
 
 
-def _load_causal_lm(model_dir: Path, trust_remote_code: bool):
-    """(model, tokenizer) of a text-only causal-LM folder, on CPU in float32, in eval mode."""
+def _load_causal_lm(model_dir: Path, trust_remote_code: bool, dtype: str):
+    """(model, tokenizer) of a text-only causal-LM folder, on CPU in `dtype`, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     model.eval()
     return model, tokenizer
@@ -70,8 +70,11 @@ class LocalSampler:
         device: str | None = None,
         trust_remote_code: bool = False,
         model_name: str | None = None,
+        dtype: str = "auto",
     ):
-        """`model_name`: what candidates record in `model` (default: `backbone.model_name` of the folder)."""
+        """`model_name`: what candidates record in `model` (default: `backbone.model_name` of the folder).
+        `dtype`: "auto" samples in the dtype the folder was saved in, which is the config's
+        (TrainConfig.weights_dtype: every model a cycle trains or assembles is saved in it)."""
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         self.model_dir = Path(model_dir)
@@ -85,12 +88,12 @@ class LocalSampler:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.multimodal = is_multimodal(self.model_dir)
         if self.multimodal:
-            self.model, self.processor = load_model(self.model_dir, trust_remote_code=trust_remote_code)
+            self.model, self.processor = load_model(self.model_dir, trust_remote_code=trust_remote_code, dtype=dtype)
             self.tokenizer = self.processor.tokenizer
             self.max_positions = self.model.config.text_config.max_position_embeddings
             self.image_tokens = num_image_tokens(self.processor)
         else:  # the backbone LLM: text only
-            self.model, self.tokenizer = _load_causal_lm(self.model_dir, trust_remote_code)
+            self.model, self.tokenizer = _load_causal_lm(self.model_dir, trust_remote_code, dtype)
             self.processor = None
             self.max_positions = self.model.config.max_position_embeddings
             self.image_tokens = 0

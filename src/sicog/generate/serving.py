@@ -46,8 +46,8 @@ def sampling_copy(model_dir: str | Path, out_dir: str | Path, text_only: bool = 
     if not text_only:
         shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
     else:
-        model, processor = load_model(model_dir)
-        lm = AutoModelForCausalLM.from_config(model.config.text_config)
+        model, processor = load_model(model_dir, dtype="auto")  # the backbone keeps the folder's dtype
+        lm = AutoModelForCausalLM.from_config(model.config.text_config, dtype=model.dtype)
         state = {k.replace("model.language_model.", "model."): v for k, v in model.state_dict().items() if k.startswith("model.language_model.")}
         state["lm_head.weight"] = model.lm_head.weight
         lm.load_state_dict(state)

@@ -96,11 +96,11 @@ def train_dpo(
             max_length=train.max_length,
         )
         checkpoint = last_checkpoint(out_dir) if resume else None
-        model, processor = load_stage_model(Path(model_dir), checkpoint)
+        model, processor = load_stage_model(Path(model_dir), checkpoint, train.load_dtype)
         dataset, skipped = _dataset(pairs, processor, image_root, train.max_length)
         if dataset is None:
             raise ValueError(f"stage {name}: no usable preference pairs ({dict(skipped)} skipped of {len(pairs)})")
-        ref_model, _ = load_model(model_dir)
+        ref_model, _ = load_model(model_dir, dtype=train.weights_dtype)  # frozen: no master weights needed
         trainable = set_trainable(model, stage.trainable)
         model.train()
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=processor)

@@ -232,8 +232,9 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
-def load_stage_model(model_dir: Path, checkpoint: str | None):
-    """(model, processor): the model from `checkpoint` when resuming, else from `model_dir`.
+def load_stage_model(model_dir: Path, checkpoint: str | None, dtype: str = "float32"):
+    """(model, processor): the model from `checkpoint` when resuming, else from `model_dir`, in `dtype`
+    (TrainConfig.load_dtype: bf16 under DeepSpeed with bf16, else fp32 master weights).
 
     Why not let the Trainer load the checkpoint's weights: transformers 5 saves LLaVA under its
     legacy key names and the Trainer's resume loads them with strict=False, so nothing matches and
@@ -241,9 +242,9 @@ def load_stage_model(model_dir: Path, checkpoint: str | None):
     """
     from transformers import AutoModelForImageTextToText
 
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, dtype=dtype)
     if checkpoint is not None:
-        model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=getattr(torch, dtype))
     return model, processor
 
 
@@ -361,7 +362,7 @@ def train_stage(
 def _train(model_dir, records, image_root, out_dir: Path, stage, train: TrainConfig, seed, name, progress, resume) -> dict:
     args = training_arguments(TrainingArguments, out_dir, stage, train, seed)  # refuses a bad batch plan first
     checkpoint = last_checkpoint(out_dir) if resume else None
-    model, processor = load_stage_model(model_dir, checkpoint)
+    model, processor = load_stage_model(model_dir, checkpoint, train.load_dtype)
     dataset = LazyRecords(records, processor, image_root, train.max_length)
     if not len(dataset):
         raise ValueError(f"stage {name}: no trainable records ({dict(dataset.skipped)} skipped of {len(records)})")
