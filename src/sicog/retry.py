@@ -83,17 +83,18 @@ def _log_hook(what: str, level: int, describe: Callable[[BaseException], str] | 
 def _kwargs(
     retry_on: Callable[[BaseException], bool],
     *,
-    attempts: int | None,
-    budget_s: float | None,
-    first_s: float,
-    max_s: float,
-    jitter: bool,
-    retry_after: Callable[[BaseException], float | None] | None,
-    retry_result: Callable[[Any], bool] | None,
-    what: str,
-    level: int,
-    describe: Callable[[BaseException], str] | None,
+    attempts: int | None = None,
+    budget_s: float | None = None,
+    first_s: float = 0.5,
+    max_s: float = 30.0,
+    jitter: bool = True,
+    retry_after: Callable[[BaseException], float | None] | None = None,
+    retry_result: Callable[[Any], bool] | None = None,
+    what: str = "",
+    level: int = logging.WARNING,
+    describe: Callable[[BaseException], str] | None = None,
 ) -> dict:
+    """tenacity's keywords for the policy (the keywords of `retrying`; `retry_result`: also retry on a result)."""
     if attempts is not None and attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     stops = []
@@ -113,69 +114,18 @@ def _kwargs(
     }
 
 
-def retrying(
-    retry_on: Callable[[BaseException], bool],
-    *,
-    attempts: int | None = None,
-    budget_s: float | None = None,
-    first_s: float = 0.5,
-    max_s: float = 30.0,
-    jitter: bool = True,
-    retry_after: Callable[[BaseException], float | None] | None = None,
-    what: str = "",
-    level: int = logging.WARNING,
-    describe: Callable[[BaseException], str] | None = None,
-) -> tenacity.Retrying:
-    """A tenacity.Retrying with the policy (see the module docstring). `attempts` and `budget_s`
-    (either, both, or neither: retry until success) bound it; `retry_after(exc)` may name the wait
-    for a failure (None: the backoff); `what` and `describe(exc)` word the log line (describe: say
-    what failed without secrets; default: the exception's type and first line)."""
-    return tenacity.Retrying(
-        **_kwargs(
-            retry_on,
-            attempts=attempts,
-            budget_s=budget_s,
-            first_s=first_s,
-            max_s=max_s,
-            jitter=jitter,
-            retry_after=retry_after,
-            retry_result=None,
-            what=what,
-            level=level,
-            describe=describe,
-        )
-    )
+def retrying(retry_on: Callable[[BaseException], bool], **policy: Any) -> tenacity.Retrying:
+    """A tenacity.Retrying with the policy (see the module docstring). Keywords: `attempts` and
+    `budget_s` (either, both, or neither: retry until success) bound it; `first_s`, `max_s`, `jitter`
+    shape the backoff; `retry_after(exc)` may name the wait for a failure (None: the backoff); `what`
+    and `describe(exc)` word the log line (describe: say what failed without secrets; default: the
+    exception's type and first line), logged at `level`."""
+    return tenacity.Retrying(**_kwargs(retry_on, **policy))
 
 
-def async_retrying(
-    retry_on: Callable[[BaseException], bool],
-    *,
-    attempts: int | None = None,
-    budget_s: float | None = None,
-    first_s: float = 0.5,
-    max_s: float = 30.0,
-    jitter: bool = True,
-    retry_after: Callable[[BaseException], float | None] | None = None,
-    what: str = "",
-    level: int = logging.WARNING,
-    describe: Callable[[BaseException], str] | None = None,
-) -> tenacity.AsyncRetrying:
+def async_retrying(retry_on: Callable[[BaseException], bool], **policy: Any) -> tenacity.AsyncRetrying:
     """`retrying` for coroutines (waits with asyncio.sleep)."""
-    return tenacity.AsyncRetrying(
-        **_kwargs(
-            retry_on,
-            attempts=attempts,
-            budget_s=budget_s,
-            first_s=first_s,
-            max_s=max_s,
-            jitter=jitter,
-            retry_after=retry_after,
-            retry_result=None,
-            what=what,
-            level=level,
-            describe=describe,
-        )
-    )
+    return tenacity.AsyncRetrying(**_kwargs(retry_on, **policy))
 
 
 def call(fn: Callable[[], T], retry_on: Callable[[BaseException], bool], **policy: Any) -> T:
@@ -204,17 +154,7 @@ def poll(
     logged and the poll goes on; still failing at the budget, it propagates). Status polls of
     Kubernetes objects use it: sicog.cluster.serving (a server's readiness), and a job's conditions."""
     kwargs = _kwargs(
-        retry_on,
-        attempts=None,
-        budget_s=budget_s,
-        first_s=every_s,
-        max_s=every_s,
-        jitter=False,
-        retry_after=None,
-        retry_result=lambda result: result is None,
-        what=what,
-        level=level,
-        describe=None,
+        retry_on, budget_s=budget_s, first_s=every_s, max_s=every_s, jitter=False, retry_result=lambda result: result is None, what=what, level=level
     )
     kwargs["retry_error_callback"] = lambda state: state.outcome.result()  # out of time: None, or the last error raised
     return tenacity.Retrying(**kwargs)(check)
