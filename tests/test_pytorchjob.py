@@ -365,7 +365,7 @@ def test_job_past_its_timeout_is_deleted(run):
     api.hold = True  # the job runs until deleted
     run["cfg"].cluster.job_timeout_s = 3
     started = time.monotonic()
-    with pytest.raises(JobError, match=r"not finished within the 3 s timeout \(last condition: Running\); deleted it"):
+    with pytest.raises(JobError, match=r"not finished within the 3 s timeout \(last state: Running\); deleted it"):
         _train(run, name="slow/pretrain")
     assert time.monotonic() - started < 15
     name = job_name("slow/pretrain", _out(run, "slow/pretrain"))

@@ -170,56 +170,103 @@ def _gone(client, name: str, namespace: str) -> bool | None:
     return None
 
 
-class _Follow:
-    """One poll of the job: prints each new condition and each change of the Master replica; the
-    finished job once it Succeeded, JobError once it Failed (after the master's log) or vanished."""
+class JobFollower:
+    """One poll of a training job, for retry.poll: says each new condition and each change of its pods'
+    counts; returns the finished job once it succeeded, raises JobError once it failed (after a pod's
+    log) or vanished. An API error is said once and polled again: a blip of the API server must not
+    fail a week of training. A kind of job says how it is read (PyTorchFollower, TrainJobFollower)."""
 
-    def __init__(self, client, name: str, namespace: str, deadline: float):
-        self.client, self.name, self.namespace, self.deadline = client, name, namespace, deadline
+    kind, succeeded, failed = "job", "Succeeded", "Failed"
+    api_errors: tuple[type[BaseException], ...] = (Exception,)
+
+    def __init__(self, name: str, namespace: str, deadline: float, state: str):
+        self.name, self.namespace, self.deadline = name, namespace, deadline
         self.seen: set[tuple] = set()
-        self.state, self.master, self.last_error = "none", "master pending", None
+        self.state, self.pods_said, self.last_error = state, "", None
+
+    def read(self, timeout: float):
+        """The job, as the API has it now."""
+        raise NotImplementedError
+
+    def conditions(self, job) -> list[dict]:
+        """Its true conditions: [{"type", "time", "reason", "message"}]."""
+        raise NotImplementedError
+
+    def pods(self, job) -> str:
+        """Its pods' counts in words, e.g. "master active 1"."""
+        raise NotImplementedError
+
+    def log_tail(self) -> None:
+        """Say the last lines of the failed pod's log (best effort)."""
+
+    def detail(self, condition: dict) -> str:
+        """Words to add to a condition's line."""
+        return ""
+
+    def state_after(self, pods: str) -> str:
+        """The state when only the pods' counts changed."""
+        return self.state
 
     def __call__(self):
-        from kubeflow.training.constants import constants
-
         remaining = max(1, math.ceil(min(REQUEST_TIMEOUT_S, self.deadline - time.monotonic())))
         try:
-            job = self.client.get_job(self.name, self.namespace, timeout=remaining)
-        except (RuntimeError, TimeoutError) as exc:
+            job = self.read(remaining)
+        except self.api_errors as exc:
             if api_status(exc) == 404:
-                raise JobError(f"pytorchjob {self.name} was deleted before it finished (last condition: {self.state})") from None
-            if api_message(exc) != self.last_error:  # an API server blip must not fail a week of training: polled again
+                raise JobError(f"{self.kind} {self.name} was deleted before it finished (last state: {self.state})") from None
+            if api_message(exc) != self.last_error:
                 self.last_error = api_message(exc)
-                _say(self.name, f"cannot read its status ({self.last_error}); retrying")
+                say(f"{self.kind} {self.name}", f"cannot read its status ({self.last_error}); retrying")
             return None
         self.last_error = None
-        master = _master(job)
-        conditions = _true_conditions(job)
-        fresh = [c for c in conditions if (c.type, str(c.last_transition_time)) not in self.seen]
+        pods, conditions = self.pods(job), self.conditions(job)
+        fresh = [c for c in conditions if (c["type"], c["time"]) not in self.seen]
         for c in fresh:
-            self.seen.add((c.type, str(c.last_transition_time)))
-            self.state = c.type
-            _say(self.name, f"{c.type} ({master})")
-        if not fresh and master != self.master:
-            _say(self.name, f"{self.state} ({master})")
-        self.master = master
-        failed = [c for c in conditions if c.type == constants.JOB_CONDITION_FAILED]
+            self.seen.add((c["type"], c["time"]))
+            self.state = c["type"]
+            say(f"{self.kind} {self.name}", f"{c['type']} ({pods})" + self.detail(c))
+        if not fresh and pods != self.pods_said:
+            self.state = self.state_after(pods)
+            say(f"{self.kind} {self.name}", f"{self.state} ({pods})")
+        self.pods_said = pods
+        failed = [c for c in conditions if c["type"] == self.failed]
         if failed:
-            _log_tail(self.client, self.name, self.namespace)
-            reason, message = failed[-1].reason or "Failed", " ".join((failed[-1].message or "").split())
-            raise JobError(f"pytorchjob {self.name} failed: {reason}: {message}")
-        if any(c.type == constants.JOB_CONDITION_SUCCEEDED for c in conditions):
-            return job
-        return None
+            self.log_tail()
+            message = " ".join((failed[-1]["message"] or "").split())
+            raise JobError(f"{self.kind} {self.name} failed: {failed[-1]['reason'] or self.failed}: {message}")
+        return job if any(c["type"] == self.succeeded for c in conditions) else None
+
+
+class PyTorchFollower(JobFollower):
+    """A PyTorchJob (Training Operator v1), read through the kubeflow-training SDK."""
+
+    kind = "pytorchjob"
+    api_errors = (RuntimeError, TimeoutError)
+
+    def __init__(self, client, name: str, namespace: str, deadline: float):
+        super().__init__(name, namespace, deadline, state="none")
+        self.client = client
+
+    def read(self, timeout: float):
+        return self.client.get_job(self.name, self.namespace, timeout=timeout)
+
+    def conditions(self, job) -> list[dict]:
+        return [{"type": c.type, "time": str(c.last_transition_time), "reason": c.reason, "message": c.message} for c in _true_conditions(job)]
+
+    def pods(self, job) -> str:
+        return _master(job)
+
+    def log_tail(self) -> None:
+        _log_tail(self.client, self.name, self.namespace)
 
 
 def _wait(client, name: str, namespace: str, timeout_s: float, poll_s: float):
     """Poll every poll_s until the job Succeeded (returned) or Failed (JobError); past timeout_s it is deleted (JobError)."""
-    follow = _Follow(client, name, namespace, time.monotonic() + timeout_s)
+    follow = PyTorchFollower(client, name, namespace, time.monotonic() + timeout_s)
     job = retry.poll(follow, every_s=poll_s, budget_s=timeout_s)
     if job is None:
         _delete(client, name, namespace)
-        raise JobError(f"pytorchjob {name}: not finished within the {timeout_s:g} s timeout (last condition: {follow.state}); deleted it")
+        raise JobError(f"pytorchjob {name}: not finished within the {timeout_s:g} s timeout (last state: {follow.state}); deleted it")
     return job
 
 

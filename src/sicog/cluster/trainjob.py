@@ -45,7 +45,7 @@ import math
 import time
 
 from sicog import retry
-from sicog.cluster.launcher import REQUEST_TIMEOUT_S, JobError, api_message, api_status, cleanup_on_signal, job_namespace
+from sicog.cluster.launcher import REQUEST_TIMEOUT_S, JobError, JobFollower, api_message, api_status, cleanup_on_signal, job_namespace
 from sicog.cluster.pytorchjob import USER, _env, _labels, _resources, _service_account, _tolerations, _volumes, job_name, manifest, train_command
 from sicog.config import SicogConfig
 from sicog.console import say
@@ -200,46 +200,32 @@ def _create(api, job: dict, name: str, namespace: str) -> None:
         retry.poll(lambda: _gone(api, name, namespace), every_s=1, budget_s=120)
 
 
-class _Follow:
-    """One poll of the job: prints each new condition and each change of the node job's counts; the
-    finished job once Complete, JobError once Failed (after a node's log) or vanished."""
+class TrainJobFollower(JobFollower):
+    """A TrainJob (Kubeflow Trainer v2), read as a custom object; its pods are counted by its `node` job."""
+
+    kind, succeeded, failed = "trainjob", COMPLETE, FAILED
 
     def __init__(self, api, name: str, namespace: str, deadline: float):
-        self.api, self.name, self.namespace, self.deadline = api, name, namespace, deadline
-        self.seen: set[tuple] = set()
-        self.state, self.node, self.last_error = "Created", "node pending", None
+        super().__init__(name, namespace, deadline, state="Created")
+        self.api, self.api_errors = api, _api_errors()
 
-    def __call__(self):
-        remaining = max(1, math.ceil(min(REQUEST_TIMEOUT_S, self.deadline - time.monotonic())))
-        try:
-            job = _get(self.api, self.name, self.namespace, remaining)
-        except _api_errors() as exc:
-            if api_status(exc) == 404:
-                raise JobError(f"trainjob {self.name} was deleted before it finished (last state: {self.state})") from None
-            if api_message(exc) != self.last_error:  # an API server blip must not fail a week of training: polled again
-                self.last_error = api_message(exc)
-                _say(self.name, f"cannot read its status ({self.last_error}); retrying")
-            return None
-        self.last_error = None
-        node, conditions = _node(job), _conditions(job)
-        fresh = [c for c in conditions if (c["type"], c.get("lastTransitionTime")) not in self.seen]
-        for c in fresh:
-            self.seen.add((c["type"], c.get("lastTransitionTime")))
-            self.state = c["type"]
-            _say(self.name, f"{c['type']} ({node})" + (f": {c['message']}" if c["type"] == "Suspended" and c.get("message") else ""))
-        if not fresh and node != self.node:
-            if self.state in ("Created", "Suspended") and "active" in node:
-                self.state = "Running"  # a TrainJob has no Running condition: its node job is active
-            _say(self.name, f"{self.state} ({node})")
-        self.node = node
-        failed = [c for c in conditions if c["type"] == FAILED]
-        if failed:
-            _log_tail(self.api, self.name, self.namespace)
-            message = " ".join((failed[-1].get("message") or "").split())
-            raise JobError(f"trainjob {self.name} failed: {failed[-1].get('reason') or FAILED}: {message}")
-        if any(c["type"] == COMPLETE for c in conditions):
-            return job
-        return None
+    def read(self, timeout: float) -> dict:
+        return _get(self.api, self.name, self.namespace, timeout)
+
+    def conditions(self, job: dict) -> list[dict]:
+        return [{"type": c["type"], "time": c.get("lastTransitionTime"), "reason": c.get("reason"), "message": c.get("message")} for c in _conditions(job)]
+
+    def pods(self, job: dict) -> str:
+        return _node(job)
+
+    def log_tail(self) -> None:
+        _log_tail(self.api, self.name, self.namespace)
+
+    def detail(self, condition: dict) -> str:
+        return f": {condition['message']}" if condition["type"] == "Suspended" and condition["message"] else ""  # e.g. Kueue's admission
+
+    def state_after(self, pods: str) -> str:
+        return "Running" if self.state in ("Created", "Suspended") and "active" in pods else self.state  # no Running condition: its node job is active
 
 
 def run_trainjob(job: dict, namespace: str, timeout_s: float, poll_s: float, api=None) -> dict:
@@ -252,7 +238,7 @@ def run_trainjob(job: dict, namespace: str, timeout_s: float, poll_s: float, api
     api = api or kube.connect()
     with cleanup_on_signal(lambda sig: _say(name, f"{sig}: deleting the job"), lambda: _delete(api, name, namespace)):
         _create(api, job, name, namespace)
-        follow = _Follow(api, name, namespace, time.monotonic() + timeout_s)
+        follow = TrainJobFollower(api, name, namespace, time.monotonic() + timeout_s)
         finished = retry.poll(follow, every_s=poll_s, budget_s=timeout_s)
         if finished is None:
             _delete(api, name, namespace)
