@@ -102,6 +102,22 @@ def test_two_ranks_on_cpu_match_one_rank(world, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_activation_checkpointing_under_ddp_trains_the_whole_model(world, tmp_path):
+    """The paper's settings under torchrun: activation checkpointing (the Trainer then tells DDP not to look
+    for unused parameters) with every parameter trainable. LLaVA reads the vision tower's layer -2, so its
+    last layer and final norm never get a gradient: left trainable, DDP stops at the second step."""
+    from sicog.train.trainer import set_trainable, unused_vision_params
+
+    model, _ = load_model(world[1])
+    unused = unused_vision_params(model)
+    assert unused and all(".encoder.layers.1." in n or ".post_layernorm." in n for n in unused)  # the tiny tower has 2 layers
+    set_trainable(model, "all")
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == unused
+    log = _run(_argv(_request(world, tmp_path / "gc", _config(gradient_checkpointing=True, stage={"max_steps": 3})), nproc=1))
+    assert log["steps"] == 3 and log["world_size"] == 1
+
+
+@pytest.mark.slow
 def test_kill_and_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
     config = _config(save_steps=5, stage={"max_steps": 60})
     full = _run(_argv(_request(world, tmp_path / "full", config)))

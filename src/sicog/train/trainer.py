@@ -41,10 +41,34 @@ PROJECTOR = "multi_modal_projector"
 CHECKPOINTS = "checkpoints"  # under the stage's out_dir; removed once the stage has finished
 
 
+def unused_vision_params(model) -> set[str]:
+    """Names of the vision tower's parameters that never reach the LM: the encoder layers after
+    `vision_feature_layer` (LLaVA reads layer -2, so CLIP's last layer) and the final layer norm. They
+    get no gradient, so "all" leaves them frozen: DDP with activation checkpointing (which cannot look
+    for unused parameters) would otherwise stop at the second step, and the optimizer keeps no state for them."""
+    layer = getattr(model.config, "vision_feature_layer", None)
+    vision = getattr(model.config, "vision_config", None)
+    if not isinstance(layer, int) or vision is None:
+        return set()
+    first_unused = (vision.num_hidden_layers + 1 + layer) if layer < 0 else layer  # hidden_states[k] is layer k's output
+    unused = set()
+    for name, _ in model.named_parameters():
+        if "vision_tower." not in name:
+            continue
+        tail = name.split("vision_tower.", 1)[1]
+        if ".post_layernorm." in f".{tail}" or ".head." in f".{tail}":
+            unused.add(name)
+        elif ".encoder.layers." in f".{tail}" and int(tail.split("encoder.layers.", 1)[1].split(".", 1)[0]) >= first_unused:
+            unused.add(name)
+    return unused
+
+
 def set_trainable(model, trainable: str) -> int:
-    """Freeze per the stage; returns the trainable parameter count (checked, not assumed)."""
+    """Freeze per the stage (vision parameters that never reach the LM stay frozen: unused_vision_params);
+    returns the trainable parameter count (checked, not assumed)."""
+    unused = unused_vision_params(model)
     for name, param in model.named_parameters():
-        param.requires_grad = trainable == "all" or PROJECTOR in name
+        param.requires_grad = (trainable == "all" and name not in unused) or PROJECTOR in name
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == "projector":
         projector = next(mod for path, mod in model.named_modules() if path.split(".")[-1] == PROJECTOR)
