@@ -16,6 +16,7 @@ def evaluate(
     evaluation: Output[Dataset],
     scores: Output[Metrics],
     uncurated: Input[Model] = None,
+    oracle: Input[Model] = None,
 ):
     """Output: predictions per model and eval.json (held-out and benchmark scores, lineage); every score
     also as a KFP metric `<model>_<metric>`, the compare-runs table."""
@@ -26,6 +27,8 @@ def evaluate(
     models = {"base": base.path, "cycle": cycle.path, "control": control.path}
     if uncurated is not None:
         models["uncurated"] = uncurated.path
+    if oracle is not None:
+        models["oracle"] = oracle.path
     results = run(config, StepIO("evaluate", evaluation.path, {"world": world.path, "models": models}))
     for name, result in results.items():
         for key, value in heldout_scores(result).items():

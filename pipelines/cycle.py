@@ -5,8 +5,9 @@ It reads like the paper's Figure 2, plus the controls that make the demo honest:
   step 1: warm-up -> perception model (DD + CoD), reasoning model (DA + CoT)
   step 2: sample candidates (captions, VQA; text-only from the backbone LLM)   step 3: score + curate
   step 4: stage 1.5 on curated data -> stage 2 (cycle model)
-  control: stage 1.5 on labeled data, same steps -> stage 2;  ablation (optional): uncurated data
-  evaluate base / cycle / control (/ uncurated) on the held-out split -> report -> lineage
+  control: stage 1.5 on labeled data, same steps -> stage 2;  ablation (optional): uncurated data,
+  and with `oracle` also the pool with its true labels (the ceiling)
+  evaluate base / cycle / control (/ uncurated / oracle) on the held-out split -> report -> lineage
 
 One address per output: every output is a KFP artifact under the pipeline root, which is the run's
 store folder (s3://... on a cluster, set when the run is submitted; the run's local folder under
@@ -125,7 +126,9 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
         return task
 
     @dsl.pipeline(name="sicog-cycle", description="One SICOG self-improvement cycle (arXiv 2503.12303) with its controls.", pipeline_root=root or None)
-    def sicog_cycle(config: dict, ablations: bool = False, run_uri: str = "", scorer: str = "", sample_shards: list = [0, 1], series_uri: str = ""):
+    def sicog_cycle(
+        config: dict, ablations: bool = False, run_uri: str = "", scorer: str = "", sample_shards: list = [0, 1], series_uri: str = "", oracle: bool = False
+    ):
         # run_uri: the run's folder in the store (shards, report, lineage). series_uri: a store folder shared
         # by recurring runs; the run starts from the series' last successful cycle and, without a run_uri,
         # works in a new folder of the series (sicog.lineage).
@@ -192,8 +195,14 @@ def cycle_pipeline(compiled_for: SicogConfig | None = None, root: str = ""):
         # The report publishes and seals the cycle (lineage.json): never cached.
         with dsl.If(ablations == True, name="with-ablation"):  # noqa: E712 (KFP conditions compare explicitly)
             uncurated = _retrain(config, "uncurated", "uncurated", align, world_uri, curated.outputs["Output"])
-            evaluation = _evaluate(evaluate(**models, uncurated=uncurated.outputs["trained"]))
-            place(report(**report_args, evaluation=evaluation.outputs["evaluation"]).set_display_name("report"), cluster, cache=False)
+            with dsl.If(oracle == True, name="with-oracle"):  # noqa: E712
+                # The ceiling: stage 1.5 on the pool with its true labels (needs the world's truth), same steps.
+                ceiling = _retrain(config, "oracle", "oracle", align, world_uri, curated.outputs["Output"])
+                evaluation = _evaluate(evaluate(**models, uncurated=uncurated.outputs["trained"], oracle=ceiling.outputs["trained"]))
+                place(report(**report_args, evaluation=evaluation.outputs["evaluation"]).set_display_name("report"), cluster, cache=False)
+            with dsl.Else(name="without-oracle"):
+                evaluation = _evaluate(evaluate(**models, uncurated=uncurated.outputs["trained"]))
+                place(report(**report_args, evaluation=evaluation.outputs["evaluation"]).set_display_name("report"), cluster, cache=False)
         with dsl.Else(name="without-ablation"):
             evaluation = _evaluate(evaluate(**models))
             place(report(**report_args, evaluation=evaluation.outputs["evaluation"]).set_display_name("report"), cluster, cache=False)

@@ -64,8 +64,9 @@ class _LogFilter(io.TextIOBase):
         self.terminal.flush()
 
 
-def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, verbose: bool = False, series: str = "") -> dict:
-    """Run one cycle under kfp.local; metrics.json, report.html and cycle.log land in `out`, a local
+def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, verbose: bool = False, series: str = "", oracle: bool = False) -> dict:
+    """Run one cycle under kfp.local (`ablations`: also the uncurated model; `oracle`: with ablations, also
+    the oracle model, which needs the world's truth); metrics.json, report.html and cycle.log land in `out`, a local
     folder or an s3:// URI. The run works in one folder: `out`, or with a `series` (a store folder) a
     new folder of the series (SERIES/cycles/<time>-<id>; the cycle starts from the series' newest
     promoted cycle, sicog.lineage). kfp.local keeps every artifact under that folder's `pipeline/`.
@@ -84,7 +85,14 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
     work = Path(tempfile.mkdtemp(prefix="sicog-cycle-")) if remote else store.local_path(run_uri).resolve()
     work.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "pipeline"), raise_on_error=True)
-    params = dict(config=parameter_dict(config), ablations=ablations, run_uri=str(work), sample_shards=list(range(config.sample.shards)), series_uri=series)
+    params = dict(
+        config=parameter_dict(config),
+        ablations=ablations or oracle,
+        oracle=oracle,
+        run_uri=str(work),
+        sample_shards=list(range(config.sample.shards)),
+        series_uri=series,
+    )
     sicog_cycle = cycle_pipeline()
     # kfp.local swaps the root logger's handlers per task, and its ParallelFor threads can restore one
     # bound to this run's log; the next run of the process (--cycles N, evidence) would write there.

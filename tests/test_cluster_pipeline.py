@@ -43,7 +43,7 @@ def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
         assert {"name": "SICOG_S3_ENDPOINT", "value": "http://minio.minio.svc:9000"} in spec["container"]["env"], name
     # GPU tasks: in-process sampling and evaluation, on the A100 pool, with a RAM-backed /dev/shm.
     gpu_executors = [e for e in ir["deploymentSpec"]["executors"] if e.startswith(("exec-sample-shard", "exec-evaluate"))]
-    assert len(gpu_executors) == 5
+    assert len(gpu_executors) == 6  # 3 sampling groups + evaluate without ablations / with uncurated / with uncurated and oracle
     for executor in gpu_executors:
         assert _resources(ir, executor)["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert _resources(ir, executor)["accelerator"]["resourceCount"] == "1"
@@ -55,7 +55,7 @@ def test_compiled_pipeline_carries_the_cluster_config(tmp_path):
         assert k8s[executor]["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "256Gi"}]
     # trainer=trainjob: the train tasks only launch and watch their jobs (the GPUs are the jobs').
     train_executors = [e for e in ir["deploymentSpec"]["executors"] if e.startswith("exec-train")]
-    assert len(train_executors) == 10 and not any("accelerator" in _resources(ir, e) for e in train_executors)
+    assert len(train_executors) == 12 and not any("accelerator" in _resources(ir, e) for e in train_executors)
     assert all(ir["deploymentSpec"]["executors"][e]["container"]["image"].startswith("ghcr.io/sicog-project/sicog:") for e in train_executors)
     assert not any("nodeSelector" in k8s[e] for e in train_executors)
     # Retries on transient steps, caching on pure steps only.
@@ -83,7 +83,9 @@ def test_evaluate_tasks_carry_the_paper_benchmarks_and_their_dataset_cache(tmp_p
     assert not any("pvcMount" in k8s[e] for e in evaluators)
     cfg, ir, k8s, tasks = _compiled(tmp_path, ["cluster.datasets_pvc=benchmark-datasets", "eval.datasets_cache=/datasets"])
     for executor in evaluators:
-        assert k8s[executor]["pvcMount"] == [{"constant": "benchmark-datasets", "mountPath": "/datasets", "pvcNameParameter": {"runtimeValue": {"constant": "benchmark-datasets"}}}]
+        assert k8s[executor]["pvcMount"] == [
+            {"constant": "benchmark-datasets", "mountPath": "/datasets", "pvcNameParameter": {"runtimeValue": {"constant": "benchmark-datasets"}}}
+        ]
     assert not any("pvcMount" in spec for name, spec in k8s.items() if name not in evaluators)
     with pytest.raises(ConfigError, match="absolute path"):
         load_config(PAPER, ["cluster.datasets_pvc=benchmark-datasets"])

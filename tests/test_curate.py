@@ -465,3 +465,22 @@ def test_malformed_counts_include_instances_rejected_for_too_few_well_formed_can
     assert quality["caption"]["malformed"] == 3
     rejected = [json.loads(line) for line in (tmp_path / "cur/rejected.jsonl").read_text().splitlines()]
     assert sum(len(r.get("malformed", [])) for r in rejected if r["id"] == "img2") == 2
+
+
+def test_oracle_records_carry_the_true_label_in_the_direct_format_prompt():
+    from sicog.curate.ablation import oracle_records
+    from sicog.prompts import CAPTION_DD, da_question
+
+    vqa = [{"id": "world/pool-vqa-1", "image": "img/1.png", "conversations": [{"from": "human", "value": "<image>\nWhat color is the circle?"}]},
+           {"id": "world/pool-vqa-2", "image": "img/2.png", "conversations": [{"from": "human", "value": "<image>\nIs there a red square?"}]}]  # fmt: skip
+    truth = {"world/pool-vqa-1": {"answer": "red"}, "world/pool-img-1": {"caption": "A red circle."}, "world/pool-text-1": {"answer": "Two."}}
+    records = oracle_records(vqa, "vqa", truth, cycle=2, seed=0)
+    assert [r["id"] for r in records] == ["world/pool-vqa-1"]  # no truth: left out
+    (rec,) = records
+    assert rec["image"] == "img/1.png" and rec["sicog"]["format"] == "da" and rec["sicog"]["cycle"] == 2 and rec["sicog"]["score"] is None
+    assert rec["conversations"] == [{"from": "human", "value": "<image>\n" + da_question("What color is the circle?")}, {"from": "gpt", "value": "red"}]
+    (cap,) = oracle_records([{"id": "world/pool-img-1", "image": "img/3.png"}], "caption", truth, cycle=1, seed=0)
+    assert cap["conversations"][0]["value"] == "<image>\n" + CAPTION_DD and cap["conversations"][1]["value"] == "A red circle."
+    (text,) = oracle_records([{"id": "world/pool-text-1", "conversations": [{"from": "human", "value": "1 plus 1?"}]}], "text", truth, cycle=1, seed=0)
+    assert text["conversations"] == [{"from": "human", "value": "1 plus 1?"}, {"from": "gpt", "value": "Two."}] and not text["sicog"]["conversation"]
+    assert oracle_records(vqa, "vqa", {}, cycle=1, seed=0) == []  # a catalog without truth has no oracle

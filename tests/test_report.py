@@ -173,6 +173,14 @@ def test_evidence_mean_and_sample_std_match_hand_computation():
     assert delta["values"] == pytest.approx([0.1, 0.0, 0.2])
     assert delta["mean"] == pytest.approx(0.1) and delta["std"] == pytest.approx(0.1)
     assert "heldout.cycle_minus_uncurated.vqa_accuracy" not in rows  # no uncurated model in these runs
+    assert "heldout.oracle_minus_base.vqa_accuracy" not in rows and "heldout.cycle_minus_oracle.vqa_accuracy" not in rows
+
+    # The oracle (stage 1.5 on the pool's true labels): its paired gain over the base and the cycle's distance to it.
+    with_oracle = [dict(m, heldout={**m["heldout"], "oracle": {"vqa_accuracy": v}}) for m, v in zip(runs, (0.7, 0.8, 0.9))]
+    rows = {r["key"]: r for r in evidence_table(with_oracle)["rows"]}
+    assert rows["heldout.oracle_minus_base.vqa_accuracy"]["values"] == pytest.approx([0.2, 0.2, 0.2])
+    assert rows["heldout.cycle_minus_oracle.vqa_accuracy"]["values"] == pytest.approx([-0.1, -0.2, 0.0])
+    assert "oracle − base: VQA accuracy" in evidence_markdown(evidence_table(with_oracle), "sicog evidence")
 
     # Undefined values are left out, not counted as zero.
     gain = rows["curation.vqa.kept_minus_mean_accuracy"]

@@ -192,3 +192,28 @@ def test_world_texts_cover_every_word_the_model_must_write(world):
     targets += [r.get("answer") or r["caption"] for r in _rows(world, "heldout.jsonl")]
     for target in targets:
         assert set(re.findall(r"\w+", target)) <= vocab, target
+
+
+def test_shift_restricts_only_the_labeled_splits_and_defaults_change_nothing(tmp_path):
+    from sicog.world.language import QTYPES
+
+    shifted = dict(SMALL, n_base=60, n_pool_vqa=60, n_heldout=40)
+    build_world(tmp_path / "shift", WorldConfig(seed=3, labeled_backgrounds=["white"], labeled_sizes=["small"], qtypes=["count", "background"], **shifted))
+    rows = {name: _rows(tmp_path / "shift", name) for name in ("base.jsonl", "annotated.jsonl", "truth.jsonl", "heldout.jsonl")}
+    labeled_scenes = [r["scene"] for r in rows["truth.jsonl"] if "scene" in r]  # pools: every background and size
+    heldout_scenes = [r["scene"] for r in rows["heldout.jsonl"]]
+    for scenes in (labeled_scenes, heldout_scenes):
+        assert {s["background"] for s in scenes} == set(BACKGROUNDS)
+        assert {o["size"] for s in scenes for o in s["objects"]} == {"small", "large"}
+    # The labeled splits' captions name only white backgrounds and small objects.
+    captions = [t["value"] for name in ("base.jsonl", "annotated.jsonl") for r in rows[name] if r["meta"]["task"] == "caption" for t in r["conversations"][1:]]
+    assert captions and all("large" not in c and "black background" not in c and "gray background" not in c for c in captions)
+    qtypes = {r["meta"]["qtype"] for name in ("base.jsonl", "annotated.jsonl") for r in rows[name] if r["meta"]["task"] == "vqa"}
+    qtypes |= {r["qtype"] for r in rows["heldout.jsonl"] + rows["truth.jsonl"] if r.get("qtype") in QTYPES}
+    assert qtypes == {"count", "background"}
+    # Empty options are the demo world: the same files as without them.
+    build_world(tmp_path / "a", WorldConfig(seed=3, **SMALL))
+    build_world(tmp_path / "b", WorldConfig(seed=3, labeled_backgrounds=[], labeled_sizes=[], qtypes=[], **SMALL))
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+    with pytest.raises(ValueError, match="every scene can answer"):
+        WorldConfig(qtypes=["color"])

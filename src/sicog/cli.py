@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -434,6 +435,9 @@ def cycle(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     ablations: Annotated[bool, typer.Option(help="Also train the uncurated ablation.")] = False,
+    oracle: Annotated[
+        bool, typer.Option(help="Also train the oracle (stage 1.5 on the pool with its true labels: needs the world's truth); implies --ablations.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the full kfp.local logs (always kept in OUT/cycle.log).")] = False,
     scorer: ScorerOpt = None,
     series: SeriesOpt = "",
@@ -459,7 +463,7 @@ def cycle(
         run_out = out if cycles == 1 else store.join(out, f"run-{run}")
         if cycles > 1:
             err.print(f"[bold]series {series}: run {run}/{cycles}[/bold]", highlight=False)
-        metrics = run_local(cfg, run_out, ablations=ablations, verbose=verbose, series=series)
+        metrics = run_local(cfg, run_out, ablations=ablations, verbose=verbose, series=series, oracle=oracle)
         _summary(metrics)
         if cycles > 1:
             typer.echo(f"cycle {metrics['cycle']} {metrics['promotion']['reason']}")
@@ -475,8 +479,11 @@ def evidence(
     seeds: Annotated[int, typer.Option(help="Number of world seeds (0..N-1 added to world.seed).")] = 3,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    oracle: Annotated[
+        bool, typer.Option(help="Also train the oracle (the pool with its true labels, same steps): the ceiling; needs the world's truth.")
+    ] = True,
 ):
-    """Repeat the cycle over seeds, with the uncurated ablation; write a table of means and spreads."""
+    """Repeat the cycle over seeds, with the uncurated ablation (and the oracle); write a table of means and spreads."""
     from sicog.pipelines.run import run_local
     from sicog.report.evidence import write_evidence
 
@@ -488,7 +495,9 @@ def evidence(
         cfg.world.seed = base.world.seed + i
         cfg.seed = base.seed + i
         err.print(f"[bold]evidence: seed {cfg.world.seed} ({i + 1}/{seeds})[/bold]")
-        per_seed.append(run_local(cfg, out / f"seed-{cfg.world.seed}", ablations=True))
+        started = time.perf_counter()
+        per_seed.append(run_local(cfg, out / f"seed-{cfg.world.seed}", ablations=True, oracle=oracle))
+        err.print(f"evidence: seed {cfg.world.seed} took {(time.perf_counter() - started) / 60:.1f} min", highlight=False)
     command = "sicog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     typer.echo(Path(write_evidence(out, per_seed, command)).read_text())
 

@@ -40,6 +40,27 @@ class WorldConfig(_Section):
     n_pool_vqa: int = Field(600, ge=0, description="Unlabeled image-question pairs (step 2).")
     n_pool_text: int = Field(200, ge=0, description="Text-only prompts answered by the backbone LLM (step 2, paper App. A).")
     n_heldout: int = Field(300, ge=1, description="Held-out images for evaluation.")
+    qtypes: list[Literal["color", "shape", "count", "exist", "position", "background"]] = Field(
+        default_factory=list,
+        description="Question kinds every split asks (a scene's kinds without a unique answer are left out); empty: all six.",
+    )
+    labeled_backgrounds: list[Literal["white", "black", "gray"]] = Field(
+        default_factory=list,
+        description="A distribution shift: backgrounds of the labeled splits (base, annotated) only; the pools and the held-out "
+        "split draw from all three, so their images carry what the labeled set lacks (as the paper's unlabeled deployment "
+        "images). Empty: no shift.",
+    )
+    labeled_sizes: list[Literal["small", "large"]] = Field(
+        default_factory=list, description="A distribution shift: object sizes of the labeled splits only (see labeled_backgrounds). Empty: no shift."
+    )
+
+    @field_validator("qtypes")
+    @classmethod
+    def _some_kind_always_asked(cls, value: list[str]) -> list[str]:
+        # colour and shape questions need an object that names uniquely; a scene without one would have no question.
+        if value and not set(value) - {"color", "shape"}:
+            raise ValueError("world.qtypes needs a kind every scene can answer (count, exist, position or background)")
+        return value
 
 
 class DataConfig(_Section):

@@ -30,6 +30,7 @@ TRAIN_DATA = {
     "curated": "curated self-generated data + the roles of train.pretrain_mix (stage 1.5)",
     "labeled": "instruct + perception + reasoning roles (the compute-matched control's stage 1.5)",
     "uncurated": "one random candidate per instance + the roles of train.pretrain_mix (ablation's stage 1.5)",
+    "oracle": "this cycle's pool with its true labels (the world's truth) + the roles of train.pretrain_mix (oracle ablation's stage 1.5)",
 }
 ROLES_OF = {
     "align": ("align",),
@@ -68,7 +69,7 @@ def weighted_role(catalog: Catalog, role: str, seed: int, quarantine: list[dict]
 
 def training_records(cfg: SicogConfig, data: str, world_dir: Path, curated_dir: Path | None) -> tuple[list[dict], list[dict]]:
     """(records, quarantine rows) for a training-data name of TRAIN_DATA, read through the run's catalog
-    in `world_dir` (the world step's output). curated / uncurated: `curated_dir/<data>.jsonl` (the curate
+    in `world_dir` (the world step's output). curated / uncurated / oracle: `curated_dir/<data>.jsonl` (the curate
     step's output), for curated also train.earlier_curated (a series' earlier cycles, any store URI),
     then the roles of train.pretrain_mix."""
     check_data(data)

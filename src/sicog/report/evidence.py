@@ -2,8 +2,10 @@
 
 Input: one metrics dict (the metrics.json of a cycle run) per seed. Output: per quantity the
 per-seed values, their mean and sample standard deviation (ddof=1), for
-- held-out VQA accuracy and caption attribute recall of every model (base, control, cycle, uncurated),
-- the paired per-seed differences cycle − base, cycle − control and cycle − uncurated (the same seed
+- held-out VQA accuracy and caption attribute recall of every model (base, control, cycle, uncurated,
+  oracle: stage 1.5 on the pool with its true labels, the ceiling),
+- the paired per-seed differences cycle − base, cycle − control, cycle − uncurated, oracle − base (does
+  stage 1.5 on this pool help at all) and cycle − oracle (the distance to the ceiling) (the same seed
   shares world and data, so the spread of the difference is the honest one, not the spread of
   each mean),
 - curation quality against ground truth: kept vs best-before-threshold vs mean candidate, their
@@ -24,9 +26,9 @@ import numpy as np
 
 from sicog.errors import UserError
 
-MODEL_ORDER = ("base", "control", "cycle", "uncurated")
+MODEL_ORDER = ("base", "control", "cycle", "uncurated", "oracle")
 HELDOUT = (("vqa_accuracy", "VQA accuracy"), ("caption_attribute_recall", "caption attribute recall"))
-DELTAS = (("cycle", "base"), ("cycle", "control"), ("cycle", "uncurated"))
+DELTAS = (("cycle", "base"), ("cycle", "control"), ("cycle", "uncurated"), ("oracle", "base"), ("cycle", "oracle"))
 CURATION = (
     ("vqa", "accuracy", "VQA pseudo-label accuracy"),
     ("caption", "attribute_recall", "caption pseudo-label attribute recall"),

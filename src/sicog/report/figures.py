@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from sicog.errors import UserError
 
-MODEL_ORDER = ("base", "cycle", "control", "uncurated")
+MODEL_ORDER = ("base", "cycle", "control", "uncurated", "oracle")
 TASK_LABELS = {"vqa": "VQA accuracy", "caption": "caption attribute recall", "text": "text"}
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from sicog.report import plots
 
-MODEL_ORDER = ("base", "control", "cycle", "uncurated")
+MODEL_ORDER = ("base", "control", "cycle", "uncurated", "oracle")
 MODEL_ROLE = {
     "base": "stage 1 + stage 2 (the paper's Table 1 baseline)",
     "control": "stage 1 + stage 1.5 on labeled data (same steps as the cycle) + stage 2",
     "cycle": "stage 1 + stage 1.5 on curated self-generated data + stage 2",
     "uncurated": "stage 1 + stage 1.5 on one random candidate per instance (same size and steps) + stage 2",
+    "oracle": "stage 1 + stage 1.5 on the pool with its true labels (same steps; the ceiling) + stage 2",
 }
 COUNT_LABELS = {
     "quarantined": "quarantined input (per split)",

@@ -26,7 +26,7 @@ from sicog import lineage, store
 from sicog.errors import UserError
 from sicog.report.plots import _empty, _figure, _number, _png
 
-MODEL_ORDER = ("base", "cycle", "control", "uncurated")
+MODEL_ORDER = ("base", "cycle", "control", "uncurated", "oracle")
 TASK_ORDER = ("caption", "vqa", "text")
 NA = "n/a"
 # Columns every row has (see _row): before the held-out scores, and after the data counts.

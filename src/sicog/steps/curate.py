@@ -2,9 +2,10 @@
 
 Input: the world (the optional `truth` role: curation figures against ground truth) and the scored
 folders of the score step. Output: `curated.jsonl` (stage-1.5 data with provenance; high-consistency
-CoD winners as 5-turn conversations), `uncurated.jsonl` (the ablation, same size), `rejected.jsonl`
-and `curation.json` (quality per task, score histograms, rejected counts). Figures: curated,
-uncurated and rejected counts; per task kept / instances / malformed.
+CoD winners as 5-turn conversations), `uncurated.jsonl` (the ablation, same size), `oracle.jsonl` (the
+oracle ablation: this cycle's pool with its true labels, where the world gives truth),
+`rejected.jsonl` and `curation.json` (quality per task, score histograms, rejected counts). Figures:
+curated, uncurated, oracle and rejected counts; per task kept / instances / malformed.
 Paper: Sec. 3.3 (keep the most consistent candidate; CoD winners above the conversation threshold
 become 5-turn conversations; text-only top-K over the whole pool) and Table 5 (curation matters).
 """
@@ -18,6 +19,7 @@ from sicog.data import read_role, run_catalog
 from sicog.errors import UserError
 from sicog.records import ScoredRow, read_jsonl, write_json, write_jsonl
 from sicog.steps._io import StepIO, as_config, open_step
+from sicog.steps.sample import POOLS, cycle_pool
 from sicog.steps.score import REJECTED_FILE, SCORED_FILE
 
 TASKS = ("caption", "vqa", "text")  # every task is reported, also when nothing could be scored
@@ -36,20 +38,21 @@ def _scored_rows(folder) -> list[dict]:
 
 def curate(config, io: StepIO) -> dict:
     """io.inputs: {"world", "scored": [folders from the score step]}. Returns the quality per task."""
-    from sicog.curate.ablation import uncurated_records
+    from sicog.curate.ablation import oracle_records, uncurated_records
     from sicog.curate.select import select_instances, to_curated
     from sicog.evaluate.metrics import curation_quality
 
     cfg = as_config(config)
     with open_step(io, cycle=cfg.cycle) as step:
-        truth = {row["id"]: row for row in read_role(run_catalog(step.input("world")), "truth")[0]}  # optional
+        catalog = run_catalog(step.input("world"))
+        truth = {row["id"]: row for row in read_role(catalog, "truth")[0]}  # optional
         by_task: dict[str, list[dict]] = {}
         rejected: list[dict] = []
         for folder in step.inputs["scored"]:
             for row in _scored_rows(folder):
                 by_task.setdefault(row["task"], []).append(row)
             rejected += list(read_jsonl(folder / REJECTED_FILE))
-        curated, uncurated, quality, scores = [], [], {}, {}
+        curated, uncurated, oracle, quality, scores = [], [], [], {}, {}
         rng = random.Random(cfg.seed)
         for task in TASKS:
             rows = by_task.get(task, [])
@@ -60,6 +63,9 @@ def curate(config, io: StepIO) -> dict:
             task_curated = to_curated(kept, cfg.cycle, cfg.curate.conversation_threshold)
             curated += task_curated
             uncurated += uncurated_records(rows, len(task_curated), rng, cfg.cycle, cfg.curate.conversation_threshold)
+            if truth:  # the oracle: this cycle's pool of the task with its true labels
+                pool = cycle_pool(read_role(catalog, POOLS[task])[0], cfg.cycle, cfg.data.pool_per_cycle, POOLS[task])
+                oracle += oracle_records(pool, task, truth, cfg.cycle, cfg.seed)
             task_cfg = getattr(cfg.curate, task)
             scored_ids = {r["id"] for r in rows}  # + instances rejected unscored (too few well-formed candidates)
             unscored = [r for r in rejected if r.get("task") == task and r["id"] not in scored_ids]
@@ -76,7 +82,8 @@ def curate(config, io: StepIO) -> dict:
             scores[task] = {"best": [r["score"] for r in rows], "all": [s for r in rows for s in r["scores"] if s is not None]}
         write_jsonl(step.out / "curated.jsonl", curated)
         write_jsonl(step.out / "uncurated.jsonl", uncurated)
+        write_jsonl(step.out / "oracle.jsonl", oracle)
         write_jsonl(step.out / "rejected.jsonl", rejected)
         write_json(step.out / "curation.json", {"quality": quality, "scores": scores, "rejected": dict(Counter(r["task"] for r in rejected))})
-        step.figures.update(curated=len(curated), uncurated=len(uncurated), rejected=len(rejected))
+        step.figures.update(curated=len(curated), uncurated=len(uncurated), oracle=len(oracle), rejected=len(rejected))
     return quality

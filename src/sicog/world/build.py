@@ -87,17 +87,23 @@ def build_world(out_dir: str | Path, cfg: WorldConfig, progress=None) -> dict:
             if progress:
                 progress.advance(tasks[split])
 
-    def scene_of(rng: random.Random) -> dict:
+    def scene_of(rng: random.Random, labeled: bool = False) -> dict:
+        # The labeled splits may be restricted (world.labeled_*: a distribution shift); pools and held-out never are.
+        if labeled:
+            return sample_scene(rng, cfg.max_objects, cfg.labeled_backgrounds, cfg.labeled_sizes)
         return sample_scene(rng, cfg.max_objects)
+
+    def questions(scene: dict, rng: random.Random, k: int) -> list[dict]:
+        return sample_questions(scene, rng, k, cfg.qtypes)
 
     base: list[dict] = []
     for i, rng in items("base", cfg.n_base):
-        scene = scene_of(rng)
+        scene = scene_of(rng, labeled=True)
         image = images.save("base", i, scene)
         prompt = rng.choice(DD_PARAPHRASES)
         base.append({"id": f"base-{i:05d}-cap", "image": image, "conversations": _conv(prompt, dd_caption(scene, rng)),
                      "meta": {"task": "caption", "format": "dd"}})  # fmt: skip
-        for j, q in enumerate(sample_questions(scene, rng, QUESTIONS_PER_BASE_IMAGE)):
+        for j, q in enumerate(questions(scene, rng, QUESTIONS_PER_BASE_IMAGE)):
             base.append({"id": f"base-{i:05d}-q{j}", "image": image, "conversations": _conv(q["question"], q["answer"]),
                          "meta": {"task": "vqa", "format": "da", "qtype": q["qtype"]}})  # fmt: skip
     for i, rng in items("base text", n_text):
@@ -107,11 +113,11 @@ def build_world(out_dir: str | Path, cfg: WorldConfig, progress=None) -> dict:
 
     annotated: list[dict] = []
     for i, rng in items("annotated", cfg.n_annotated):
-        scene = scene_of(rng)
+        scene = scene_of(rng, labeled=True)
         image = images.save("ann", i, scene)
         caption = dd_caption(scene, rng)
         steps = cod_steps(scene, rng, caption)
-        (q,) = sample_questions(scene, rng, 1)
+        (q,) = questions(scene, rng, 1)
         stem = f"ann-{i:05d}"
         annotated += [
             {"id": f"{stem}-cap-dd", "image": image, "conversations": _conv(rng.choice(DD_PARAPHRASES), caption),
@@ -135,7 +141,7 @@ def build_world(out_dir: str | Path, cfg: WorldConfig, progress=None) -> dict:
         truth.append({"id": rid, "split": "pool_images", "scene": scene, "caption": dd_caption(scene, rng)})
     for i, rng in items("pool vqa", cfg.n_pool_vqa):
         scene = scene_of(rng)
-        (q,) = sample_questions(scene, rng, 1)
+        (q,) = questions(scene, rng, 1)
         rid = f"pool-vqa-{i:05d}"
         pool_vqa.append({"id": rid, "image": images.save("poolvqa", i, scene), "conversations": _conv(q["question"])})
         truth.append({"id": rid, "split": "pool_vqa", "scene": scene, "question": q["question"], "answer": q["answer"], "qtype": q["qtype"]})
@@ -149,7 +155,7 @@ def build_world(out_dir: str | Path, cfg: WorldConfig, progress=None) -> dict:
     for i, rng in items("heldout", cfg.n_heldout):
         scene = scene_of(rng)
         image = images.save("heldout", i, scene)
-        for j, q in enumerate(sample_questions(scene, rng, QUESTIONS_PER_HELDOUT_IMAGE)):
+        for j, q in enumerate(questions(scene, rng, QUESTIONS_PER_HELDOUT_IMAGE)):
             heldout.append({"id": f"heldout-{i:05d}-q{j}", "image": image, "task": "vqa", "question": q["question"],
                             "answer": q["answer"], "qtype": q["qtype"], "scene": scene})  # fmt: skip
         heldout.append({"id": f"heldout-{i:05d}-cap", "image": image, "task": "caption", "scene": scene, "caption": dd_caption(scene, rng)})

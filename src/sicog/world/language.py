@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 
 from sicog.world.scenes import BACKGROUNDS, COLORS, CORNERS, POSITIONS, SHAPES, SIZES, sample_scene
 
@@ -323,9 +324,11 @@ def _count_question(objs: list[dict], rng: random.Random) -> tuple[str, str, lis
     return question, answer, cot
 
 
-def sample_questions(scene: dict, rng: random.Random, k: int) -> list[dict]:
-    """k questions of distinct types (fewer if the scene allows fewer), types drawn uniformly."""
-    types = rng.sample(available_qtypes(scene), min(k, len(available_qtypes(scene))))
+def sample_questions(scene: dict, rng: random.Random, k: int, qtypes: Sequence[str] = ()) -> list[dict]:
+    """k questions of distinct types (fewer if the scene allows fewer), types drawn uniformly from the
+    scene's available types, restricted to `qtypes` (empty: all)."""
+    available = [t for t in available_qtypes(scene) if not qtypes or t in qtypes]
+    types = rng.sample(available, min(k, len(available)))
     return [make_question(scene, rng, t) for t in types]
 
 

@@ -12,6 +12,7 @@ CoD step 4 describes. Sizes are chosen so that shapes stay distinct at 64x64 wit
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
@@ -43,13 +44,15 @@ _BORDER_PX = 2.0
 _BADGE_PX = 6.0
 
 
-def sample_scene(rng: random.Random, max_objects: int) -> dict:
-    """A random scene with 1..max_objects objects (max_objects <= 9 cells)."""
+def sample_scene(rng: random.Random, max_objects: int, backgrounds: Sequence[str] = (), sizes: Sequence[str] = ()) -> dict:
+    """A random scene with 1..max_objects objects (max_objects <= 9 cells); `backgrounds`, `sizes`: the
+    ones it may draw (empty: all; the same draws as before for the full lists)."""
     n = rng.randint(1, min(max_objects, len(POSITIONS)))
     cells = sorted(rng.sample(range(len(POSITIONS)), n))
     kinds = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)  # distinct (colour, shape)
-    objects = [{"shape": shape, "color": color, "size": rng.choice(SIZES), "position": POSITIONS[cell]} for cell, (color, shape) in zip(cells, kinds)]
-    background = rng.choice(list(BACKGROUNDS))
+    sizes = tuple(sizes) or SIZES
+    objects = [{"shape": shape, "color": color, "size": rng.choice(sizes), "position": POSITIONS[cell]} for cell, (color, shape) in zip(cells, kinds)]
+    background = rng.choice(list(backgrounds) or list(BACKGROUNDS))
     border = rng.choice(list(COLORS)) if rng.random() < P_BORDER else None
     free = [c for c in CORNERS if POSITIONS.index(c) not in cells]
     badge = None
