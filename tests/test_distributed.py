@@ -19,7 +19,7 @@ from sicog.models import load_model
 from sicog.train.backends import torchrun
 from sicog.train.batch import BatchError, batch_plan
 from sicog.train.request import TrainRequest
-from tiny import colour_world, tiny_model
+from tiny import colour_world, record, tiny_model
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
@@ -113,8 +113,14 @@ def test_activation_checkpointing_under_ddp_trains_the_whole_model(world, tmp_pa
     assert unused and all(".encoder.layers.1." in n or ".post_layernorm." in n for n in unused)  # the tiny tower has 2 layers
     set_trainable(model, "all")
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == unused
-    log = _run(_argv(_request(world, tmp_path / "gc", _config(gradient_checkpointing=True, stage={"max_steps": 3})), nproc=1))
-    assert log["steps"] == 3 and log["world_size"] == 1
+    # Half the records text-only and one record per optimizer step: text-only steps leave the tower and the
+    # projector without gradients, which DDP must be told to look for.
+    mixed = tmp_path / "mixed"
+    records = colour_world(mixed, 1) + [record(f"t{k}", None, f"Say {k}.", f"{k}.") for k in range(6)]
+    (mixed / "instruct.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = _config(gradient_checkpointing=True, stage={"max_steps": 8, "batch_size": 1})
+    log = _run(_argv(_request((mixed, world[1]), tmp_path / "gc", config), nproc=1))
+    assert log["steps"] == 8 and log["world_size"] == 1
 
 
 @pytest.mark.slow

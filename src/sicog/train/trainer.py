@@ -150,6 +150,10 @@ def training_arguments(args_class, out_dir: Path, stage: StageConfig, train: Tra
         bf16=train.bf16,
         activation_checkpointing=train.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if train.gradient_checkpointing else None,
+        # A micro-batch of text-only records leaves the vision tower and projector without gradients. DDP must
+        # look for such parameters; the Trainer turns that off under activation checkpointing because the
+        # reentrant kind cannot take it, and the non-reentrant kind used here can.
+        ddp_find_unused_parameters=True,
         **extra,
     )
 
