@@ -267,6 +267,31 @@ def test_quarantine_rows_carry_the_namespaced_id(tmp_path, llava558k):
     assert ids["not a JSON object"] is None
 
 
+def test_json_array_index_hands_its_pages_back_and_reads_rows_without_the_map(tmp_path):
+    """The scan of a LLaVA JSON array releases the pages it passed (so a 1 GB file does not add 1 GB to
+    a rank's peak RSS) and closes its map; rows are positioned reads of the file afterwards."""
+    from sicog.data.formats import JsonArrayRows
+
+    rows = [_caption(f"Question {i}?", "An answer. " * (i % 7 + 1), id=str(i)) for i in range(400)]
+    path = _write(tmp_path / "big.json", json.dumps(rows, indent=1))
+    released = []
+
+    class Recording(JsonArrayRows):
+        RELEASE_BYTES = 4096
+
+        def _release(self, mm, upto):
+            released.append(upto)
+            super()._release(mm, upto)
+
+    reader = Recording(path)
+    assert list(reader.index()) == rows and reader._map is None
+    assert len(released) >= path.stat().st_size // 4096 - 2 and released == sorted(released)
+    assert [reader.row(i) for i in (0, 399, 123)] == [rows[0], rows[399], rows[123]]
+    partial = Recording(path)
+    next(iter(partial.index()))  # an abandoned scan closes its map too (when the generator is collected)
+    assert partial.row(0) == rows[0]
+
+
 def test_reading_records_loads_no_image(llava558k, monkeypatch):
     opened = []
     original = Image.open

@@ -254,7 +254,7 @@ def test_lazy_records_measure_exact_lengths_without_encoding(world):
     first = data[0]  # encoded on access and never kept: memory does not grow with the data
     assert first is not data[0] and first["input_ids"] == data[0]["input_ids"]
     assert dict(data.skipped) == {"bad_image": 1, "too_long": 1, "malformed": 1}
-    assert data.lengths == [len(encode_record(r, processor, root, 128)["input_ids"]) for r in records]
+    assert list(data.lengths) == [len(encode_record(r, processor, root, 128)["input_ids"]) for r in records]
 
 
 def test_grouped_sampler_is_seeded_and_groups_lengths():
@@ -349,3 +349,78 @@ def test_a_foundation_model_passes_its_base_stages_through_untrained(world, tmp_
         train(cfg, StepIO("train:x", str(tmp_path / "x"), {"model": str(model_dir), "world": str(root)}), "stage2", "base")
     with pytest.raises(UserError, match="unknown step-1 task 'vision': choose perception or reasoning"):
         warmup(cfg, StepIO("train:vision/warmup", str(tmp_path / "w"), {"model": str(model_dir), "world": str(root)}), "vision")
+
+
+def test_training_records_are_read_when_used_in_the_order_of_the_record_lists(tmp_path):
+    """At LLaVA-665k scale no rank holds a role's record list: training_records keeps positions (a
+    numpy array per part) and reads a record when asked; the records and their order are those of the
+    record lists it replaced (read_role, sources weighted), quarantine included."""
+    import numpy as np
+
+    from sicog.config import validate_config
+    from sicog.data import read_role, run_catalog
+    from sicog.data.training import TrainingRecords, training_records
+
+    for name in ("a", "b"):
+        rows = [json.dumps(_text(f"{name}{i}")) for i in range(7)] + ['{"id": "broken", ']
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "catalog.yaml").write_text(
+        "instruct:\n  - {name: a, uri: a.jsonl, weight: 1.5, seed: 3}\n  - {name: b, uri: b.jsonl, weight: 0.5, seed: 1}\nperception: {name: p, uri: a.jsonl}\n"
+    )
+    curated = tmp_path / "cur"
+    curated.mkdir()
+    (curated / "curated.jsonl").write_text(json.dumps(_text("c0")) + "\n\n" + json.dumps(_text("c1")) + "\n")
+    cfg = validate_config({"seed": 5, "train": {"pretrain_mix": ["perception"]}})
+
+    def reference(role: str) -> tuple[list[dict], list[dict]]:  # the record lists of before, sources weighted
+        records, bad = read_role(run_catalog(tmp_path), role)
+        out = []
+        for k, source in enumerate(run_catalog(tmp_path).sources(role)):
+            mine = [r for r in records if r["meta"]["source"] == source.name]
+            whole, share = int(source.weight), source.weight - int(source.weight)
+            out += mine * whole
+            if share and mine:
+                rng = np.random.default_rng([cfg.seed, source.seed, k])
+                out += [mine[i] for i in np.sort(rng.choice(len(mine), round(share * len(mine)), replace=False))]
+        return out, bad
+
+    records, quarantine = training_records(cfg, "base", tmp_path, None)
+    expected, bad = reference("instruct")
+    assert isinstance(records, TrainingRecords) and not any(isinstance(v, list) and v and isinstance(v[0], dict) for v in vars(records).values())
+    assert all(isinstance(positions, np.ndarray) for _, positions in records._parts)
+    assert list(records) == expected and len(records) == 7 + 4 + 4 and quarantine == bad and len(bad) == 2
+    assert records[0] is not records[0] and records[-1] == expected[-1] and records[1:3] == expected[1:3]
+    records, quarantine = training_records(cfg, "curated", tmp_path, curated)
+    assert [r["id"] for r in records] == ["c0", "c1"] + [r["id"] for r in reference("perception")[0]] and len(quarantine) == 1
+
+
+def test_lazy_records_keep_positions_and_lengths_not_records(world):
+    """LazyRecords reads each record once to measure it and then only the one the Trainer asks for."""
+    from sicog.train.data import LazyRecords
+
+    root, records, model_dir = world
+    _, processor = load_model(model_dir)
+
+    class Counting:
+        def __init__(self, items):
+            self.items, self.reads = items, []
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            self.reads.append(i)
+            return json.loads(json.dumps(self.items[i]))
+
+    source = Counting(records + [_rec("long", None, "Q?", "word " * 400)] + records[:2])
+    LazyRecords.TOKENIZE_CHUNK, chunk = 3, LazyRecords.TOKENIZE_CHUNK  # several chunks and a partial last one
+    try:
+        data = LazyRecords(source, processor, root, max_length=128)
+    finally:
+        LazyRecords.TOKENIZE_CHUNK = chunk
+    n = len(records)
+    assert source.reads == list(range(n + 3)) and dict(data.skipped) == {"too_long": 1}
+    assert data.positions.dtype == np.int64 and data.lengths.dtype == np.int32 and list(data.positions) == [*range(n), n + 1, n + 2]
+    assert list(data.lengths) == [len(encode_record(r, processor, root, 128)["input_ids"]) for r in records + records[:2]]
+    source.reads.clear()
+    assert data[n]["id"] == records[0]["id"] and source.reads == [n + 1]

@@ -9,6 +9,7 @@ Public API (the pipeline reads data only through these):
     Catalog.sources(role) -> list[Source]; Catalog.roles() -> roles with sources; ROLES
     open_role(catalog, role) -> RoleData          lazy: nothing is read until len() or an index
       len(data); data[i] -> dict                  a normalized record, no image read; raises Quarantined
+      data.located(i) -> dict                     the same with its image as an absolute URI (read_role's form)
       data.order(seed) -> np.ndarray              one weighted, shuffled epoch of indices
       data.batches(batch_size=64, seed=None, images=True) -> Iterator[Batch]
                                                   Batch.records, .images (PIL, None if text-only), .quarantined

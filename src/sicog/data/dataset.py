@@ -251,6 +251,33 @@ class RoleData:
         k = bisect.bisect_right(starts, i) - 1
         return self.sources[k][i - starts[k]]
 
+    def located(self, i: int) -> dict:
+        """Record i with its image as an absolute URI (what read_role returns), or Quarantined with `.row`."""
+        rec = self[i]
+        if "image" not in rec:
+            return rec
+        meta, source = rec["meta"], self.source(rec["meta"]["source"])
+        try:
+            if meta.get("embedded_image"):
+                if store.is_remote(source.source.uri):
+                    raise Quarantined("embedded image of a remote dataset", "copy the Hugging Face folder next to the run")
+                rec["image"] = embedded_image_uri(store.local_path(source.source.uri).resolve(), meta["row"])
+            else:
+                uri = image_uri(source.image_root, rec["image"])
+                rec["image"] = uri if store.is_remote(uri) else f"file://{uri}"
+        except Quarantined as exc:
+            exc.row = {
+                "role": self.role,
+                "source": source.name,
+                "row": meta["row"],
+                "id": rec["id"],
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "raw": json.dumps(rec, ensure_ascii=False)[:500],
+            }
+            raise
+        return rec
+
     def order(self, seed: int) -> np.ndarray:
         """One mixed epoch: each source's indices repeated floor(weight) times plus a seeded
         (weight mod 1) share of them, then shuffled together with `seed`."""
@@ -332,39 +359,16 @@ class RoleData:
 def read_role(catalog: Catalog, role: str) -> tuple[list[dict], list[dict]]:
     """(records, quarantine rows) of `role`, sources one after the other in file order, each image as
     an absolute URI (see images.open_image): the form the cycle's steps pass between processes and
-    keep in candidates and curated records, so no later step needs to know the record's source."""
+    keep in candidates and curated records, so no later step needs to know the record's source.
+    Holds every record: training reads a role through `sicog.data.training` instead, which keeps
+    only the positions of the usable records."""
     data = open_role(catalog, role)
     records, quarantine = [], []
     for i in range(len(data)):
         try:
-            rec = data[i]
+            records.append(data.located(i))
         except Quarantined as exc:
             quarantine.append(exc.row)
-            continue
-        if "image" in rec:
-            meta, source = rec["meta"], data.source(rec["meta"]["source"])
-            try:
-                if meta.get("embedded_image"):
-                    if store.is_remote(source.source.uri):
-                        raise Quarantined("embedded image of a remote dataset", "copy the Hugging Face folder next to the run")
-                    rec["image"] = embedded_image_uri(store.local_path(source.source.uri).resolve(), meta["row"])
-                else:
-                    uri = image_uri(source.image_root, rec["image"])
-                    rec["image"] = uri if store.is_remote(uri) else f"file://{uri}"
-            except Quarantined as exc:
-                quarantine.append(
-                    {
-                        "role": role,
-                        "source": source.name,
-                        "row": meta["row"],
-                        "id": rec["id"],
-                        "reason": exc.reason,
-                        "detail": exc.detail,
-                        "raw": json.dumps(rec, ensure_ascii=False)[:500],
-                    }
-                )
-                continue
-        records.append(rec)
     return records, quarantine
 
 

@@ -7,8 +7,11 @@ ids for duplicate detection without keeping the rows.
 
 - `JsonlRows`: byte offset of every non-blank line; a row is one `seek` + `readline`.
 - `JsonArrayRows`: one regex scan over the memory-mapped file (strings are skipped whole, brackets
-  counted) records each top-level element's byte span; a row is one slice of the map. A truncated
-  file keeps its complete elements; the cut one becomes a malformed row.
+  counted) records each top-level element's byte span; a row is one positioned read (`os.pread`)
+  of its span. A truncated file keeps its complete elements; the cut one becomes a malformed row.
+  The scan hands the pages it has passed back every `RELEASE_BYTES` (madvise DONTNEED) and the map
+  is closed after it, so the file's pages never count in the process's RSS: a 665k-record LLaVA
+  file (~1 GB) would otherwise add its whole size to every rank's peak RSS.
 - `HFRows`: a `datasets.save_to_disk` folder or `.arrow` files (memory-mapped arrow through
   `datasets`), or `.parquet` files (read one row group at a time with pyarrow). Image cells stay
   undecoded: `{"bytes", "path"}` dicts, as the `Image` feature stores them.
@@ -20,6 +23,7 @@ line costs one quarantine row, not the read.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import mmap
 import os
@@ -92,10 +96,13 @@ _TOKEN = re.compile(rb'("[^"\\]*(?:\\.[^"\\]*)*")|([\[{])|([\]}])|([^\s,:\[\]{}"
 class JsonArrayRows:
     """The elements of one top-level JSON array (LLaVA's `.json` files)."""
 
+    RELEASE_BYTES = 8 << 20  # scanned pages handed back this often
+
     def __init__(self, path: Path):
         self.path = path
         self.starts, self.ends = array("q"), array("q")
         self._map = None
+        self._file = _PerProcessFile(path)
 
     def _mmap(self) -> mmap.mmap:
         if self._map is None:
@@ -107,9 +114,24 @@ class JsonArrayRows:
 
     def index(self) -> Iterator[Any]:
         mm = self._mmap()
-        depth, start = 0, 0
+        try:
+            yield from self._scan(mm)
+        finally:
+            self._map = None
+            with contextlib.suppress(BufferError):  # the scan's iterator still holds it: closed when collected
+                mm.close()
+
+    def _release(self, mm: mmap.mmap, upto: int) -> None:
+        if hasattr(mmap, "MADV_DONTNEED") and upto > 0:
+            mm.madvise(mmap.MADV_DONTNEED, 0, upto - upto % mmap.PAGESIZE)
+
+    def _scan(self, mm: mmap.mmap) -> Iterator[Any]:
+        depth, start, released = 0, 0, 0
         for m in _TOKEN.finditer(mm):
             kind = m.lastindex
+            if m.start() - released >= self.RELEASE_BYTES:
+                released = m.start()
+                self._release(mm, released)
             if depth == 0:
                 if kind != 2 or mm[m.start()] != ord("["):
                     raise UserError(f"{self.path}: not a JSON array (use format: jsonl for one record per line)")
@@ -133,13 +155,14 @@ class JsonArrayRows:
     def _add(self, start: int, end: int) -> Any:
         self.starts.append(start)
         self.ends.append(end)
-        return _parse(self._mmap()[start:end])
+        return _parse(self._map[start:end])
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def row(self, i: int) -> Any:
-        return _parse(self._mmap()[self.starts[i] : self.ends[i]])
+        start = self.starts[i]
+        return _parse(os.pread(self._file.get().fileno(), self.ends[i] - start, start))
 
 
 class _ArrowPart:

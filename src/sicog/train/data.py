@@ -15,10 +15,12 @@ is skipped and counted under its reason (the counts go into the stage's train_lo
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -130,31 +132,51 @@ class LazyRecords(torch.utils.data.Dataset):
     """Training records encoded when the Trainer asks for them, never kept: no stage waits for the
     whole set up front, and memory does not grow with the data.
 
-    The constructor makes one cheap pass: it renders each record's chat text and tokenizes the texts
-    in one batch to get exact lengths (an image adds the patch count minus its one marker token),
-    checks each image file's header, and skips and counts what is malformed, too long or without a
-    readable image. Pixels and assistant masks come only when the Trainer asks for a record.
-    `lengths` feeds length-grouped batching without encoding anything.
+    `records`: any sequence of records (a list, or sicog.data.training's TrainingRecords, which reads
+    record i when asked for it). The constructor makes one cheap pass, one record at a time: it
+    renders each record's chat text and tokenizes the texts `TOKENIZE_CHUNK` at a time to get exact
+    lengths (an image adds the patch count minus its one marker token), checks each image file's
+    header, and skips and counts what is malformed, too long or without a readable image. It keeps
+    only the kept records' positions in `records` and their lengths (int64 + int32 per record: about
+    8 MB for LLaVA-665k), never a record, a text or a token id. Pixels and assistant masks come only
+    when the Trainer asks for a record. `lengths` feeds length-grouped batching without encoding anything.
 
     A record that passes the check but fails to encode later (an image corrupt past its header, or one
     in object storage, which is not fetched up front) is returned as None, counted once under its
     reason, and dropped by the Collator.
     """
 
-    def __init__(self, records: list[dict], processor, image_root: str | Path, max_length: int):
-        self.processor, self.image_root, self.max_length = processor, image_root, max_length
+    TOKENIZE_CHUNK = 1024
+
+    def __init__(self, records, processor, image_root: str | Path, max_length: int):
+        self.records, self.processor, self.image_root, self.max_length = records, processor, image_root, max_length
         self.skipped: Counter = Counter()
         self._failed: set[int] = set()  # late skips, counted once however many epochs meet them
         image_tokens = num_image_tokens(processor)
-        texts, candidates = [], []
-        for rec in records:
+        positions, lengths = array("q"), array("i")
+        texts: list[str] = []
+        pending: list[tuple[int, bool]] = []  # (position, has an image) of the texts of this chunk
+
+        def measure() -> None:
+            counts = [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            for (position, has_image), n in zip(pending, counts):
+                n += image_tokens - 1 if has_image else 0
+                if n > max_length:
+                    self.skipped[TOO_LONG] += 1
+                    continue
+                positions.append(position)
+                lengths.append(n)
+            texts.clear()
+            pending.clear()
+
+        for position in range(len(records)):
+            rec = records[position]
             try:
                 _check_turns(rec)
                 local = _local_image(rec["image"], image_root) if rec.get("image") is not None else None
                 if local is not None:
                     check_image(local)
-                messages = record_messages(rec)
-                texts.append(processor.apply_chat_template(messages, tokenize=False))
+                texts.append(processor.apply_chat_template(record_messages(rec), tokenize=False))
             except SkipRecord as exc:
                 self.skipped[exc.reason] += 1
                 continue
@@ -164,26 +186,22 @@ class LazyRecords(torch.utils.data.Dataset):
             except Exception:  # a template error on one record must not stop the stage
                 self.skipped[MALFORMED] += 1
                 continue
-            candidates.append(rec)
-        token_counts = [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-        self.records: list[dict] = []
-        self.lengths: list[int] = []
-        for rec, n in zip(candidates, token_counts):
-            n += image_tokens - 1 if rec.get("image") is not None else 0
-            if n > max_length:
-                self.skipped[TOO_LONG] += 1
-                continue
-            self.records.append(rec)
-            self.lengths.append(n)
+            pending.append((position, rec.get("image") is not None))
+            if len(texts) == self.TOKENIZE_CHUNK:
+                measure()
+        if texts:
+            measure()
+        self.positions = np.frombuffer(positions, dtype=np.int64) if len(positions) else np.zeros(0, np.int64)
+        self.lengths = np.frombuffer(lengths, dtype=np.int32) if len(lengths) else np.zeros(0, np.int32)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.positions)
 
     def __getitem__(self, i: int) -> dict | None:
-        # Encoded on every access and never kept: memory stays that of the records, whatever the
+        # Encoded on every access and never kept: memory stays that of the index, whatever the
         # dataset's size (an epoch of 558k encoded records with pixels would be ~23 GB per rank).
         try:
-            return encode_record(self.records[i], self.processor, self.image_root, self.max_length)
+            return encode_record(self.records[int(self.positions[i])], self.processor, self.image_root, self.max_length)
         except SkipRecord as exc:
             if i not in self._failed:
                 self._failed.add(i)
