@@ -24,7 +24,14 @@ from sicog.steps.score import REJECTED_FILE, SCORED_FILE
 EVIDENCE = Path(__file__).resolve().parents[1] / "configs" / "evidence.yaml"
 # The evidence world and budgets at reduced size: fewer held-out images, a smaller pool, fewer steps; the labeled
 # set and the shift are the config's own.
-REDUCED = ["world.n_heldout=60", "world.n_pool_images=40", "world.n_pool_text=40", "train.instruct.max_steps=120", "train.pretrain.max_steps=80"]
+REDUCED = [
+    "world.n_annotated=40",
+    "world.n_heldout=60",
+    "world.n_pool_images=40",
+    "world.n_pool_text=40",
+    "train.instruct.max_steps=120",
+    "train.pretrain.max_steps=80",
+]
 
 
 @pytest.mark.slow
