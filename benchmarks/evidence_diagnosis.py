@@ -33,7 +33,7 @@ from sicog.evaluate.heldout import evaluate_heldout  # noqa: E402
 from sicog.evaluate.metrics import curation_quality, normalize_answer  # noqa: E402
 from sicog.models import load_model  # noqa: E402
 from sicog.records import read_jsonl  # noqa: E402
-from sicog.train.data import Collator, LazyRecords  # noqa: E402
+from sicog.train.data import Collator, LazyRecords, pop_late_skips  # noqa: E402
 from sicog.world import QTYPES  # noqa: E402
 
 STAGES = ("stage1/align", "base/instruct", "cycle/pretrain", "cycle/instruct", "oracle/pretrain", "oracle/instruct")
@@ -57,7 +57,7 @@ def mean_loss(model_dir: Path, records: list[dict], image_root: Path, max_length
     collate = Collator(processor.tokenizer.pad_token_id)
     total, tokens = 0.0, 0
     for start in range(0, len(data), batch):
-        inputs = collate([data[i] for i in range(start, min(start + batch, len(data)))])
+        inputs = pop_late_skips(collate([data[i] for i in range(start, min(start + batch, len(data)))]), data)
         n = int((inputs["labels"][:, 1:] != -100).sum())
         total += float(model(**inputs).loss) * n
         tokens += n

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import moto.settings
 import pytest
@@ -100,6 +101,70 @@ def test_s3_folder_roundtrip_is_verified(bucket, tmp_path, monkeypatch):
         pass
     with pytest.raises(StoreError, match="not a published folder"):
         store.download_dir(f"s3://{bucket}/run/half", tmp_path / "half")
+
+
+def _node_rank(uri: str, fetch_log: str, out: str) -> None:
+    """One training rank of a node (a forked process): reads `uri` through node_input, logs each fetch."""
+    store._make_client.cache_clear()  # no connection shared with the parent or a sibling
+    fetch = store._fetch
+
+    def logged(uri, into):
+        with open(fetch_log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # the others ask while the fetch is under way
+        return fetch(uri, into)
+
+    store._fetch = logged
+    with store.node_input(uri) as path:
+        digest = hashlib.sha256(b"".join((path / n).read_bytes() for n in ("model.safetensors", "tok/vocab.json"))).hexdigest()
+        Path(out).write_text(f"{path}\n{digest}")
+
+
+def test_node_input_fetches_once_per_node_for_all_its_ranks(bucket, tmp_path, monkeypatch):
+    """Four ranks of one node ask for the same model at once: one download, one copy, all read it whole;
+    a copy left half-done (no completion mark) by a killed rank is fetched again, not used."""
+    import multiprocessing
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))  # the pod's temporary folder
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun (each rank has its own; the value does not matter)
+    (tmp_path / "node-tmp").mkdir()
+    data = _folder(tmp_path / "src", {"model.safetensors": 2 * 1024 * 1024, "tok/vocab.json": 1000})
+    uri = f"s3://{bucket}/run/model"
+    store.upload_dir(tmp_path / "src", uri)
+    want = hashlib.sha256(data["model.safetensors"] + data["tok/vocab.json"]).hexdigest()
+
+    def ranks(n: int, log: str) -> list[list[str]]:
+        context = multiprocessing.get_context("fork")
+        procs = [context.Process(target=_node_rank, args=(uri, str(tmp_path / log), str(tmp_path / f"{log}-{i}"))) for i in range(n)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+        return [(tmp_path / f"{log}-{i}").read_text().splitlines() for i in range(n)]
+
+    seen = ranks(4, "first")
+    assert len((tmp_path / "first").read_text().split()) == 1  # one fetch for four ranks
+    assert {path for path, _ in seen} == {seen[0][0]} and all(digest == want for _, digest in seen)
+    copy = Path(seen[0][0])
+    assert copy.is_dir() and copy.parent.parent == tmp_path / "node-tmp"
+    monkeypatch.delenv("LOCAL_RANK")  # not a rank: a private copy, removed on exit
+    with store.node_input(uri) as private:
+        assert private.parent.parent != copy.parent and (private / "tok/vocab.json").read_bytes() == data["tok/vocab.json"]
+    assert not private.exists()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+
+    (copy / "model.safetensors").write_bytes(b"half")  # a rank killed mid-fetch: no completion mark
+    next(copy.parent.parent.glob("sicog-node-*.done")).unlink()
+    seen = ranks(2, "again")
+    assert len((tmp_path / "again").read_text().split()) == 1 and all(digest == want for _, digest in seen)
+
+    data = _folder(tmp_path / "src", {"model.safetensors": 1000, "tok/vocab.json": 10})  # republished: a new version
+    store.upload_dir(tmp_path / "src", uri)
+    seen = ranks(2, "republished")
+    assert len((tmp_path / "republished").read_text().split()) == 1
+    assert all(digest == hashlib.sha256(data["model.safetensors"] + data["tok/vocab.json"]).hexdigest() for _, digest in seen)
 
 
 def _raw_put(bucket, key, blob):

@@ -424,3 +424,23 @@ def test_lazy_records_keep_positions_and_lengths_not_records(world):
     assert list(data.lengths) == [len(encode_record(r, processor, root, 128)["input_ids"]) for r in records + records[:2]]
     source.reads.clear()
     assert data[n]["id"] == records[0]["id"] and source.reads == [n + 1]
+
+
+def test_data_loader_workers_train_the_same_weights_and_count_late_skips(world, tmp_path):
+    """Records encoded in data-loader worker processes give the weights the training process gives,
+    and a record that fails only when encoded (its image inside a dataset that is not there) is counted
+    once, in the training process, though a worker met it, every epoch."""
+    from sicog.config import TrainConfig
+
+    root, records, model_dir = world
+    late = _rec("late", "hf-row:/no/such/dataset#0", "Q?", "A.")  # not checked up front: fails in __getitem__
+    stage = StageConfig(learning_rate=1e-2, max_steps=6, batch_size=4)  # 14 records, 24 draws: every epoch meets it
+    logs, weights = {}, {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        train = TrainConfig(dataloader_workers=workers)
+        logs[workers] = train_stage(model_dir, records + [late], root, out, stage, train, seed=3, name=f"w{workers}", threads=1)
+        weights[workers] = _params(out)
+    assert logs[0]["skipped"] == logs[2]["skipped"] == {"bad_image": 1}
+    assert logs[0]["records"] == logs[2]["records"] == len(records) + 1  # measured up front; the skip is late
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

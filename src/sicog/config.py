@@ -155,6 +155,12 @@ class TrainConfig(_Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on; the tiny demo model does not need it).")
     nproc: int = Field(1, ge=1, description="Processes torchrun starts per local training task (one per GPU; gloo on CPU).")
+    dataloader_workers: int = Field(
+        0,
+        ge=0,
+        description="Data-loader worker processes per rank that read, fetch and decode images and tokenize records while the "
+        "GPU trains (paper scale: 4). 0: in the training process (the CPU demo, whose two cores are busy training).",
+    )
     save_steps: int = Field(0, ge=0, description="Checkpoint (safetensors + optimizer + RNG state) every N optimizer steps for --resume; 0: none.")
     step1: Literal["sft", "dpo"] = Field(
         "sft", description="Step-1 warm-up: sft (paper's main method) or dpo (paper's variant: pairs against answers on corrupted images, DPO + SFT)."

@@ -1,7 +1,8 @@
 """Where step inputs and outputs live, addressed by URI: local paths / `file://` and `s3://bucket/key`.
 
 Steps take URIs so the same code runs on a laptop and on a cluster. A step reads an input with
-`local_input(uri)` (a local path; for S3 a downloaded, sha256-verified copy) and writes its output
+`local_input(uri)` (a local path; for S3 a downloaded, sha256-verified copy; `node_input` shares one
+copy among a node's training ranks) and writes its output
 folder with `local_output(uri)` (written in place locally; for S3 staged locally and published on a
 clean exit). A published folder is its files plus `_manifest.json` (relative path -> sha256, size),
 written LAST: the manifest is the commit marker, readers of S3 folders require it and verify every
@@ -652,30 +653,73 @@ def write_manifest(local_dir: str | Path) -> dict[str, dict]:
     return files
 
 
+def _fetch(uri: str, into: Path) -> Path:
+    """Download `uri` (a published folder, or a single object) under the empty folder `into`; its local path."""
+    bucket, key = _s3(uri)
+    if _stat(uri, bucket, _under(key, MANIFEST)) is not None:
+        download_dir(uri, into / "folder")
+        return into / "folder"
+    if key and _stat(uri, bucket, key) is not None:
+        dest = into / key.rsplit("/", 1)[-1]
+        _download(uri, bucket, key, dest, None)
+        return dest
+    raise FileNotFoundError(2, "no such object or published folder", uri)
+
+
+def _existing(uri: str | Path) -> Path:
+    path = local_path(uri)
+    if not path.exists():
+        raise FileNotFoundError(2, "no such file or folder", str(uri))
+    return path
+
+
 @contextmanager
 def local_input(uri: str | Path) -> Iterator[Path]:
     """A local file or folder with `uri`'s content: the path itself locally; on S3 a verified
     download (a published folder, or a single object) removed on exit."""
     if not is_remote(uri):
-        path = local_path(uri)
-        if not path.exists():
-            raise FileNotFoundError(2, "no such file or folder", str(uri))
-        yield path
+        yield _existing(uri)
         return
-    bucket, key = _s3(uri)
     tmp = Path(tempfile.mkdtemp(prefix="sicog-in-"))
     try:
-        if _stat(str(uri), bucket, _under(key, MANIFEST)) is not None:
-            download_dir(uri, tmp / "folder")
-            yield tmp / "folder"
-        elif key and _stat(str(uri), bucket, key) is not None:
-            dest = tmp / key.rsplit("/", 1)[-1]
-            _download(str(uri), bucket, key, dest, None)
-            yield dest
-        else:
-            raise FileNotFoundError(2, "no such object or published folder", str(uri))
+        yield _fetch(str(uri), tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def node_input(uri: str | Path) -> Iterator[Path]:
+    """local_input for the ranks of one machine (under torchrun: LOCAL_RANK is set) that read the same
+    inputs: the first one to ask downloads `uri` into a folder named from the URI and its version
+    (the manifest's or the object's ETag), the others wait on a file lock and read that copy. A 7B
+    model or a 665k-record annotation file is fetched once per node, not eight times. Outside torchrun
+    it is local_input.
+
+    The copy is kept on exit: the node's other ranks may still be reading it, and a pod's temporary
+    folder goes with the pod (a container restarted in the same pod finds it complete and fetches
+    nothing). A copy interrupted mid-download has no completion mark and is fetched again; a
+    republished `uri` has another version, so a stale copy is never read."""
+    if not is_remote(uri) or "LOCAL_RANK" not in os.environ:
+        with local_input(uri) as path:
+            yield path
+        return
+    import fcntl
+
+    bucket, key = _s3(uri)
+    info = _stat(str(uri), bucket, _under(key, MANIFEST)) or (_stat(str(uri), bucket, key) if key else None)
+    if info is None:
+        raise FileNotFoundError(2, "no such object or published folder", str(uri))
+    version = hashlib.sha256(f"{uri} {info.etag}".encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"sicog-node-{version}"
+    done = folder.with_name(folder.name + ".done")  # holds the fetched path's name under `folder`
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            name = _fetch(str(uri), folder).name
+            done.write_text(name)
+    yield folder / done.read_text()
 
 
 @contextmanager

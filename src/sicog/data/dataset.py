@@ -91,7 +91,7 @@ class SourceData:
     def _local_path(self) -> Path:
         uri = self.source.uri
         if store.is_remote(uri):
-            return self._local.enter_context(store.local_input(uri))
+            return self._local.enter_context(store.node_input(uri))
         path = store.local_path(uri)
         if not path.exists():
             raise UserError(f"catalog: {self.role}/{self.name}: no such file or folder: {uri}")

@@ -72,7 +72,7 @@ class TrainingRecords(Sequence):
 
     def add_jsonl(self, uri: str) -> None:
         """Every line of a JSONL file (a local path or a store URI, fetched once for the life of this object)."""
-        path = self._local.enter_context(store.local_input(uri)) if store.is_remote(uri) else Path(uri)
+        path = self._local.enter_context(store.node_input(uri)) if store.is_remote(uri) else Path(uri)
         rows = JsonlRows(path)
         for row in rows.index():
             if isinstance(row, Malformed):

@@ -91,17 +91,23 @@ def read_json(path: Path, default):
 
 @contextmanager
 def open_step(
-    io: StepIO, *, cycle: int | None = None, output: Callable[[str], AbstractContextManager[Path]] = store.local_output, record: bool = True
+    io: StepIO,
+    *,
+    cycle: int | None = None,
+    output: Callable[[str], AbstractContextManager[Path]] = store.local_output,
+    input: Callable[[str], AbstractContextManager[Path]] = store.local_input,  # noqa: A002
+    record: bool = True,
 ) -> Iterator[Step]:
     """Run a step's body on local folders (see the module docstring). `cycle`: the config's cycle
-    number, for the log lines. `output`: how the output folder is opened (training ranks share one;
-    see sicog.train). `record`: write the step's files (False on every training rank but the main one)."""
+    number, for the log lines. `output` and `input`: how the output and input folders are opened
+    (training ranks share one output folder, and one copy of each input per node; see sicog.train).
+    `record`: write the step's files (False on every training rank but the main one)."""
     if logs.json_enabled():
         logs.configure()
     with ExitStack() as stack:
         stack.enter_context(logs.context(step=io.name, cycle=cycle))
         out = stack.enter_context(output(io.out))
-        fetch = lambda uri: stack.enter_context(store.local_input(uri)) if uri else None  # noqa: E731
+        fetch = lambda uri: stack.enter_context(input(uri)) if uri else None  # noqa: E731
         inputs: dict = {}
         for key, value in io.inputs.items():
             if isinstance(value, dict):

@@ -36,6 +36,7 @@ TOO_LONG = "too_long"
 BAD_IMAGE = "bad_image"
 MALFORMED = "malformed"
 NO_ANSWER = "no_answer"
+LATE_SKIP = "sicog_late_skip"  # a record that failed when encoded for a batch (see LazyRecords)
 
 
 class SkipRecord(ValueError):
@@ -142,8 +143,11 @@ class LazyRecords(torch.utils.data.Dataset):
     when the Trainer asks for a record. `lengths` feeds length-grouped batching without encoding anything.
 
     A record that passes the check but fails to encode later (an image corrupt past its header, or one
-    in object storage, which is not fetched up front) is returned as None, counted once under its
-    reason, and dropped by the Collator.
+    in object storage or inside a dataset, which is not fetched up front) comes back as a skip marker
+    ({LATE_SKIP: reason, "index": i}). The Collator drops it and hands the batch's markers on under
+    LATE_SKIP; the trainer gives them to `count_late`, in the training process. Why not count here:
+    with data-loader workers (`train.dataloader_workers`), this method runs in a worker process whose
+    counter the training process never sees.
     """
 
     TOKENIZE_CHUNK = 1024
@@ -197,16 +201,21 @@ class LazyRecords(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, i: int) -> dict:
         # Encoded on every access and never kept: memory stays that of the index, whatever the
         # dataset's size (an epoch of 558k encoded records with pixels would be ~23 GB per rank).
         try:
             return encode_record(self.records[int(self.positions[i])], self.processor, self.image_root, self.max_length)
         except SkipRecord as exc:
+            return {LATE_SKIP: exc.reason, "index": int(i)}
+
+    def count_late(self, skips: Iterable[tuple[int, str]]) -> None:
+        """Count late skips (index, reason) from the Collator's batches, once per record however many
+        epochs meet it."""
+        for i, reason in skips:
             if i not in self._failed:
                 self._failed.add(i)
-                self.skipped[exc.reason] += 1
-            return None
+                self.skipped[reason] += 1
 
 
 class Collator:
@@ -214,15 +223,18 @@ class Collator:
 
     A batch may mix image and text-only records: LLaVA fills the image-token positions with the
     stacked image features in order, so the i-th image belongs to the i-th record that has one.
+    LazyRecords' late skips are left out of the batch and listed under LATE_SKIP as (index, reason),
+    a key the trainer removes before the model sees the batch (`pop_late_skips`).
     """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, features: list[dict | None]) -> dict:
-        features = [f for f in features if f is not None]  # LazyRecords' late skips (already counted)
+    def __call__(self, features: list[dict]) -> dict:
+        skips = [(f["index"], f[LATE_SKIP]) for f in features if LATE_SKIP in f]
+        features = [f for f in features if LATE_SKIP not in f]
         if not features:
-            raise RuntimeError("every record of a batch failed to encode")
+            raise RuntimeError(f"every record of a batch failed to encode: {skips}")
         longest = max(len(f["input_ids"]) for f in features)
         input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
@@ -236,4 +248,14 @@ class Collator:
         pixels = [f["pixel_values"] for f in features if "pixel_values" in f]
         if pixels:
             batch["pixel_values"] = torch.stack(pixels)
+        if skips:
+            batch[LATE_SKIP] = skips
         return batch
+
+
+def pop_late_skips(batch: dict, dataset) -> dict:
+    """Remove a batch's late skips (see Collator) and count them on `dataset` when it is LazyRecords."""
+    skips = batch.pop(LATE_SKIP, None)
+    if skips and isinstance(dataset, LazyRecords):
+        dataset.count_late(skips)
+    return batch

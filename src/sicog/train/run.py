@@ -1,6 +1,7 @@
 """The body of every training process: one TrainRequest, run by each rank.
 
-Every rank reads the inputs (local folders, or verified downloads of s3:// ones), loads the records of
+Every rank reads the inputs (local folders, or verified downloads of s3:// ones, fetched once per node and
+shared by its ranks: store.node_input), loads the records of
 the request's training data (sicog.data.training) or its preference pairs, and trains; the Trainer
 reads torchrun's environment. Only the main rank (global rank 0) records the step's files
 (step.json, timings.json, quarantine.jsonl) and lineage.json; the ranks share one output folder
@@ -71,7 +72,7 @@ def run_request(request: TrainRequest) -> dict:
         if request.curated:
             inputs["curated"] = request.curated
     io = StepIO(f"train:{request.name}", request.out, inputs)
-    with open_step(io, cycle=cfg.cycle, output=rank_output, record=main) as step, progress() if main else nullcontext() as bar:
+    with open_step(io, cycle=cfg.cycle, output=rank_output, input=store.node_input, record=main) as step, progress() if main else nullcontext() as bar:
         model_dir, world_dir = step.input("model"), step.input("world")
         if request.stage == "dpo":
             records, quarantine = list(read_jsonl(step.input("pairs") / "pairs.jsonl")), []

@@ -35,7 +35,7 @@ from sicog.config import StageConfig, TrainConfig
 from sicog.models import load_model
 from sicog.records import write_json
 from sicog.train.batch import batch_plan, world_size
-from sicog.train.data import Collator, LazyRecords
+from sicog.train.data import Collator, LazyRecords, pop_late_skips
 
 PROJECTOR = "multi_modal_projector"
 CHECKPOINTS = "checkpoints"  # under the stage's out_dir; removed once the stage has finished
@@ -144,7 +144,8 @@ def training_arguments(args_class, out_dir: Path, stage: StageConfig, train: Tra
         save_total_limit=1,
         logging_steps=max(1, (steps or 50) // 50),  # ~50 points per loss curve
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=train.dataloader_workers,
+        dataloader_persistent_workers=train.dataloader_workers > 0,  # not re-forked every epoch
         remove_unused_columns=False,  # the collator takes the features it needs
         include_num_input_tokens_seen="non_padding",
         bf16=train.bf16,
@@ -190,11 +191,15 @@ class GroupedSampler(torch.utils.data.Sampler):
 
 class StageTrainer(Trainer):
     """Trainer with a seeded length-grouped sampler built from LazyRecords' lengths (the stock one
-    would encode every record to measure it)."""
+    would encode every record to measure it), which counts LazyRecords' late skips from its batches
+    (encoded in data-loader workers, whose own counts it never sees)."""
 
     def __init__(self, *args, group_by_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_by_length = group_by_length
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        return super().compute_loss(model, pop_late_skips(inputs, self.train_dataset), *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
