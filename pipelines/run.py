@@ -77,6 +77,13 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
     from sicog.lineage import LINEAGE, cycle_folder
     from sicog.pipelines.cycle import cycle_pipeline
 
+    if oracle and config.data.catalog:
+        from sicog.data.catalog import load_catalog
+
+        if not load_catalog(config.data.catalog).truth:
+            raise UserError(
+                f"--oracle trains on the pool's true labels, and the catalog {config.data.catalog} has no `truth` role; add one or leave out --oracle"
+            )
     run_uri = cycle_folder(series, uuid.uuid4().hex) if series else str(out)
     for uri in {run_uri, str(out)}:
         if store.is_remote(uri):

@@ -120,3 +120,11 @@ def test_user_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "lone.rejected.jsonl" in "".join(result.output.split())
     result = runner.invoke(app, ["sample", "--task", "poems", "--model", "m", "--world", "w", "--out", "o"])
     assert result.exit_code == 2 and "unknown task" in result.output
+
+
+def test_oracle_without_ground_truth_is_refused_before_any_task(tmp_path):
+    """--oracle trains on the pool's true labels: a catalog without a truth role is one line, exit 2, nothing run."""
+    (tmp_path / "catalog.yaml").write_text("instruct: {uri: instruct.jsonl}\npool_vqa: {uri: pool.jsonl}\n")
+    result = runner.invoke(app, ["cycle", "--set", f"data.catalog={tmp_path / 'catalog.yaml'}", "--oracle", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no `truth` role" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
