@@ -32,7 +32,6 @@ from sicog.data import read_role, run_catalog  # noqa: E402
 from sicog.evaluate.heldout import evaluate_heldout  # noqa: E402
 from sicog.evaluate.metrics import curation_quality, normalize_answer  # noqa: E402
 from sicog.models import load_model  # noqa: E402
-from sicog.prompts import final_answer  # noqa: E402
 from sicog.records import read_jsonl  # noqa: E402
 from sicog.train.data import Collator, LazyRecords, pop_late_skips  # noqa: E402
 from sicog.world import QTYPES  # noqa: E402
@@ -117,11 +116,7 @@ def main() -> None:
             out["curation"][qtype] = {k: q[k] for k in ("kept_accuracy", "mean_candidate_accuracy", "kept", "total")}
     oracle_vqa = [r for r in read_jsonl(curated / "oracle.jsonl") if r["sicog"]["task"] == "vqa"]
     out["oracle_agrees_with_truth"] = (
-        sum(
-            normalize_answer(final_answer(r["sicog"]["format"], r["conversations"][-1]["value"])) == normalize_answer(str(truth[r["id"]]["answer"]))
-            for r in oracle_vqa
-        )
-        / len(oracle_vqa)
+        sum(normalize_answer(r["conversations"][-1]["value"]) == normalize_answer(str(truth[r["id"]]["answer"])) for r in oracle_vqa) / len(oracle_vqa)
         if oracle_vqa
         else None
     )

@@ -484,29 +484,3 @@ def test_oracle_records_carry_the_true_label_in_the_direct_format_prompt():
     (text,) = oracle_records([{"id": "world/pool-text-1", "conversations": [{"from": "human", "value": "1 plus 1?"}]}], "text", truth, cycle=1, seed=0)
     assert text["conversations"] == [{"from": "human", "value": "1 plus 1?"}, {"from": "gpt", "value": "Two."}] and not text["sicog"]["conversation"]
     assert oracle_records(vqa, "vqa", {}, cycle=1, seed=0) == []  # a catalog without truth has no oracle
-
-
-def test_oracle_takes_the_cycles_reasoning_formats_where_the_truth_has_their_steps(tmp_path):
-    """The demo world's truth carries a question's CoT steps and a caption's CoD steps; the oracle then
-    trains on true labels in the formats the cycle's winners have (CoT, CoD), and each label parses
-    back to the truth (the CoT conclusion is the true answer)."""
-    from sicog.config import WorldConfig
-    from sicog.curate.ablation import oracle_records
-    from sicog.prompts import CAPTION_COD, cot_question, final_answer, parse_cod
-    from sicog.records import read_jsonl
-    from sicog.world import build_world
-
-    build_world(tmp_path, WorldConfig(seed=0, n_base=2, n_annotated=1, n_pool_images=3, n_pool_vqa=4, n_pool_text=1, n_heldout=1))
-    truth = {row["id"]: row for row in read_jsonl(tmp_path / "truth.jsonl")}
-    vqa = list(read_jsonl(tmp_path / "pool_vqa.jsonl"))
-    records = oracle_records(vqa, "vqa", truth, cycle=1, seed=0)
-    assert len(records) == 4 and {r["sicog"]["format"] for r in records} == {"cot"}
-    for rec, row in zip(records, vqa):
-        question = truth[rec["id"]]["question"]
-        assert rec["conversations"][0]["value"] == "<image>\n" + cot_question(question)
-        assert final_answer("cot", rec["conversations"][1]["value"]) == truth[rec["id"]]["answer"]
-    captions = oracle_records(list(read_jsonl(tmp_path / "pool_images.jsonl")), "caption", truth, cycle=1, seed=0)
-    assert len(captions) == 3 and {r["sicog"]["format"] for r in captions} == {"cod"}
-    for rec in captions:
-        assert rec["conversations"][0]["value"] == "<image>\n" + CAPTION_COD and not rec["sicog"]["conversation"]
-        assert parse_cod(rec["conversations"][1]["value"]) == truth[rec["id"]]["cod"]

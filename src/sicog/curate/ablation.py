@@ -26,45 +26,21 @@ def uncurated_records(rows: Sequence[dict], size: int, rng: random.Random, cycle
     return to_curated(picked, cycle, conversation_threshold)  # score None: no conversation
 
 
-# The oracle's label per task, first found in the truth row: the reasoning format the cycle's stage 1.5
-# trains on (its VQA winners are CoT answers, its caption winners mostly CoD captions) when the truth
-# carries its steps (the demo world's does: a question's CoT steps, a caption's CoD steps), else the
-# direct format whose reference every truth row has. (format, truth field)
-ORACLE_LABELS = {"caption": (("cod", "cod"), ("dd", "caption")), "vqa": (("cot", "cot"), ("da", "answer")), "text": (("text", "answer"),)}
-
-
-def oracle_label(row: dict, task: str) -> tuple[str, str] | None:
-    """(format, text) of the true label of a truth row for `task`, or None when it has none."""
-    from sicog.prompts import format_cod, format_cot
-
-    for fmt, field in ORACLE_LABELS[task]:
-        value = row.get(field)
-        if value is None:
-            continue
-        if fmt == "cod":
-            return fmt, format_cod(value)
-        if fmt == "cot":
-            return fmt, format_cot(value)  # its steps end with the answer
-        return fmt, str(value)
-    return None
+# The oracle's format per task: the direct answer, whose reference is in the world's ground truth.
+ORACLE_FORMAT = {"caption": "dd", "vqa": "da", "text": "text"}
+ORACLE_TRUTH = {"caption": "caption", "vqa": "answer", "text": "answer"}
 
 
 def oracle_records(pool: Sequence[dict], task: str, truth: dict, cycle: int, seed: int) -> list[dict]:
     """The oracle ablation, the ceiling of stage 1.5: every record of this cycle's `pool` of `task` that
-    has ground truth, with its true label (`oracle_label`: a CoT answer or CoD caption where the truth
-    has the steps, so that the oracle differs from the cycle's data in the labels' truth and not in
-    their format; else the DD caption, the short answer, the text answer) as the answer to the prompt
-    step 2 samples that format with, as curated records. Records without truth are left out; no truth
-    at all gives no records."""
+    has ground truth, with its true label (`truth[id]`: the DD caption, the short answer, the text answer)
+    as the answer to its direct-format prompt (DD, DA, text: the prompt step 2 samples that format with),
+    as curated records. Records without truth are left out; no truth at all gives no records."""
     from sicog.generate.plan import plan_requests
 
+    labeled = [rec for rec in pool if (truth.get(str(rec["id"])) or {}).get(ORACLE_TRUTH[task]) is not None]
     picked = []
-    for rec in pool:
-        label = oracle_label(truth.get(str(rec["id"])) or {}, task)
-        if label is None:
-            continue
-        fmt, text = label
-        (request,) = plan_requests([rec], task, {fmt: 1}, seed)
-        candidate = {**request, "text": text}
+    for request in plan_requests(labeled, task, {ORACLE_FORMAT[task]: 1}, seed):
+        candidate = {**request, "text": str(truth[request["id"]][ORACLE_TRUTH[task]])}
         picked.append({"id": request["id"], "task": task, "candidates": [candidate], "best": candidate["index"], "score": None, "scores": [None]})
     return to_curated(picked, cycle, conversation_threshold=float("inf"))

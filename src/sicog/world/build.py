@@ -7,8 +7,7 @@ unchanged. Files (image paths are relative to the output directory):
 - base.jsonl        DD captions, DA VQA and text-only QA that train the demo's base model
 - annotated.jsonl   the small step-1 set: DD + CoD captions, DA + CoT answers of the same images
 - pool_images.jsonl, pool_vqa.jsonl, pool_text.jsonl   unlabeled inputs of step 2 (no answers)
-- truth.jsonl       ground truth of every pool id, for measuring curation quality (with a question's CoT steps and a
-                    caption's CoD steps: the oracle ablation's labels)
+- truth.jsonl       ground truth of every pool id, for measuring curation quality
 - heldout.jsonl     new images with questions, answers and scenes, for evaluation
 - manifest.json     seed, config, row counts and sha256 of every file (written last)
 """
@@ -139,14 +138,13 @@ def build_world(out_dir: str | Path, cfg: WorldConfig, progress=None) -> dict:
         scene = scene_of(rng)
         rid = f"pool-img-{i:05d}"
         pool_images.append({"id": rid, "image": images.save("pool", i, scene)})
-        caption = dd_caption(scene, rng)  # then its CoD steps (the oracle's caption label): this item's rng only
-        truth.append({"id": rid, "split": "pool_images", "scene": scene, "caption": caption, "cod": cod_steps(scene, rng, caption)})
+        truth.append({"id": rid, "split": "pool_images", "scene": scene, "caption": dd_caption(scene, rng)})
     for i, rng in items("pool vqa", cfg.n_pool_vqa):
         scene = scene_of(rng)
         (q,) = questions(scene, rng, 1)
         rid = f"pool-vqa-{i:05d}"
         pool_vqa.append({"id": rid, "image": images.save("poolvqa", i, scene), "conversations": _conv(q["question"])})
-        truth.append({"id": rid, "split": "pool_vqa", "scene": scene, "question": q["question"], "answer": q["answer"], "qtype": q["qtype"], "cot": q["cot"]})
+        truth.append({"id": rid, "split": "pool_vqa", "scene": scene, "question": q["question"], "answer": q["answer"], "qtype": q["qtype"]})
     for i, rng in items("pool text", cfg.n_pool_text):
         qa = text_qa(rng)
         rid = f"pool-text-{i:05d}"
