@@ -76,6 +76,7 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
 
     from sicog.lineage import LINEAGE, cycle_folder
     from sicog.pipelines.cycle import cycle_pipeline
+    from sicog.pipelines.local import thread_safe
 
     if oracle and config.data.catalog:
         from sicog.data.catalog import load_catalog
@@ -101,21 +102,13 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
         series_uri=series,
     )
     sicog_cycle = cycle_pipeline()
-    # kfp.local swaps the root logger's handlers per task, and its ParallelFor threads can restore one
-    # bound to this run's log; the next run of the process (--cycles N, evidence) would write there.
-    root_handlers, root_print = logging.getLogger().handlers[:], builtins.print  # kfp.local swaps both per task
+    # kfp.local swaps the root logger's handlers and builtins.print per task (sicog.pipelines.local); the
+    # last task out restores the ones of its time, which here are bound to this run's log, and the next
+    # run of the process (--cycles N, evidence) would write there.
+    root_handlers, root_print = logging.getLogger().handlers[:], builtins.print
     try:
-        if verbose:
-            sicog_cycle(**params)
-        else:
-            # kfp.local warns that display names and caching options only matter on a cluster.
-            warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
-            with open(work / "cycle.log", "w") as log, contextlib.redirect_stdout(_LogFilter(log, sys.stdout)):
-                try:
-                    sicog_cycle(**params)
-                except Exception:
-                    sys.stderr.write(f"the cycle failed; full log: {work / 'cycle.log'}\n")
-                    raise
+        with thread_safe():
+            _run(sicog_cycle, params, work, verbose)
     finally:
         logging.getLogger().handlers[:] = root_handlers
         builtins.print = root_print
@@ -127,6 +120,22 @@ def run_local(config: SicogConfig, out: str | Path, ablations: bool = False, ver
             if store.exists(store.join(run_uri, name)):
                 store.write_bytes(store.join(out, name), store.read_bytes(store.join(run_uri, name)))
     return json.loads(store.read_text(store.join(out, "metrics.json")))
+
+
+def _run(sicog_cycle, params: dict, work: Path, verbose: bool) -> None:
+    """Run the pipeline; unless `verbose`, kfp.local's output goes to cycle.log and the terminal shows
+    task starts and ends, progress bars and errors."""
+    if verbose:
+        sicog_cycle(**params)
+        return
+    # kfp.local warns that display names and caching options only matter on a cluster.
+    warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
+    with open(work / "cycle.log", "w") as log, contextlib.redirect_stdout(_LogFilter(log, sys.stdout)):
+        try:
+            sicog_cycle(**params)
+        except Exception:
+            sys.stderr.write(f"the cycle failed; full log: {work / 'cycle.log'}\n")
+            raise
 
 
 def _publish(folder: Path, uri: str, last: str) -> None:

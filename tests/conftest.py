@@ -4,7 +4,7 @@ suite's guards: a hung test ends with its processes, no test leaves a process or
 from __future__ import annotations
 
 import builtins
-import contextlib
+import faulthandler
 import logging
 import sys
 import threading
@@ -14,6 +14,7 @@ import warnings
 
 import psutil
 import pytest
+from _pytest.faulthandler import fault_handler_stderr_fd_key
 
 from s3server import S3Server
 
@@ -54,9 +55,12 @@ def bucket(s3_server, monkeypatch):
 # ParallelExecutor.execute_parallel_tasks shuts its thread pool down with wait=True) while that thread
 # reads the pipe of a stuck child process. So a few seconds after the limit, the processes the test
 # started are ended too, and whatever waited on them returns. Whatever a test leaves running when it
-# ends, pass or fail, is ended in its teardown.
+# ends, pass or fail, is ended in its teardown. If the test still has not ended BACKSTOP_S after that
+# (its main thread waits on a thread that waits on a lock, not on a process), faulthandler prints every
+# thread's stack and ends the run: a failed run with the stacks to mend it, never a hung one.
 
 SLOW_TIMEOUT_S = 600  # the limit of a test marked slow that names none of its own
+BACKSTOP_S = 120  # after the limit and the processes' end: the whole run ends, with every thread's stack
 GRACE_S = 5  # how long a test's leftover processes may take to end by themselves (or after SIGTERM)
 _BASELINE = pytest.StashKey[set]()  # the processes that already ran when the test's own fixtures started
 _WATCHDOG = pytest.StashKey[threading.Timer]()
@@ -139,6 +143,9 @@ def pytest_timeout_set_timer(item, settings):
     timer.name = f"conftest watchdog {item.nodeid}"
     timer.start()
     item.stash[_WATCHDOG] = timer
+    # pytest's own duplicate of the terminal's stderr: the test's stderr is captured, and lost on exit.
+    stderr = item.config.stash.get(fault_handler_stderr_fd_key, None) or sys.__stderr__.fileno()
+    faulthandler.dump_traceback_later(settings.timeout + GRACE_S + BACKSTOP_S, file=stderr, exit=True)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -146,6 +153,7 @@ def pytest_timeout_cancel_timer(item):
     timer = item.stash.get(_WATCHDOG, None)
     if timer is not None:
         timer.cancel()
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(autouse=True)
@@ -164,55 +172,12 @@ def _ends_what_it_starts(request):
         warnings.warn(f"{item.nodeid} left {len(named)} process(es) running; ended them: " + "; ".join(named), stacklevel=1)
 
 
-# --- kfp.local's process-wide swaps, made safe for its ParallelFor threads ------------------------------
-#
-# kfp.local (kfp 2.17.0) runs a dsl.ParallelFor's iterations on a thread pool
-# (kfp/local/orchestrator/enhanced_dag_orchestrator.py:266, ParallelExecutor.execute_parallel_tasks), and
-# each task swaps two process-wide globals for its duration (kfp/local/task_dispatcher.py:196 and :211):
-# the root logger's handlers and level (logging_utils.local_logger_context, kfp/local/logging_utils.py:53)
-# and builtins.print (logging_utils.indented_print, :83). Neither is thread-safe: two iterations that
-# overlap restore them out of order, and when the first to start is the first to finish, builtins.print
-# stays the second one's indenting wrapper around the first one's, and the root logger keeps kfp's
-# handler at INFO. Every such run leaves one more level, and each level calls the one below twice (the
-# indent, then the text), so every later print in the process costs 2**levels calls: running the served
-# sampling group repeatedly in one process (tests/test_serving.py's test, 14 runs under two CPU hogs), a
-# run took 38 s, then 136 s, 282 s, and the 15th hung, its main thread in nested indented_print_function
-# frames inside kfp.local's orchestrator and the engine stand-in up. Here overlapping tasks share one swap:
-# the first task in makes it, the last one out undoes it. The same code is upstream (kubeflow/pipelines,
-# sdk/python/kfp/local/logging_utils.py, indented_print and local_logger_context), so this stays until a
-# kfp release makes them thread-safe. sicog's own `sicog cycle` runs kfp.local in-process too: see
-# pipelines/run.py's run_local, which restores the root logger's handlers but not builtins.print.
-
-
-def _shared(swap):
-    """`swap` (a context manager factory) entered once for all overlapping users, from any thread."""
-    lock, state = threading.Lock(), {"users": 0, "cm": None}
-
-    @contextlib.contextmanager
-    def shared(*args, **kwargs):
-        with lock:
-            if state["users"] == 0:
-                state["cm"] = swap(*args, **kwargs)
-                state["cm"].__enter__()
-            state["users"] += 1
-        try:
-            yield
-        finally:
-            with lock:
-                state["users"] -= 1
-                if state["users"] == 0:
-                    cm, state["cm"] = state["cm"], None
-                    cm.__exit__(None, None, None)
-
-    shared.__wrapped__ = swap
-    return shared
+# --- kfp.local's process-wide swaps, made safe for its ParallelFor threads (sicog.pipelines.local) ------
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _kfp_local_thread_safe():
-    from kfp.local import logging_utils
+    from sicog.pipelines.local import thread_safe
 
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("indented_print", "local_logger_context"):
-            patch.setattr(logging_utils, name, _shared(getattr(logging_utils, name)))
+    with thread_safe():
         yield
