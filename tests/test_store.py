@@ -108,11 +108,11 @@ def _node_rank(uri: str, fetch_log: str, out: str) -> None:
     store._make_client.cache_clear()  # no connection shared with the parent or a sibling
     fetch = store._fetch
 
-    def logged(uri, into):
+    def logged(uri, into, folder):
         with open(fetch_log, "a") as f:
             f.write(f"{os.getpid()}\n")
         time.sleep(0.5)  # the others ask while the fetch is under way
-        return fetch(uri, into)
+        return fetch(uri, into, folder)
 
     store._fetch = logged
     with store.node_input(uri) as path:

@@ -47,11 +47,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 from sicog import retry
 from sicog.errors import UserError
+
+if TYPE_CHECKING:
+    from minio.datatypes import Object
 
 MANIFEST = "_manifest.json"
 # The credentials a Kubernetes Secret gives every pod that reads or writes the store (same key and env names),
@@ -653,17 +656,25 @@ def write_manifest(local_dir: str | Path) -> dict[str, dict]:
     return files
 
 
-def _fetch(uri: str, into: Path) -> Path:
-    """Download `uri` (a published folder, or a single object) under the empty folder `into`; its local path."""
+def _published(uri: str) -> tuple[bool, Object]:
+    """Whether `uri` is a published folder (True: the stat of its manifest) or a single object (False: its stat)."""
     bucket, key = _s3(uri)
-    if _stat(uri, bucket, _under(key, MANIFEST)) is not None:
+    if (info := _stat(uri, bucket, _under(key, MANIFEST))) is not None:
+        return True, info
+    if key and (info := _stat(uri, bucket, key)) is not None:
+        return False, info
+    raise FileNotFoundError(2, "no such object or published folder", uri)
+
+
+def _fetch(uri: str, into: Path, folder: bool) -> Path:
+    """Download `uri` (a published folder, or a single object: _published) under the empty folder `into`; its local path."""
+    if folder:
         download_dir(uri, into / "folder")
         return into / "folder"
-    if key and _stat(uri, bucket, key) is not None:
-        dest = into / key.rsplit("/", 1)[-1]
-        _download(uri, bucket, key, dest, None)
-        return dest
-    raise FileNotFoundError(2, "no such object or published folder", uri)
+    bucket, key = _s3(uri)
+    dest = into / key.rsplit("/", 1)[-1]
+    _download(uri, bucket, key, dest, None)
+    return dest
 
 
 def _existing(uri: str | Path) -> Path:
@@ -682,7 +693,7 @@ def local_input(uri: str | Path) -> Iterator[Path]:
         return
     tmp = Path(tempfile.mkdtemp(prefix="sicog-in-"))
     try:
-        yield _fetch(str(uri), tmp)
+        yield _fetch(str(uri), tmp, _published(str(uri))[0])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -705,10 +716,7 @@ def node_input(uri: str | Path) -> Iterator[Path]:
         return
     import fcntl
 
-    bucket, key = _s3(uri)
-    info = _stat(str(uri), bucket, _under(key, MANIFEST)) or (_stat(str(uri), bucket, key) if key else None)
-    if info is None:
-        raise FileNotFoundError(2, "no such object or published folder", str(uri))
+    is_folder, info = _published(str(uri))
     version = hashlib.sha256(f"{uri} {info.etag}".encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"sicog-node-{version}"
     done = folder.with_name(folder.name + ".done")  # holds the fetched path's name under `folder`
@@ -717,7 +725,7 @@ def node_input(uri: str | Path) -> Iterator[Path]:
         if not done.is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            name = _fetch(str(uri), folder).name
+            name = _fetch(str(uri), folder, is_folder).name
             done.write_text(name)
     yield folder / done.read_text()
 

@@ -58,7 +58,10 @@ def torchrun(request: TrainRequest) -> dict:
     with tempfile.TemporaryDirectory(prefix="sicog-train-") as tmp, ExitStack() as fetched:
         local = {field: str(fetched.enter_context(store.local_input(uri))) for field, uri in request.uris().items() if field != "out" and store.is_remote(uri)}
         uri = request.model_copy(update=local).save(str(Path(tmp) / "train_request.json"))
-        proc = subprocess.run(torchrun_command(uri, request.cfg.train.nproc), env=dict(os.environ, PYTHONUNBUFFERED="1"), check=False)
+        # The ranks' temporary folder is this one, so what they keep there (store.node_input's copies of
+        # inputs they read themselves, e.g. a catalog's annotation files) goes with it.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=tmp)
+        proc = subprocess.run(torchrun_command(uri, request.cfg.train.nproc), env=env, check=False)
     if proc.returncode != 0:
         raise TrainError(f"training {request.name} failed under torchrun (exit status {proc.returncode})")
     return train_log(request.out)
