@@ -29,7 +29,7 @@ LOCK_FLAGS   := --quiet --generate-hashes --python-version 3.11 --python-platfor
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-eval demo test test-fast lint figures evidence evidence-demo curve bench compile lock clean
+.PHONY: setup setup-eval demo test test-fast lint figures evidence evidence-demo curve curve-evidence bench compile lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -84,7 +84,8 @@ figures: demo
 
 # The evidence regime (configs/evidence.yaml: a small labeled set, a shifted pool and held-out split) over
 # 3 seeds with base, cycle, control, uncurated and oracle; `make evidence-demo` is the same over the demo
-# config; `make curve` the base model's learning curve in the demo world (benchmarks/learning_curve.py).
+# config; `make curve` the base model's learning curve in the demo world (benchmarks/learning_curve.py),
+# `make curve-evidence` in the evidence world (its labeled images drawn as the evidence config draws them).
 evidence: setup
 	$(BIN)/sicog evidence --config configs/evidence.yaml --seeds 3 --out runs/evidence-shift
 	$(BIN)/sicog figures --evidence runs/evidence-shift --block evidence-shift
@@ -96,6 +97,10 @@ evidence-demo: setup
 curve: setup
 	$(BIN)/python benchmarks/learning_curve.py --config configs/demo.yaml --set world.n_heldout=100 --set train.align.max_steps=60 \
 	    --points 150:250,600:250,600:750 --out runs/curve-demo
+
+curve-evidence: setup
+	$(BIN)/python benchmarks/learning_curve.py --config configs/evidence.yaml --set world.n_base=600 \
+	    --points 150:200,150:600,225:600,300:600,600:600 --out runs/curve-evidence
 
 bench: setup
 	$(BIN)/python benchmarks/scoring.py
