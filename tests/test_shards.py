@@ -101,6 +101,29 @@ def test_resume_skips_finished_chunks_and_verifies_them(tmp_path):
         list(read_shard(str(tmp_path / "half")))
 
 
+class SeparatorSampler(EchoSampler):
+    """Texts holding the characters str.splitlines splits at but json.dumps(ensure_ascii=False) leaves as
+    they are (a random-weight model sampled one of them in the paper dry run, and its row was cut in two)."""
+
+    def generate_chunks(self, chunks, advance=None):
+        for k, chunk in enumerate(chunks):
+            yield k, [{**r, "text": f"{r['id']}\u2028a\u2029b\x85c\x1cd\x0be", "model": "echo"} for r in chunk]
+
+
+def test_texts_with_unicode_line_separators_survive_the_shard_and_the_collection(tmp_path):
+    records = _text_records(6)
+    uri = str(tmp_path / "shard-00000")
+    cfg = SampleConfig(chunk_size=4)
+    _run(records, uri, cfg, SeparatorSampler())
+    rows = list(read_shard(uri))
+    assert {r["id"] for r in rows} == {r["id"] for r in shard_records(records, 0, cfg.shards)}
+    assert all(r["text"] == f"{r['id']}\u2028a\u2029b\x85c\x1cd\x0be" for r in rows)
+    assert collect_candidates([uri], tmp_path / "candidates.jsonl")["candidates"] == len(rows)
+    from sicog.records import read_jsonl
+
+    assert [r["text"] for r in read_jsonl(tmp_path / "candidates.jsonl")] == [r["text"] for r in rows]
+
+
 def test_changed_plan_discards_old_chunks(tmp_path):
     uri = str(tmp_path / "shard")
     _run(_text_records(6), uri, SampleConfig(shards=1, chunk_size=2), EchoSampler())

@@ -24,6 +24,13 @@ IMAGE_TOKEN = "<image>"
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are treated as decompression bombs and quarantined
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text. Only "\n" ends one: str.splitlines also splits at U+2028, U+2029, U+0085
+    and other separators, which json.dumps(..., ensure_ascii=False) leaves as they are inside a string, and
+    a sampled text can hold them (a random-weight model's output cut one candidate row in two)."""
+    return text.split("\n")
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Rows of a JSONL file (a JSON array file is accepted too, as LLaVA data often comes that way)."""
     with open(path, encoding="utf-8") as fh:
@@ -129,7 +136,7 @@ def validate_records(path: str | Path, root: str | Path, need_answer: bool = Tru
         except json.JSONDecodeError as exc:
             return [], [{"line": 0, "reason": f"malformed JSON array: {exc.msg}", "raw": text[:200]}]
     else:
-        items = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        items = [(i + 1, line) for i, line in enumerate(jsonl_lines(text)) if line.strip()]
     for lineno, raw in items:
         try:
             rec = json.loads(raw)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sicog.errors import UserError
 from sicog.prompts.cot import convert_llava_cot_items
+from sicog.records import jsonl_lines
 
 __all__ = ["annotate_cot", "read_llava_cot"]
 
@@ -33,7 +34,7 @@ def read_llava_cot(path: str | Path) -> tuple[list[tuple[int, object]], list[dic
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: malformed JSON array ({exc.msg}, line {exc.lineno})") from None
     items, bad = [], []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(jsonl_lines(text), start=1):
         if raw.strip():
             try:
                 items.append((line, json.loads(raw)))

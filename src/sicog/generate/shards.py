@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 
 from sicog import store
 from sicog.errors import UserError
+from sicog.records import jsonl_lines
 
 MANIFEST = "manifest.json"
 
@@ -133,5 +134,6 @@ def read_shard(shard_uri: str) -> Iterator[dict]:
         data = store.read_bytes(store.join(shard_uri, entry["name"]))
         if _sha256(data) != entry["sha256"]:
             raise UserError(f"{shard_uri}: {entry['name']} does not match its manifest sha256")
-        for line in data.decode("utf-8").splitlines():
-            yield json.loads(line)
+        for line in jsonl_lines(data.decode("utf-8")):
+            if line:
+                yield json.loads(line)

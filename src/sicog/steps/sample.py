@@ -24,7 +24,7 @@ from sicog import store
 from sicog.console import progress
 from sicog.data import read_role, run_catalog
 from sicog.errors import UserError
-from sicog.records import write_json, write_jsonl
+from sicog.records import jsonl_lines, write_json, write_jsonl
 from sicog.steps._io import StepIO, as_config, open_step
 
 POOLS = {"caption": "pool_images", "vqa": "pool_vqa", "text": "pool_text"}  # the catalog role each task samples
@@ -127,7 +127,7 @@ def collect(config, io: StepIO, task: str, work: str) -> dict:
         stats = collect_candidates(uris, step.out / "candidates.jsonl")
         quarantined = store.join(uris[0], QUARANTINE)
         text = store.read_text(quarantined) if store.exists(quarantined) else ""
-        write_jsonl(step.out / QUARANTINE, [json.loads(line) for line in text.splitlines() if line.strip()])
+        write_jsonl(step.out / QUARANTINE, [json.loads(line) for line in jsonl_lines(text) if line.strip()])
         # failures and quarantined rows were counted by the shard steps' own timings
         step.figures.update(stats, quarantined=0)
     return stats
