@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from sicog.annotate.cod import accept, annotate_cod, cod_records, teacher_prompt
 from sicog.cli import app
 from sicog.prompts import CAPTION_COD, CAPTION_DD, COD_HEADERS, COT_HEADERS, format_cod, parse_cod, parse_cot
+from sicog.records import read_jsonl
 
 STEPS = [
     "A red circle and a blue square.",
@@ -122,7 +123,7 @@ def test_annotate_cot_cli_converts_and_quarantines(tmp_path):
     src.write_text(json.dumps(LLAVA_COT))
     result = CliRunner().invoke(app, ["annotate", "cot", "--in", str(src), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (tmp_path / "out" / "annotated.jsonl").read_text().splitlines()]
+    rows = list(read_jsonl((tmp_path / "out" / "annotated.jsonl")))
     assert [r["id"] for r in rows] == ["q1-da", "q1-cot"]
     da, cot = rows
     assert da["conversations"][0]["value"] == "<image>\nWhat colour is the circle?\nAnswer the question using a single word or phrase."
@@ -131,14 +132,14 @@ def test_annotate_cot_cli_converts_and_quarantines(tmp_path):
     assert parse_cot(cot["conversations"][1]["value"]) == ["Find the colour.", "A red circle.", "The circle is red.", "Red"]
     assert cot["conversations"][1]["value"].startswith(f"Step 1: {COT_HEADERS[0]}\n")
     assert da["meta"]["format"] == "da" and cot["meta"]["format"] == "cot" and cot["meta"]["source_id"] == "q1"
-    [q] = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    [q] = list(read_jsonl((tmp_path / "out" / "quarantine.jsonl")))
     assert q["id"] == "q2" and "REASONING" in q["reason"] and '"q2"' in q["raw"]
     # the input is JSONL too; a malformed line is quarantined with its line number, not fatal
     jl = tmp_path / "llava_cot.jsonl"
     jl.write_text(json.dumps(LLAVA_COT[0]) + "\n{not json\n")
     result = CliRunner().invoke(app, ["annotate", "cot", "--in", str(jl), "--out", str(tmp_path / "out2")])
     assert result.exit_code == 0, result.output
-    [q] = [json.loads(line) for line in (tmp_path / "out2" / "quarantine.jsonl").read_text().splitlines()]
+    [q] = list(read_jsonl((tmp_path / "out2" / "quarantine.jsonl")))
     assert q["line"] == 2 and q["reason"].startswith("malformed JSON")
 
 

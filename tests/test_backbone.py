@@ -15,6 +15,7 @@ from sicog.generate.backbone import extract_backbone, is_multimodal
 from sicog.generate.local import LocalSampler
 from sicog.generate.plan import plan_requests
 from sicog.generate.seeds import candidate_seed
+from sicog.records import read_jsonl
 from sicog.steps import StepIO
 from sicog.steps.model import extract_backbone as extract_step
 from sicog.steps.sample import sample
@@ -41,7 +42,7 @@ def _config(**sample):
 
 
 def _rows(out):
-    return [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    return list(read_jsonl((out / "candidates.jsonl")))
 
 
 def test_the_backbone_is_the_llavas_language_model(llava, tmp_path):

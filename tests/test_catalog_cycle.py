@@ -20,13 +20,14 @@ import pytest
 import yaml
 
 from sicog import store
+from sicog.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/micro.yaml"
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return list(read_jsonl(path))
 
 
 def _write_jsonl(path: Path, rows: list[dict], extra: str = "") -> Path:

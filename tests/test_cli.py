@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from sicog import store
 from sicog.cli import app
 from sicog.prompts import format_cot
+from sicog.records import jsonl_lines
 
 runner = CliRunner()
 
@@ -48,7 +49,7 @@ TRUTH = [{"id": "q1", "answer": "red"}, {"id": "q2", "answer": "blue"}, {"id": "
 
 
 def _lines(text):
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line) for line in jsonl_lines(text) if line.strip()]
 
 
 def test_score_writes_one_line_per_instance(tmp_path):

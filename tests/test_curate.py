@@ -14,6 +14,7 @@ from sicog.curate.consistency import best_in_groups, consistency_scores, exact_s
 from sicog.curate.select import score_instances, select_instances, to_curated  # noqa: E402
 from sicog.errors import UserError  # noqa: E402
 from sicog.prompts import COD_TURN_QUESTIONS, format_cod, format_cot  # noqa: E402
+from sicog.records import read_jsonl
 
 
 def _unit(rng, n, d, dtype=np.float32):
@@ -354,15 +355,15 @@ def test_text_keeps_its_threshold_then_the_top_k_across_scored_inputs(tmp_path):
     for name, rows in (("one", first), ("two", second)):
         figures = score(STEP_CONFIG, StepIO("score", str(tmp_path / f"scored-{name}"), {"candidates": [_write(tmp_path / f"cand-{name}.jsonl", rows)]}))
         assert figures["text"]["threshold"] == 0.5
-    one = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "scored-one/rejected.jsonl").read_text().splitlines())}
+    one = {r["id"]: r["reason"] for r in read_jsonl((tmp_path / "scored-one/rejected.jsonl"))}
     assert one == {"c": "best score 0.0000 < threshold 0.5"}  # the threshold applies before the top-K
     quality = curate(
         STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored-one"), str(tmp_path / "scored-two")]})
     )
-    curated = [json.loads(line) for line in (tmp_path / "cur/curated.jsonl").read_text().splitlines()]
+    curated = list(read_jsonl((tmp_path / "cur/curated.jsonl")))
     # Each scored input kept 2 (its own top-K); together the top-K is 2 of the whole pool: a and d (1.0), by score then id.
     assert sorted(r["id"] for r in curated) == ["a", "d"] and quality["text"]["kept"] == 2
-    rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "cur/rejected.jsonl").read_text().splitlines())}
+    rejected = {r["id"]: r["reason"] for r in read_jsonl((tmp_path / "cur/rejected.jsonl"))}
     assert rejected["c"].startswith("best score 0.0000 < threshold")
     assert rejected["b"] == "not in top-K (rank 3 of 4 passing, K=2)" and rejected["e"].startswith("not in top-K (rank 4")
 
@@ -385,7 +386,7 @@ def test_the_curate_step_converts_high_consistency_cod_winners(tmp_path):
     _write(world / "truth.jsonl", [])
     score(STEP_CONFIG, StepIO("score", str(tmp_path / "scored"), {"candidates": [_write(tmp_path / "cand.jsonl", cands)]}))
     quality = curate(STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored")]}))
-    curated = {r["id"]: r for r in map(json.loads, (tmp_path / "cur/curated.jsonl").read_text().splitlines())}
+    curated = {r["id"]: r for r in read_jsonl((tmp_path / "cur/curated.jsonl"))}
     assert set(curated) == {"img1", "img2"}  # one record per instance: no "-conv" record beside the single-turn one
     assert curated["img1"]["sicog"]["conversation"] is True and len(curated["img1"]["conversations"]) == 10
     assert curated["img2"]["sicog"]["conversation"] is False and len(curated["img2"]["conversations"]) == 2
@@ -463,7 +464,7 @@ def test_malformed_counts_include_instances_rejected_for_too_few_well_formed_can
     assert figures["caption"]["malformed"] == 3 and figures["caption"]["instances"] == 2
     quality = curate(STEP_CONFIG, StepIO("curate", str(tmp_path / "cur"), {"world": str(world), "scored": [str(tmp_path / "scored")]}))
     assert quality["caption"]["malformed"] == 3
-    rejected = [json.loads(line) for line in (tmp_path / "cur/rejected.jsonl").read_text().splitlines()]
+    rejected = list(read_jsonl((tmp_path / "cur/rejected.jsonl")))
     assert sum(len(r.get("malformed", [])) for r in rejected if r["id"] == "img2") == 2
 
 

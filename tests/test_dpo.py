@@ -12,6 +12,7 @@ from PIL import Image
 from sicog.annotate.dpo import CORRUPTIONS, METHODS, corrupt, make_pairs
 from sicog.config import StageConfig, TrainConfig
 from sicog.models import load_model
+from sicog.records import read_jsonl
 from sicog.train.dpo import train_dpo
 from tiny import colour_world, tiny_model
 from tiny import record as _rec
@@ -105,7 +106,7 @@ def test_pairs_are_deterministic_per_seed(world, tmp_path):
     read = lambda d: (d / "pairs.jsonl").read_text()  # noqa: E731
     assert read(tmp_path / "a") == read(tmp_path / "b")
     assert read(tmp_path / "a") != read(tmp_path / "c")
-    rows = [json.loads(line) for line in read(tmp_path / "a").splitlines()]
+    rows = list(read_jsonl(tmp_path / "a" / "pairs.jsonl"))
     assert stats["pairs"] == len(rows) == len(records)
     assert stats["skipped"] == {"bad image": 1, "no image or no first exchange": 1}
     by_id = {r["id"]: r for r in records}
@@ -119,7 +120,7 @@ def test_pairs_are_deterministic_per_seed(world, tmp_path):
 def test_dpo_stage_trains_and_saves(world, tmp_path):
     root, records, model_dir = world
     make_pairs(records, model_dir, root, tmp_path / "pairs", seed=0, max_new_tokens=8, batch_size=4)
-    pairs = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    pairs = list(read_jsonl((tmp_path / "pairs" / "pairs.jsonl")))
     pairs.append({**pairs[0], "image": "img/nope.png"})
     stage = StageConfig(learning_rate=1e-2, max_steps=3, batch_size=4)
     log = train_dpo(model_dir, pairs, root, tmp_path / "out", stage, TrainConfig(max_length=256), seed=0, name="dpo", threads=1)
@@ -146,7 +147,7 @@ def test_step1_dpo_switch_makes_pairs_then_trains_dpo(world, tmp_path):
     result = warmup(cfg, StepIO("train:perception/warmup", str(tmp_path / "out"), {"model": str(model_dir), "world": str(root)}), "perception")
     log = result["log"]
     assert log["steps"] == 2 and result["figures"] == {"stage": "dpo", "data": "perception", "steps": 2, "final_loss": log["loss_history"][-1][1]}
-    pairs = [json.loads(line) for line in (tmp_path / "out" / "dpo-pairs" / "pairs.jsonl").read_text().splitlines()]
+    pairs = list(read_jsonl((tmp_path / "out" / "dpo-pairs" / "pairs.jsonl")))
     assert len(pairs) == len(records)
     lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
     assert lineage[-1]["stage"] == "dpo" and lineage[-1]["data"] == "perception"

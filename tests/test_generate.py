@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -19,6 +18,7 @@ from sicog.generate.plan import plan_requests
 from sicog.generate.sample import failures_path, sample_candidates
 from sicog.generate.seeds import candidate_seed
 from sicog.prompts import CAPTION_COD, CAPTION_DD, cot_question, da_question
+from sicog.records import read_jsonl
 from tiny import IMAGE_SIZE, tiny_sampler_model
 
 CANDIDATE_KEYS = {"id", "task", "format", "index", "seed", "prompt", "image", "text", "model"}
@@ -186,8 +186,8 @@ def test_sample_candidates_contract(world, tmp_path):
     with Progress(disable=True) as progress:
         stats = sample_candidates(records, "caption", model_dir, out, cfg, cycle_seed=2, image_root=root, progress=progress)
         assert progress.tasks[0].completed == progress.tasks[0].total == 9
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    failed = [json.loads(line) for line in failures_path(out).read_text().splitlines()]
+    rows = list(read_jsonl(out))
+    failed = list(read_jsonl(failures_path(out)))
     assert failures_path(out).name == "caption.failures.jsonl"
     assert stats["candidates"] == len(rows) == 6 and stats["failures"] == len(failed) == 3
     assert 0 < stats["output_tokens"] <= 9 * 8 and stats["seconds"] >= 0

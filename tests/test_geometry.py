@@ -350,7 +350,7 @@ def test_stage_trains_samples_and_evaluates(backbone, data, tmp_path):
     metrics = evaluate_heldout(tmp_path / "stage", rows, root, tmp_path / "predictions.jsonl", EvalConfig(max_new_tokens=4, batch_size=2))
     assert (metrics["vqa_n"], metrics["caption_n"], metrics["errors"]) == (1, 1, 0)
     assert 0 <= metrics["vqa_accuracy"] <= 1 and 0 <= metrics["caption_attribute_recall"] <= 1
-    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2
+    assert len(list(read_jsonl(tmp_path / "predictions.jsonl"))) == 2
 
 
 def _saved_dtypes(model_dir) -> tuple[set, set]:

@@ -33,6 +33,7 @@ from sicog.evaluate import lmms
 from sicog.evaluate.heldout import evaluate_heldout
 from sicog.evaluate.metrics import normalize_answer, vqa_correct
 from sicog.prompts import da_question
+from sicog.records import read_jsonl
 from sicog.world import build_world, world_texts
 from tiny import tiny_sampler_model
 
@@ -66,7 +67,7 @@ def world_model(tmp_path_factory):
 def _ours(model, rows, image_root, path):
     cfg = EvalConfig(max_new_tokens=MAX_NEW_TOKENS, batch_size=1)
     result = evaluate_heldout(model, rows, image_root, path, cfg)
-    return result, {json.loads(line)["id"]: json.loads(line) for line in path.read_text().splitlines()}
+    return result, {row["id"]: row for row in read_jsonl(path)}
 
 
 @pytest.mark.slow
@@ -100,7 +101,7 @@ def test_heldout_task_through_lmms_eval_equals_heldout_eval(world_model, tmp_pat
     # Not only the means: lmms-eval's llava_hf generated the same tokens for every row (it keeps the
     # decoded text unstripped, sicog strips it; the metrics normalise whitespace either way).
     for task in (lmms.HELDOUT_VQA, lmms.HELDOUT_CAPTION):
-        theirs = [json.loads(line) for line in (tmp_path / "lmms" / f"predictions_{task}.jsonl").read_text().splitlines()]
+        theirs = list(read_jsonl(tmp_path / "lmms" / f"predictions_{task}.jsonl"))
         assert len(theirs) == scores[f"{task}_n"]
         for row in theirs:
             assert row["text"].strip() == predictions[row["id"]]["text"], row["id"]

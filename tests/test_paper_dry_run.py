@@ -33,6 +33,7 @@ from sicog import lineage
 from sicog.evaluate import lmms
 from sicog.generate.serving import TransformersServer, sampling_copy
 from sicog.models import train_tokenizer
+from sicog.records import read_jsonl
 from test_lmms_eval import _MMSTAR_CACHE, _eval_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ SYSTEM = "You are a helpful assistant. Answer in one word where you can."
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return list(read_jsonl(path))
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 1500) -> subprocess.CompletedProcess:
@@ -233,7 +234,7 @@ def test_paper_config_runs_a_two_cycle_series_on_public_format_data(tmp_path):
     for uri, record in records:
         folder = Path(uri).parent
         candidates = list(folder.glob("pipeline/*/collect-candidates*/candidates/candidates.jsonl"))
-        pools.append({row["id"] for path in candidates for row in map(json.loads, path.read_text().splitlines()) if row.get("task") == "caption"})
+        pools.append({row["id"] for path in candidates for row in read_jsonl(path) if row.get("task") == "caption"})
     assert all(pools) and not pools[0] & pools[1]
     # Both cycles measured the public benchmark offline, and the held-out split through lmms-eval too.
     for uri, record in records:

@@ -10,6 +10,7 @@ import yaml
 
 from sicog.config import load_config
 from sicog.pipelines.run import compile_pipeline
+from sicog.records import read_jsonl
 from sicog.report.figures import figure_tables, read_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,13 +159,13 @@ def test_cycles_of_a_series_run_one_after_another_each_from_the_last_promoted(tm
     assert [e["name"] for e in lineage].count("stage1/align") == 1  # cycle 1's, not a second one
     # train.carry_curated: stage 1.5 of cycle 2 trained on its own curated data plus cycle 1's.
     assert second["config"]["train"]["earlier_curated"] == [uri(first, "curated", "inputs")]
-    count = lambda folder: len((Path(folder) / "curated.jsonl").read_text().splitlines())  # noqa: E731
+    count = lambda folder: len(list(read_jsonl(Path(folder) / "curated.jsonl")))  # noqa: E731
     total = lambda entry: entry["records"] + sum(entry.get("skipped", {}).values())  # noqa: E731 (records read, kept or not)
     first_pretrain, second_pretrain = [e for e in lineage if e["name"] == "cycle/pretrain"]
     assert total(second_pretrain) == total(first_pretrain) + count(uri(second, "curated", "inputs"))  # the same labeled mix both times
     # Curated records carry the cycle number they were made in.
     curated = Path(uri(second, "curated", "inputs")) / "curated.jsonl"
-    assert all(json.loads(line)["sicog"]["cycle"] == 2 for line in curated.read_text().splitlines())
+    assert all(row["sicog"]["cycle"] == 2 for row in read_jsonl(curated))
     # And the series report reads both cycles back.
     proc = subprocess.run(
         [sys.executable, "-m", "sicog.cli", "series", "report", str(series), "--out", str(tmp_path / "sr")], capture_output=True, text=True, timeout=120

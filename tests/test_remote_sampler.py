@@ -24,6 +24,7 @@ from sicog.generate.sample import sample_candidates
 from sicog.generate.seeds import candidate_seed
 from sicog.generate.serving import TransformersServer, sampling_copy
 from sicog.prompts import CAPTION_COD, CAPTION_DD
+from sicog.records import read_jsonl
 from tiny import IMAGE_SIZE, tiny_sampler_model
 
 SCHEMAS = Path(__file__).parent / "schemas" / "tgi-openapi.json"
@@ -171,7 +172,7 @@ def test_sample_candidates_through_the_remote_backend(served, recorder, tmp_path
     cfg = SampleConfig(engine="openai", endpoint=server.base_url, served_model=server.model, max_new_tokens=8, shards=2, chunk_size=1, concurrency=3)
     out = tmp_path / "caption.jsonl"
     stats = sample_candidates(_records(), "caption", None, out, cfg, cycle_seed=1, image_root=root)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = list(read_jsonl(out))
     assert stats["candidates"] == len(rows) == 9 and stats["failures"] == 0 and stats["chunks_sampled"] == 3
     assert [(r["id"], r["index"]) for r in rows] == [(f"img-{i}", k) for i in range(3) for k in range(3)]
     again = sample_candidates(_records(), "caption", None, out, cfg, cycle_seed=1, image_root=root)

@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from sicog.curate.consistency import best_in_groups, consistency_scores  # noqa: E402
 from sicog.errors import UserError  # noqa: E402
 from sicog.prompts import format_cod, format_cot  # noqa: E402
+from sicog.records import read_jsonl
 from sicog.scorer.batcher import DeadlineExpired, MicroBatcher  # noqa: E402
 from sicog.scorer.client import ScorerClient, ScorerError  # noqa: E402
 from sicog.scorer.core import Limits  # noqa: E402
@@ -304,7 +305,7 @@ def test_score_step_through_the_service_equals_in_process(tmp_path, address):
     local = score(config, StepIO("score", str(tmp_path / "local"), {"candidates": [str(src)]}))
     remote = score(config, StepIO("score", str(tmp_path / "remote"), {"candidates": [str(src)]}), scorer=address)
     assert local == remote
-    read = lambda d: {r["id"]: r for r in map(json.loads, (tmp_path / d / "scored.jsonl").read_text().splitlines())}  # noqa: E731
+    read = lambda d: {r["id"]: r for r in read_jsonl((tmp_path / d / "scored.jsonl"))}  # noqa: E731
     a, b = read("local"), read("remote")
     assert set(a) == set(b) == {"img0", "img1", "img2", "q0", "q1", "t0"}
     assert {a[i]["similarity"] for i in ("q0", "q1")} == {"exact", "embedding"}  # hybrid used both
@@ -322,7 +323,7 @@ def test_score_step_through_the_service_equals_in_process(tmp_path, address):
         app, ["score", "--in", str(src), "--out", str(tmp_path / "cli.jsonl"), "--scorer", address, "--set", "curate.caption.threshold=0.5"]
     )
     assert result.exit_code == 0, result.output
-    assert {r["id"] for r in map(json.loads, (tmp_path / "cli.jsonl").read_text().splitlines())} == {"img0", "img1", "img2", "q0", "q1", "t0"}
+    assert {r["id"] for r in read_jsonl((tmp_path / "cli.jsonl"))} == {"img0", "img1", "img2", "q0", "q1", "t0"}
     with pytest.raises(UserError, match="serves 'all-MiniLM-L6-v2', but curate.embedder is 'other'"):
         score({"curate": {"embedder": "other", "scorer": address}}, StepIO("score", str(tmp_path / "other"), {"candidates": [str(src)]}))
 

@@ -35,6 +35,7 @@ from sicog.generate.plan import plan_requests
 from sicog.generate.remote import RemoteSampler
 from sicog.generate.sample import model_image_edge
 from sicog.prompts import CAPTION_COD, CAPTION_DD
+from sicog.records import jsonl_lines, read_jsonl
 from tiny import IMAGE_SIZE, tiny_sampler_model
 
 NS = "sicog"
@@ -332,7 +333,7 @@ def test_launch_samples_with_n_adopts_on_retry_and_delete_stops_it(kube, model, 
     rows = list(sampler.generate(reqs))
     assert sorted((r["id"], r["index"]) for r in rows) == sorted((r["id"], r["index"]) for r in reqs)
     assert all(isinstance(r["text"], str) and "error" not in r and r["model"] == "perception" for r in rows), rows
-    seen = [json.loads(line) for line in kube.pod_log(name).splitlines() if line.startswith("{")]
+    seen = [json.loads(line) for line in jsonl_lines(kube.pod_log(name)) if line.startswith("{")]
     cod_seeds = {r["id"]: r["seed"] for r in reqs if r["format"] == "cod" and r["index"] == 0}
     assert sorted(s["seeds"] for s in seen if s["n"] == 2) == sorted([[seed, seed + 1] for seed in cod_seeds.values()])
     assert sum(s["n"] for s in seen) == len(reqs) and sampler.attempts == 4  # 2 images x (1 CoD request with n=2 + 1 DD)
@@ -531,7 +532,7 @@ def test_served_sampling_group_under_kfp_local_deletes_its_server_even_when_samp
     check(config=parameter_dict(cfg), run_uri=str(work), model_uri=model_uri, run_id="run-kfp-local-ok")
     candidates = sorted((tmp_path / "pipeline").glob("served-sampling-check-*/collect-candidates/candidates/candidates.jsonl"))
     assert len(candidates) == 1, sorted(p.relative_to(tmp_path) for p in (tmp_path / "pipeline").rglob("*.jsonl"))
-    rows = [json.loads(line) for line in candidates[0].read_text().splitlines()]
+    rows = list(read_jsonl(candidates[0]))
     assert len(rows) == 4 * 3 and all(r["model"] == "perception" and isinstance(r["text"], str) for r in rows)  # 4 images x (2 CoD + 1 DD)
     assert _left(kube) == []  # the exit handler deleted the server after sampling
 
