@@ -12,7 +12,7 @@ makes it, the last one out undoes it.
 
 The same swap calls `Logger.setLevel` twice per task, and on Python < 3.13 that takes logging's module
 lock without a try/finally (logging.Manager._clear_cache; CPython gh-109461 moved it into a `with` in
-3.13). An exception between the two (e.g. pytest-timeout's alarm) leaks the lock, and the next task
+3.13). An exception raised while it holds the lock (e.g. pytest-timeout's alarm) leaks the lock, and the next task
 thread that makes a handler waits for it forever while the main thread waits for that thread
 (ParallelExecutor shuts its pool down with wait=True). Under `thread_safe()` it is 3.13's version.
 Both stay until a kfp release makes its swaps thread-safe.

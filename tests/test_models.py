@@ -9,6 +9,7 @@ from PIL import Image
 
 from sicog.config import ModelConfig
 from sicog.models import init_model, load_model, num_image_tokens, to_messages, train_tokenizer
+from tiny import foundation_parts
 
 TEXTS = [
     "Step 1: Extract salient content by identifying the key elements that define the image.\nA red circle.",
@@ -109,27 +110,12 @@ def test_generate_stops_and_decodes(model_dir):
 
 
 def test_assemble_puts_every_weight_in_place_and_reloads_identically(tmp_path):
-    from transformers import CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
-
     from sicog.models import IMAGE_TOKEN, assemble_model
 
     torch.manual_seed(0)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8))
-    clip.save_pretrained(tmp_path / "clip")
-    tok = train_tokenizer(TEXTS, 300)
-    tok.save_pretrained(tmp_path / "lm")
-    lm = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=False,
-        )
-    )
-    lm.save_pretrained(tmp_path / "lm")
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    clip, lm = foundation_parts(tmp_path, TEXTS, 300, vision, text)
     out = assemble_model(tmp_path / "clip", tmp_path / "lm", tmp_path / "llava", seed=0)
     model, processor = load_model(out)
     assert type(model).__name__ == "LlavaForConditionalGeneration" and model.config.vision_feature_layer == -2

@@ -32,9 +32,9 @@ import engine as standin
 from sicog import lineage
 from sicog.evaluate import lmms
 from sicog.generate.serving import TransformersServer, sampling_copy
-from sicog.models import train_tokenizer
 from sicog.records import read_jsonl
 from test_lmms_eval import _MMSTAR_CACHE, _eval_python
+from tiny import foundation_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs/paper-qwen2-7b.yaml"
@@ -54,28 +54,12 @@ def _cli(*args: str, env: dict | None = None, timeout: float = 1500) -> subproce
 
 def _assemble(world: Path, out: Path) -> Path:
     """CLIP-L/336's geometry and a Qwen2-architecture LM, few and narrow layers, random weights, assembled in bf16."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
-
     texts = [t for rec in _jsonl(world / "base.jsonl") + _jsonl(world / "reasoning.jsonl") for t in (turn["value"] for turn in rec["conversations"])]
-    CLIPVisionModel(
-        CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=336, patch_size=14)
-    ).save_pretrained(out / "clip")
-    tok = train_tokenizer(texts, 600)
-    tok.save_pretrained(out / "lm")
-    lm = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-        )
-    )
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=336, patch_size=14)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    _, lm = foundation_parts(out, texts, 600, vision, text)
     lm.generation_config.max_new_tokens = 16
-    lm.save_pretrained(out / "lm")
+    lm.generation_config.save_pretrained(out / "lm")
     made = _cli("model", "assemble", "--vision", str(out / "clip"), "--llm", str(out / "lm"), "--out", str(out / "llava"), "--config", str(PAPER))
     assert made.returncode == 0, made.stderr[-2000:]
     return out / "llava"

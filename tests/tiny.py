@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from sicog.config import ModelConfig
-from sicog.models import init_model, load_model
+from sicog.models import init_model, load_model, train_tokenizer
 
 IMAGE_SIZE = 32
 TINY = ModelConfig(vision_hidden=32, vision_layers=2, lm_hidden=32, lm_layers=1, heads=2, kv_heads=1, intermediate=64, vocab_size=400)
@@ -30,6 +30,21 @@ def tiny_sampler_model(directory: Path, texts: list[str]) -> Path:
                 param.mul_(10)
     model.save_pretrained(model_dir)
     return model_dir
+
+
+def foundation_parts(out: Path, texts: list[str], vocab_size: int, vision: dict, text: dict):
+    """A CLIP vision tower and a Qwen2-architecture LM with its own trained tokenizer, random weights, saved
+    to out/"clip" and out/"lm" as `sicog model assemble` reads them (the parts of a foundation model).
+    `vision` and `text` are their configs' geometry; returns (clip, lm) as built."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
+
+    clip = CLIPVisionModel(CLIPVisionConfig(**vision))
+    clip.save_pretrained(out / "clip")
+    tok = train_tokenizer(texts, vocab_size)
+    tok.save_pretrained(out / "lm")
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), tie_word_embeddings=False, **text))
+    lm.save_pretrained(out / "lm")
+    return clip, lm
 
 
 def record(rid: str, image: str | None, question: str, answer: str) -> dict:
