@@ -42,7 +42,7 @@ def _config(**sample):
 
 
 def _rows(out):
-    return list(read_jsonl((out / "candidates.jsonl")))
+    return list(read_jsonl(out / "candidates.jsonl"))
 
 
 def test_the_backbone_is_the_llavas_language_model(llava, tmp_path):

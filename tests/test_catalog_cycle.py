@@ -26,10 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/micro.yaml"
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return list(read_jsonl(path))
-
-
 def _write_jsonl(path: Path, rows: list[dict], extra: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + extra)
@@ -44,7 +40,7 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
     nested = data / "558k" / "images" / "00000"
     nested.mkdir(parents=True)
     align = []
-    for rec in _jsonl(world / "align.jsonl"):
+    for rec in read_jsonl(world / "align.jsonl"):
         name = Path(rec["image"]).name
         shutil.copy(world / rec["image"], nested / name)
         human, gpt = rec["conversations"]
@@ -55,7 +51,7 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
     # instruct: JSONL with a system turn on every third record and one malformed line; images beside it.
     shutil.copytree(world / "images", data / "665k" / "images")
     instruct = []
-    for i, rec in enumerate(_jsonl(world / "base.jsonl")):
+    for i, rec in enumerate(read_jsonl(world / "base.jsonl")):
         rec.pop("meta", None)
         if i % 3 == 0:
             rec["conversations"] = [{"from": "system", "value": "You are a careful assistant."}, *rec["conversations"]]
@@ -63,7 +59,7 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
     _write_jsonl(data / "665k" / "mix.jsonl", instruct, extra='{"id": "broken", "conversations": [\n')
 
     # perception: a Hugging Face save_to_disk folder with the image bytes inside; reasoning: JSONL.
-    perception = _jsonl(world / "perception.jsonl")
+    perception = list(read_jsonl(world / "perception.jsonl"))
     ds = datasets.Dataset.from_list(
         [{"id": r["id"], "image": {"bytes": (world / r["image"]).read_bytes(), "path": None}, "conversations": r["conversations"]} for r in perception]
     ).cast_column("image", datasets.Image(decode=False))
@@ -72,7 +68,7 @@ def _user_data(world: Path, data: Path, bucket: str) -> Path:
     shutil.copy(world / "reasoning.jsonl", data / "reasoning" / "reasoning.jsonl")
 
     # pools: records here, images in the bucket; ground truth and held-out rows as the world has them.
-    for rec in _jsonl(world / "pool_images.jsonl") + _jsonl(world / "pool_vqa.jsonl"):
+    for rec in list(read_jsonl(world / "pool_images.jsonl")) + list(read_jsonl(world / "pool_vqa.jsonl")):
         store.write_bytes(f"s3://{bucket}/pool/{rec['image']}", (world / rec["image"]).read_bytes())
     for name in ("pool_images", "pool_vqa", "pool_text", "truth", "heldout"):
         shutil.copy(world / f"{name}.jsonl", data / f"{name}.jsonl")
@@ -118,7 +114,7 @@ def test_a_cycle_runs_on_a_catalog_of_user_datasets(bucket, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     # Every role was read from the user's files: counts per role, the bad rows quarantined by reason.
     counts = metrics["world"]
-    assert counts["align"] == len(_jsonl(world / "align.jsonl")) + 1 and counts["pool_vqa"] == 12
+    assert counts["align"] == len(list(read_jsonl(world / "align.jsonl"))) + 1 and counts["pool_vqa"] == 12
     assert metrics["counts"]["quarantined"]["train:base/instruct"] == 1  # the malformed line
     # The missing image is found when stage 1 loads it: skipped and counted in the model's lineage.
     lineages = [json.loads(p.read_text()) for p in out.rglob("lineage.json") if p.parent.name != "run"]

@@ -44,22 +44,20 @@ STAGE_SIZE = {"max_steps": 2, "batch_size": 4, "per_device_batch_size": 2}  # le
 SYSTEM = "You are a helpful assistant. Answer in one word where you can."
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return list(read_jsonl(path))
-
-
 def _cli(*args: str, env: dict | None = None, timeout: float = 1500) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sicog.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _assemble(world: Path, out: Path) -> Path:
     """CLIP-L/336's geometry and a Qwen2-architecture LM, few and narrow layers, random weights, assembled in bf16."""
-    texts = [t for rec in _jsonl(world / "base.jsonl") + _jsonl(world / "reasoning.jsonl") for t in (turn["value"] for turn in rec["conversations"])]
+    texts = [
+        t
+        for rec in list(read_jsonl(world / "base.jsonl")) + list(read_jsonl(world / "reasoning.jsonl"))
+        for t in (turn["value"] for turn in rec["conversations"])
+    ]
     vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=336, patch_size=14)
     text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    _, lm = foundation_parts(out, texts, 600, vision, text)
-    lm.generation_config.max_new_tokens = 16
-    lm.generation_config.save_pretrained(out / "lm")
+    foundation_parts(out, texts, 600, vision, text, generation={"max_new_tokens": 16})
     made = _cli("model", "assemble", "--vision", str(out / "clip"), "--llm", str(out / "lm"), "--out", str(out / "llava"), "--config", str(PAPER))
     assert made.returncode == 0, made.stderr[-2000:]
     return out / "llava"
@@ -88,11 +86,13 @@ def _public_formats(world: Path, data: Path) -> Path:
 
     shutil.copytree(world / "images", data / "images")
     # align: LLaVA-558k's JSON array, `<image>` after the text.
-    align = [{**r, "conversations": [{"from": "human", "value": "Describe the image.\n<image>"}, r["conversations"][1]]} for r in _jsonl(world / "align.jsonl")]
+    align = [
+        {**r, "conversations": [{"from": "human", "value": "Describe the image.\n<image>"}, r["conversations"][1]]} for r in read_jsonl(world / "align.jsonl")
+    ]
     (data / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(align))
     # instruct: LLaVA-665k's JSON array: system turns, and text-only rows that reuse image rows' ids (as the public file does).
     instruct = []
-    for i, rec in enumerate(_jsonl(world / "base.jsonl")):
+    for i, rec in enumerate(read_jsonl(world / "base.jsonl")):
         rec.pop("meta", None)
         if i % 3 == 0:
             rec["conversations"] = [{"from": "system", "value": SYSTEM}, *rec["conversations"]]
@@ -103,11 +103,11 @@ def _public_formats(world: Path, data: Path) -> Path:
     (data / "llava_v1_5_mix665k.json").write_text(json.dumps(instruct + reused))
     # perception: the world's DD + CoD records (JSONL); reasoning: LLaVA-CoT, converted to DA + CoT when read.
     shutil.copy(world / "perception.jsonl", data / "perception.jsonl")
-    reasoning = _jsonl(world / "reasoning.jsonl")
+    reasoning = list(read_jsonl(world / "reasoning.jsonl"))
     pairs = [{"da": reasoning[k], "cot": reasoning[k + 1]} for k in range(0, len(reasoning) - 1, 2) if reasoning[k]["id"].endswith("-da")]
     (data / "LLaVA-CoT-100k.jsonl").write_text("".join(json.dumps(_llava_cot(p)) + "\n" for p in pairs))
     # pool: a Hugging Face parquet file, images inside (as `datasets` writes an Image column).
-    pool = _jsonl(world / "pool_images.jsonl")
+    pool = list(read_jsonl(world / "pool_images.jsonl"))
     datasets.Dataset.from_list(
         [{"id": r["id"], "image": {"bytes": (world / r["image"]).read_bytes(), "path": None}} for r in pool],
         features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()}),
@@ -185,7 +185,7 @@ def test_paper_config_runs_a_two_cycle_series_on_public_format_data(tmp_path):
     mix = roles["instruct"]["llava665k"]
     assert mix["records"] == len(instruct) and mix["quarantined"] == 0  # rows reusing an id with other content are kept
     assert mix["system"] == sum(1 for r in instruct if r["conversations"][0]["from"] == "system")
-    assert roles["reasoning"]["llava-cot"]["records"] == 2 * len(_jsonl(tmp_path / "data" / "LLaVA-CoT-100k.jsonl"))  # DA + CoT each
+    assert roles["reasoning"]["llava-cot"]["records"] == 2 * len(list(read_jsonl(tmp_path / "data" / "LLaVA-CoT-100k.jsonl")))  # DA + CoT each
 
     with TransformersServer(sampling_copy(model, tmp_path / "served")) as upstream:
         args = standin.engine_parser("vllm").parse_args([str(model), "--served-model-name", "sampler", "--port", "0", "--seed", "0", "--dtype", "bfloat16"])

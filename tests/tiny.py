@@ -32,10 +32,10 @@ def tiny_sampler_model(directory: Path, texts: list[str]) -> Path:
     return model_dir
 
 
-def foundation_parts(out: Path, texts: list[str], vocab_size: int, vision: dict, text: dict):
+def foundation_parts(out: Path, texts: list[str], vocab_size: int, vision: dict, text: dict, generation: dict | None = None):
     """A CLIP vision tower and a Qwen2-architecture LM with its own trained tokenizer, random weights, saved
     to out/"clip" and out/"lm" as `sicog model assemble` reads them (the parts of a foundation model).
-    `vision` and `text` are their configs' geometry; returns (clip, lm) as built."""
+    `vision` and `text` are their configs' geometry, `generation` the LM's generation defaults; returns (clip, lm)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
     clip = CLIPVisionModel(CLIPVisionConfig(**vision))
@@ -43,6 +43,7 @@ def foundation_parts(out: Path, texts: list[str], vocab_size: int, vision: dict,
     tok = train_tokenizer(texts, vocab_size)
     tok.save_pretrained(out / "lm")
     lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), tie_word_embeddings=False, **text))
+    lm.generation_config.update(**(generation or {}))
     lm.save_pretrained(out / "lm")
     return clip, lm
 
